@@ -1,0 +1,336 @@
+//! Connections from the proxy to Postgres servers: opening and logging in
+//! (`connect`), and lending them out (`pool`).
+
+pub mod pool;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::protocol::{self, messages};
+
+/// Where a server is and what the proxy calls it.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl ServerTarget {
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// The role, password and database a server connection logs in with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Login {
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+}
+
+/// One logged-in connection to a server.
+#[derive(Debug)]
+pub struct ServerConn {
+    pub stream: TcpStream,
+    /// Bytes read from the server and not yet handled.
+    pub rbuf: BytesMut,
+    /// The server's ParameterStatus values, kept current as it reports changes.
+    pub params: HashMap<String, String>,
+    /// The server's BackendKeyData, for cancelling its queries.
+    pub backend_pid: i32,
+    pub backend_secret: i32,
+    pub peer: SocketAddr,
+    pub server_name: String,
+}
+
+/// Why a server connection could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("could not connect to server \"{server}\" at {address}: {source}")]
+    Connect {
+        server: String,
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to server \"{server}\" at {address}")]
+    ConnectTimeout { server: String, address: String },
+    /// The server refused the login with an ErrorResponse; `raw` is the
+    /// whole message, to pass on to the client unchanged.
+    #[error("server \"{server}\" refused login: {message}")]
+    Refused {
+        server: String,
+        code: String,
+        message: String,
+        raw: BytesMut,
+    },
+    #[error("server \"{server}\" asked for a password and none is configured for user \"{user}\"")]
+    NoPassword { server: String, user: String },
+    #[error("server \"{server}\" broke the protocol during login: {detail}")]
+    Protocol { server: String, detail: String },
+    #[error("lost connection to server \"{server}\": {source}")]
+    Io {
+        server: String,
+        source: std::io::Error,
+    },
+    #[error("timed out waiting for a free connection to server \"{server}\"")]
+    PoolTimeout { server: String },
+}
+
+impl ServerConn {
+    /// Opens a TCP connection to `target` and logs in as `login`.
+    pub async fn connect(
+        target: &ServerTarget,
+        login: &Login,
+        timeout: Duration,
+    ) -> Result<ServerConn, BackendError> {
+        match tokio::time::timeout(timeout, Self::connect_inner(target, login)).await {
+            Ok(result) => result,
+            Err(_) => Err(BackendError::ConnectTimeout {
+                server: target.name.clone(),
+                address: target.address(),
+            }),
+        }
+    }
+
+    async fn connect_inner(
+        target: &ServerTarget,
+        login: &Login,
+    ) -> Result<ServerConn, BackendError> {
+        let stream = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|source| BackendError::Connect {
+                server: target.name.clone(),
+                address: target.address(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().map_err(|source| BackendError::Io {
+            server: target.name.clone(),
+            source,
+        })?;
+        let mut conn = ServerConn {
+            stream,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            params: HashMap::new(),
+            backend_pid: 0,
+            backend_secret: 0,
+            peer,
+            server_name: target.name.clone(),
+        };
+        conn.login(login).await?;
+        Ok(conn)
+    }
+
+    async fn login(&mut self, login: &Login) -> Result<(), BackendError> {
+        let mut out = BytesMut::new();
+        messages::startup_message(
+            &mut out,
+            &[("user", &login.user), ("database", &login.database)],
+        );
+        self.send(&out).await?;
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let (tag, body, raw) = self.read_message().await?;
+            match tag {
+                b'R' => {
+                    let mut body = &body[..];
+                    if body.len() < 4 {
+                        return Err(self.protocol("short authentication request"));
+                    }
+                    let kind = body.get_i32();
+                    out.clear();
+                    match kind {
+                        0 => {}
+                        3 => {
+                            let password = self.password(login)?;
+                            let mut data = password.as_bytes().to_vec();
+                            data.push(0);
+                            messages::password_message(&mut out, &data);
+                        }
+                        5 => {
+                            let password = self.password(login)?;
+                            let salt: [u8; 4] = body
+                                .get(..4)
+                                .and_then(|s| s.try_into().ok())
+                                .ok_or_else(|| self.protocol("short md5 salt"))?;
+                            let hash = postgres_protocol::authentication::md5_hash(
+                                login.user.as_bytes(),
+                                password.as_bytes(),
+                                salt,
+                            );
+                            let mut data = hash.into_bytes();
+                            data.push(0);
+                            messages::password_message(&mut out, &data);
+                        }
+                        10 => {
+                            let offers_scram =
+                                body.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
+                            if !offers_scram {
+                                return Err(
+                                    self.protocol("server offers no SASL mechanism we know")
+                                );
+                            }
+                            let password = self.password(login)?;
+                            let s = ScramSha256::new(
+                                password.as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            messages::sasl_initial_response(&mut out, "SCRAM-SHA-256", s.message());
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram
+                                .as_mut()
+                                .ok_or_else(|| self.protocol("unexpected SASL continue"))?;
+                            s.update(body)
+                                .map_err(|e| self.protocol(&format!("SCRAM: {e}")))?;
+                            messages::password_message(&mut out, s.message());
+                        }
+                        12 => {
+                            let mut s = scram
+                                .take()
+                                .ok_or_else(|| self.protocol("unexpected SASL final"))?;
+                            s.finish(body)
+                                .map_err(|e| self.protocol(&format!("SCRAM: {e}")))?;
+                        }
+                        other => {
+                            return Err(self
+                                .protocol(&format!("unsupported authentication request {other}")))
+                        }
+                    }
+                    if !out.is_empty() {
+                        self.send(&out).await?;
+                    }
+                }
+                b'S' => {
+                    if let Some((name, value)) = messages::parse_parameter_status(&body) {
+                        self.params.insert(name, value);
+                    }
+                }
+                b'K' => {
+                    if body.len() >= 8 {
+                        self.backend_pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                        self.backend_secret =
+                            i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                    }
+                }
+                b'Z' => return Ok(()),
+                b'E' => {
+                    let fields = messages::parse_error_fields(&body);
+                    return Err(BackendError::Refused {
+                        server: self.server_name.clone(),
+                        code: fields.code,
+                        message: fields.message,
+                        raw,
+                    });
+                }
+                b'N' | b'v' => {}
+                other => {
+                    return Err(self.protocol(&format!(
+                        "unexpected message '{}' during login",
+                        other as char
+                    )))
+                }
+            }
+        }
+    }
+
+    fn password<'a>(&self, login: &'a Login) -> Result<&'a str, BackendError> {
+        login
+            .password
+            .as_deref()
+            .ok_or_else(|| BackendError::NoPassword {
+                server: self.server_name.clone(),
+                user: login.user.clone(),
+            })
+    }
+
+    fn protocol(&self, detail: &str) -> BackendError {
+        BackendError::Protocol {
+            server: self.server_name.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> BackendError {
+        BackendError::Io {
+            server: self.server_name.clone(),
+            source,
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        let result = self.stream.write_all(bytes).await;
+        result.map_err(|e| self.io(e))
+    }
+
+    /// Reads one whole message: tag, body, and the raw bytes. Used outside
+    /// the hot path (login, reset), where one message at a time is fine.
+    pub async fn read_message(&mut self) -> Result<(u8, BytesMut, BytesMut), BackendError> {
+        loop {
+            match protocol::backend_header(&self.rbuf) {
+                Err(e) => return Err(self.protocol(&e.to_string())),
+                Ok(Some(h)) if self.rbuf.len() >= h.wire_len() => {
+                    let raw = self.rbuf.split_to(h.wire_len());
+                    let body = BytesMut::from(&raw[5..]);
+                    return Ok((h.tag, body, raw));
+                }
+                Ok(_) => {}
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                self.rbuf.reserve(16 * 1024);
+            }
+            let n = self.stream.read_buf(&mut self.rbuf).await;
+            match n {
+                Ok(0) => {
+                    return Err(self.io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "server closed the connection",
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(self.io(e)),
+            }
+        }
+    }
+
+    /// Runs `sql` with the simple protocol and waits for ReadyForQuery,
+    /// keeping ParameterStatus current. Returns the first error, if any.
+    pub async fn run_internal(
+        &mut self,
+        sql: &str,
+    ) -> Result<Option<messages::ErrorFields>, BackendError> {
+        let mut out = BytesMut::new();
+        messages::query(&mut out, sql);
+        self.send(&out).await?;
+        let mut error = None;
+        loop {
+            let (tag, body, _) = self.read_message().await?;
+            match tag {
+                b'S' => {
+                    if let Some((name, value)) = messages::parse_parameter_status(&body) {
+                        self.params.insert(name, value);
+                    }
+                }
+                b'E' if error.is_none() => error = Some(messages::parse_error_fields(&body)),
+                b'Z' => return Ok(error),
+                _ => {}
+            }
+        }
+    }
+
+    /// Says goodbye to the server; errors do not matter any more.
+    pub async fn terminate(mut self) {
+        let mut out = BytesMut::new();
+        messages::terminate(&mut out);
+        let _ = self.stream.write_all(&out).await;
+    }
+}

@@ -1,0 +1,145 @@
+//! Per-server pools of logged-in connections.
+//!
+//! A pool is keyed by server, database and login role. Its semaphore counts
+//! connections lent out; lending prefers an idle connection and opens a new
+//! one only when none is idle, so a pool never holds more than
+//! `max_server_connections` connections in all.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{BackendError, Login, ServerConn, ServerTarget};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    server: String,
+    login: Login,
+}
+
+/// Every pool the proxy has, made on first use.
+#[derive(Debug)]
+pub struct Pools {
+    pools: DashMap<PoolKey, Arc<Pool>>,
+    max_size: usize,
+    checkout_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+/// The connections to one server for one database and role.
+#[derive(Debug)]
+pub struct Pool {
+    target: ServerTarget,
+    login: Login,
+    idle: Mutex<Vec<ServerConn>>,
+    lent: Arc<Semaphore>,
+    checkout_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+/// A connection lent out of a pool. Give it back with [`Pool::give_back`];
+/// dropping it closes the connection and frees its place.
+#[derive(Debug)]
+pub struct Lease {
+    pub conn: ServerConn,
+    pub pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Pools {
+    pub fn new(max_size: usize, checkout_timeout: Duration, connect_timeout: Duration) -> Pools {
+        Pools {
+            pools: DashMap::new(),
+            max_size,
+            checkout_timeout,
+            connect_timeout,
+        }
+    }
+
+    /// The pool for this server and login, made if it is new.
+    pub fn get(&self, target: &ServerTarget, login: &Login) -> Arc<Pool> {
+        let key = PoolKey {
+            server: target.name.clone(),
+            login: login.clone(),
+        };
+        if let Some(pool) = self.pools.get(&key) {
+            return pool.clone();
+        }
+        self.pools
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Pool {
+                    target: target.clone(),
+                    login: login.clone(),
+                    idle: Mutex::new(Vec::new()),
+                    lent: Arc::new(Semaphore::new(self.max_size)),
+                    checkout_timeout: self.checkout_timeout,
+                    connect_timeout: self.connect_timeout,
+                })
+            })
+            .clone()
+    }
+
+    /// Counts of (lent, idle) connections per server name, for the console.
+    pub fn counts(&self) -> Vec<(String, String, String, usize, usize)> {
+        self.pools
+            .iter()
+            .map(|p| {
+                let idle = p.idle.lock().map(|v| v.len()).unwrap_or(0);
+                let lent = self.max_size - p.lent.available_permits();
+                (
+                    p.target.name.clone(),
+                    p.login.database.clone(),
+                    p.login.user.clone(),
+                    lent,
+                    idle,
+                )
+            })
+            .collect()
+    }
+}
+
+impl Pool {
+    pub fn server_name(&self) -> &str {
+        &self.target.name
+    }
+
+    /// Lends a connection: an idle one if there is one, else a new one.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Lease, BackendError> {
+        let permit = tokio::time::timeout(self.checkout_timeout, self.lent.clone().acquire_owned())
+            .await
+            .map_err(|_| BackendError::PoolTimeout {
+                server: self.target.name.clone(),
+            })?
+            .map_err(|_| BackendError::PoolTimeout {
+                server: self.target.name.clone(),
+            })?;
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let conn = match idle {
+            Some(conn) => conn,
+            None => ServerConn::connect(&self.target, &self.login, self.connect_timeout).await?,
+        };
+        Ok(Lease {
+            conn,
+            pool: self.clone(),
+            _permit: permit,
+        })
+    }
+}
+
+impl Lease {
+    /// Returns a clean connection to its pool for the next client. The
+    /// connection is idle before its place is freed, so a waiter finds it.
+    pub fn give_back(self) {
+        let Lease {
+            conn,
+            pool,
+            _permit,
+        } = self;
+        if let Ok(mut idle) = pool.idle.lock() {
+            idle.push(conn);
+        };
+    }
+}

@@ -1,0 +1,475 @@
+//! The proxy's configuration: parsed from TOML, checked, and turned into plain
+//! values the rest of the proxy reads.
+//!
+//! Parsing is strict (`deny_unknown_fields`): a misspelt key is an error that
+//! names the key and its line, never a silently ignored setting. Checks that
+//! span several keys (a user with no usable password, two servers with one
+//! name) run after parsing and name the key path they object to.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything `proxy.toml` can say. Each section has defaults so that an
+/// empty file describes the local demo cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub proxy: ProxySection,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub pool: PoolSection,
+    #[serde(default = "default_primary")]
+    pub primary: ServerSection,
+    #[serde(default = "default_replicas")]
+    pub replicas: Vec<ServerSection>,
+    #[serde(default = "default_users")]
+    pub users: Vec<UserSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySection {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// Most client connections served at once; more get `53300`.
+    pub max_client_connections: usize,
+    /// How long a client may take to finish startup and authentication.
+    pub client_login_timeout_ms: u64,
+    /// Tokio worker threads; 0 means one per core.
+    pub worker_threads: usize,
+    /// How long SIGTERM waits for clients to finish before closing them.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        ProxySection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            max_client_connections: 1000,
+            client_login_timeout_ms: 60_000,
+            worker_threads: 0,
+            shutdown_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AuthMethod {
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// How clients prove who they are, unless a user says otherwise.
+    pub method: AuthMethod,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            method: AuthMethod::ScramSha256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A server connection is the client's from login to logout.
+    Session,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSection {
+    pub mode: PoolMode,
+    /// Most connections the proxy opens to any one server, per database and user.
+    pub max_server_connections: usize,
+    /// How long a client waits for a free server connection before an error.
+    pub checkout_timeout_ms: u64,
+    /// How long opening a server connection (TCP + login) may take.
+    pub connect_timeout_ms: u64,
+    /// Run on a server connection before another client may use it.
+    pub reset_query: String,
+}
+
+impl Default for PoolSection {
+    fn default() -> Self {
+        PoolSection {
+            mode: PoolMode::Session,
+            max_server_connections: 40,
+            checkout_timeout_ms: 5_000,
+            connect_timeout_ms: 5_000,
+            reset_query: "DISCARD ALL".to_string(),
+        }
+    }
+}
+
+/// One Postgres server: the primary or a replica.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub name: String,
+    #[serde(default = "default_host")]
+    pub host: String,
+    pub port: u16,
+}
+
+/// A user the proxy lets in, and how it logs in to the servers for them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSection {
+    pub name: String,
+    /// Plain-text password: lets the proxy check SCRAM and md5 logins and log
+    /// in to servers as this user.
+    pub password: Option<String>,
+    /// A stored SCRAM verifier (`SCRAM-SHA-256$iter:salt$stored:server`), as in
+    /// `pg_authid`, for checking client logins without a plain-text password.
+    pub scram_verifier: Option<String>,
+    /// `md5` followed by md5(password || username), as in `pg_authid`.
+    pub md5_hash: Option<String>,
+    /// Overrides `[auth] method` for this user.
+    pub auth: Option<AuthMethod>,
+    /// Role the proxy logs in to servers as; defaults to `name`.
+    pub server_user: Option<String>,
+    /// Password for `server_user`; defaults to `password`.
+    pub server_password: Option<String>,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".to_string()
+}
+
+fn default_primary() -> ServerSection {
+    ServerSection {
+        name: "primary".to_string(),
+        host: default_host(),
+        port: 5433,
+    }
+}
+
+fn default_replicas() -> Vec<ServerSection> {
+    [("replica0", 5434), ("replica1", 5435)]
+        .into_iter()
+        .map(|(name, port)| ServerSection {
+            name: name.to_string(),
+            host: default_host(),
+            port,
+        })
+        .collect()
+}
+
+fn default_users() -> Vec<UserSection> {
+    vec![UserSection {
+        name: "app".to_string(),
+        password: Some("app".to_string()),
+        scram_verifier: None,
+        md5_hash: None,
+        auth: None,
+        server_user: None,
+        server_password: None,
+    }]
+}
+
+/// A configuration that could not be used, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: key `{key}`{line}: {message}")]
+    Invalid {
+        path: String,
+        key: String,
+        line: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Config::parse(&text, &shown)
+    }
+
+    /// Parses and checks config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config
+            .check()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: origin.to_string(),
+                line: line_of_key(text, &key)
+                    .map(|n| format!(" (line {n})"))
+                    .unwrap_or_default(),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Cross-key checks serde cannot express. Returns the key path at fault.
+    fn check(&self) -> Result<(), (String, String)> {
+        let positive = [
+            (
+                "proxy.max_client_connections",
+                self.proxy.max_client_connections as u64,
+            ),
+            (
+                "proxy.client_login_timeout_ms",
+                self.proxy.client_login_timeout_ms,
+            ),
+            (
+                "pool.max_server_connections",
+                self.pool.max_server_connections as u64,
+            ),
+            ("pool.checkout_timeout_ms", self.pool.checkout_timeout_ms),
+            ("pool.connect_timeout_ms", self.pool.connect_timeout_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err((key.to_string(), "must be greater than 0".to_string()));
+            }
+        }
+        let mut names = HashSet::new();
+        let servers = std::iter::once(("primary".to_string(), &self.primary)).chain(
+            self.replicas
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("replicas[{i}]"), r)),
+        );
+        for (key, server) in servers {
+            if server.name.is_empty() || server.name.contains(char::is_whitespace) {
+                return Err((
+                    format!("{key}.name"),
+                    "must be a non-empty name without spaces".to_string(),
+                ));
+            }
+            if !names.insert(server.name.clone()) {
+                return Err((
+                    format!("{key}.name"),
+                    format!("server name '{}' is used twice", server.name),
+                ));
+            }
+            if server.port == 0 {
+                return Err((
+                    format!("{key}.port"),
+                    "must be a port number 1-65535".to_string(),
+                ));
+            }
+        }
+        let mut users = HashSet::new();
+        for (i, user) in self.users.iter().enumerate() {
+            let key = format!("users[{i}]");
+            if user.name.is_empty() {
+                return Err((format!("{key}.name"), "must not be empty".to_string()));
+            }
+            if !users.insert(user.name.clone()) {
+                return Err((
+                    format!("{key}.name"),
+                    format!("user '{}' is listed twice", user.name),
+                ));
+            }
+            let method = user.auth.unwrap_or(self.auth.method);
+            match method {
+                AuthMethod::ScramSha256 => {
+                    if user.password.is_none() && user.scram_verifier.is_none() {
+                        return Err((
+                            format!("{key}.password"),
+                            "scram-sha-256 needs `password` or `scram_verifier`".to_string(),
+                        ));
+                    }
+                }
+                AuthMethod::Md5 => {
+                    if user.password.is_none() && user.md5_hash.is_none() {
+                        return Err((
+                            format!("{key}.password"),
+                            "md5 needs `password` or `md5_hash`".to_string(),
+                        ));
+                    }
+                }
+                AuthMethod::Trust => {}
+            }
+            if let Some(verifier) = &user.scram_verifier {
+                if crate::frontend::auth::ScramSecret::parse(verifier).is_none() {
+                    return Err((
+                        format!("{key}.scram_verifier"),
+                        "expected SCRAM-SHA-256$<iterations>:<salt>$<storedkey>:<serverkey>"
+                            .to_string(),
+                    ));
+                }
+            }
+            if let Some(hash) = &user.md5_hash {
+                let ok = hash.len() == 35
+                    && hash.starts_with("md5")
+                    && hash[3..].bytes().all(|b| b.is_ascii_hexdigit());
+                if !ok {
+                    return Err((
+                        format!("{key}.md5_hash"),
+                        "expected 'md5' followed by 32 hex digits".to_string(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn user(&self, name: &str) -> Option<&UserSection> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+impl PoolSection {
+    pub fn checkout_timeout(&self) -> Duration {
+        Duration::from_millis(self.checkout_timeout_ms)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+impl UserSection {
+    /// The role and password the proxy logs in to servers with.
+    pub fn server_login(&self) -> (&str, Option<&str>) {
+        (
+            self.server_user.as_deref().unwrap_or(&self.name),
+            self.server_password.as_deref().or(self.password.as_deref()),
+        )
+    }
+}
+
+/// Best-effort line number of the last part of a key path such as
+/// `users[1].password`: the n-th occurrence of the table header, then the key
+/// after it. Good enough to point a person at the right line.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let mut parts = key.split('.');
+    let table = parts.next()?;
+    let field = parts.next();
+    let (table_name, index) = match table.split_once('[') {
+        Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()?),
+        None => (table, 0),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut seen = 0;
+    let mut start = None;
+    for (n, line) in lines.iter().enumerate() {
+        let t = line.trim();
+        if t == format!("[{table_name}]") || t == format!("[[{table_name}]]") {
+            if seen == index {
+                start = Some(n);
+                break;
+            }
+            seen += 1;
+        }
+    }
+    let start = start?;
+    let Some(field) = field else {
+        return Some(start + 1);
+    };
+    for (n, line) in lines.iter().enumerate().skip(start + 1) {
+        let t = line.trim();
+        if t.starts_with('[') {
+            break;
+        }
+        if let Some((k, _)) = t.split_once('=') {
+            if k.trim() == field {
+                return Some(n + 1);
+            }
+        }
+    }
+    Some(start + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_local_cluster() {
+        let c = Config::parse("", "t").expect("defaults are valid");
+        assert_eq!(c.proxy.listen.port(), 6432);
+        assert_eq!(c.primary.port, 5433);
+        assert_eq!(c.replicas.len(), 2);
+        assert_eq!(c.replicas[1].name, "replica1");
+        assert_eq!(
+            c.user("app").and_then(|u| u.password.as_deref()),
+            Some("app")
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = Config::parse("[proxy]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n", "p.toml")
+            .expect_err("typo must fail")
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = Config::parse("[pool]\nmode = \"statement\"\n", "p.toml")
+            .expect_err("bad mode")
+            .to_string();
+        assert!(err.contains("statement"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn user_without_password_names_the_key_and_line() {
+        let text = "[[users]]\nname = \"a\"\npassword = \"x\"\n\n[[users]]\nname = \"b\"\n";
+        let err = Config::parse(text, "p.toml")
+            .expect_err("no password")
+            .to_string();
+        assert!(err.contains("users[1].password"), "{err}");
+        assert!(err.contains("line 5"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_server_name_is_refused() {
+        let text = "[primary]\nname = \"a\"\nport = 1\n[[replicas]]\nname = \"a\"\nport = 2\n";
+        let err = Config::parse(text, "p.toml").expect_err("dup").to_string();
+        assert!(err.contains("replicas[0].name"), "{err}");
+        assert!(err.contains("line 5"), "{err}");
+    }
+
+    #[test]
+    fn zero_pool_size_is_refused() {
+        let err = Config::parse("[pool]\nmax_server_connections = 0\n", "p.toml")
+            .expect_err("zero")
+            .to_string();
+        assert!(err.contains("pool.max_server_connections"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn trust_user_needs_no_password() {
+        let text = "[[users]]\nname = \"t\"\nauth = \"trust\"\n";
+        let c = Config::parse(text, "p.toml").expect("trust is fine");
+        assert_eq!(c.users[0].auth, Some(AuthMethod::Trust));
+    }
+}

@@ -1,0 +1,342 @@
+//! A client connection from its first byte to the start of its session:
+//! SSL/GSS negotiation, cancel requests, startup, authentication, and the
+//! greeting (ParameterStatus, BackendKeyData, ReadyForQuery). Then
+//! [`session`] takes over.
+
+pub mod auth;
+pub mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::backend::{BackendError, Login};
+use crate::config::AuthMethod;
+use crate::protocol::messages::{self, Severity};
+use crate::protocol::startup::{self, StartupPacket, StartupParams};
+use crate::protocol::MAX_STARTUP_PACKET;
+use crate::server::Proxy;
+use auth::{ScramError, ScramExchange, ScramSecret};
+
+/// The client's socket during startup, with its read buffer.
+pub struct ClientIo {
+    pub stream: TcpStream,
+    pub rbuf: BytesMut,
+}
+
+/// Why a client was turned away before its session started. Each maps to
+/// the error Postgres would send, or to a silent close.
+#[derive(Debug)]
+pub enum LoginError {
+    /// Send this FATAL and close.
+    Fatal { code: String, message: String },
+    /// Pass the server's own ErrorResponse through and close.
+    Server(BytesMut),
+    /// The client went away or broke off; nobody to tell.
+    Gone,
+}
+
+impl LoginError {
+    fn fatal(code: &str, message: impl Into<String>) -> LoginError {
+        LoginError::Fatal {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<std::io::Error> for LoginError {
+    fn from(_: std::io::Error) -> Self {
+        LoginError::Gone
+    }
+}
+
+/// Serves one client connection to the end.
+pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, shutdown: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
+    let mut io = ClientIo {
+        stream,
+        rbuf: BytesMut::with_capacity(8 * 1024),
+    };
+    let login_timeout = Duration::from_millis(proxy.config.proxy.client_login_timeout_ms);
+    let started = tokio::time::timeout(login_timeout, login(&proxy, &mut io)).await;
+    let ready = match started {
+        Ok(Ok(Some(ready))) => ready,
+        Ok(Ok(None)) => return, // a cancel request, answered
+        Ok(Err(e)) => {
+            refuse(&mut io, e).await;
+            return;
+        }
+        Err(_) => {
+            refuse(
+                &mut io,
+                LoginError::fatal("08006", "canceling authentication due to timeout"),
+            )
+            .await;
+            return;
+        }
+    };
+    tracing::debug!(?peer, user = %ready.params.user().unwrap_or(""), "client logged in");
+    session::run(proxy, io, ready, shutdown).await;
+}
+
+async fn refuse(io: &mut ClientIo, error: LoginError) {
+    let mut out = BytesMut::new();
+    match error {
+        LoginError::Fatal { code, message } => {
+            tracing::debug!(code, %message, "client refused");
+            messages::error_response(&mut out, Severity::Fatal, &code, &message, None);
+        }
+        LoginError::Server(raw) => out = raw,
+        LoginError::Gone => return,
+    }
+    let _ = io.stream.write_all(&out).await;
+    let _ = io.stream.shutdown().await;
+}
+
+/// What a logged-in client brings to its session.
+pub struct Ready {
+    pub params: StartupParams,
+    pub login: Login,
+    /// `-c name=value` settings from the `options` startup parameter and the
+    /// other startup parameters a server must be told about.
+    pub settings: Vec<(String, String)>,
+}
+
+/// Startup parameters that are not settings to pass on to a server.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+async fn login(proxy: &Proxy, io: &mut ClientIo) -> Result<Option<Ready>, LoginError> {
+    // A client may ask for GSS encryption and then SSL before its startup.
+    let mut negotiations = 0;
+    let params = loop {
+        let body = read_startup_packet(io).await?;
+        match startup::parse(&body) {
+            Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) if negotiations < 2 => {
+                negotiations += 1;
+                io.stream.write_all(b"N").await?;
+            }
+            Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
+                return Err(LoginError::fatal("08P01", "unsupported frontend protocol"));
+            }
+            Ok(StartupPacket::Cancel { pid, secret }) => {
+                if let Some(target) = proxy.cancels.lookup(pid, secret) {
+                    tracing::debug!(?target, "forwarding cancel request");
+                    if let Err(e) = crate::cancel::send_cancel(target).await {
+                        tracing::warn!(error = %e, "could not forward cancel request");
+                    }
+                }
+                return Ok(None);
+            }
+            Ok(StartupPacket::Startup(params)) => break params,
+            Err(e @ startup::StartupError::UnsupportedVersion { .. }) => {
+                return Err(LoginError::fatal("0A000", e.to_string()))
+            }
+            Err(e) => return Err(LoginError::fatal("08P01", e.to_string())),
+        }
+    };
+    if params.minor_version > 0 || !params.protocol_options().is_empty() {
+        let mut out = BytesMut::new();
+        messages::negotiate_protocol_version(&mut out, 0, &params.protocol_options());
+        io.stream.write_all(&out).await?;
+    }
+    let user = params
+        .user()
+        .ok_or_else(|| {
+            LoginError::fatal(
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            )
+        })?
+        .to_string();
+    if params
+        .get("replication")
+        .is_some_and(|r| r != "false" && r != "0" && r != "off")
+    {
+        return Err(LoginError::fatal(
+            "08P01",
+            "replication connections are not supported by causeway; connect to the primary directly",
+        ));
+    }
+    let database = params.database().unwrap_or(&user).to_string();
+    let mut settings: Vec<(String, String)> = params
+        .params
+        .iter()
+        .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_."))
+        .cloned()
+        .collect();
+    if let Some(options) = params.get("options") {
+        let parsed = startup::parse_options(options).map_err(|word| {
+            LoginError::fatal(
+                "42601",
+                format!("invalid command-line argument for server process: {word}"),
+            )
+        })?;
+        settings.extend(parsed);
+    }
+
+    authenticate(proxy, io, &user).await?;
+
+    let login = proxy.server_login(&user, &database);
+    Ok(Some(Ready {
+        params,
+        login,
+        settings,
+    }))
+}
+
+/// Reads the length-prefixed first packet, refusing silly lengths before
+/// reading any body.
+async fn read_startup_packet(io: &mut ClientIo) -> Result<BytesMut, LoginError> {
+    read_at_least(io, 4).await?;
+    let len = i32::from_be_bytes([io.rbuf[0], io.rbuf[1], io.rbuf[2], io.rbuf[3]]);
+    if len < 8 || len as usize > MAX_STARTUP_PACKET {
+        return Err(LoginError::fatal(
+            "08P01",
+            "invalid length of startup packet",
+        ));
+    }
+    read_at_least(io, len as usize).await?;
+    let mut packet = io.rbuf.split_to(len as usize);
+    packet.advance(4);
+    Ok(packet)
+}
+
+async fn read_at_least(io: &mut ClientIo, n: usize) -> Result<(), LoginError> {
+    while io.rbuf.len() < n {
+        io.rbuf.reserve(n - io.rbuf.len());
+        if io.stream.read_buf(&mut io.rbuf).await? == 0 {
+            return Err(LoginError::Gone);
+        }
+    }
+    Ok(())
+}
+
+/// Reads one password-type message ('p') during authentication.
+async fn read_password_message(io: &mut ClientIo) -> Result<BytesMut, LoginError> {
+    read_at_least(io, 5).await?;
+    let tag = io.rbuf[0];
+    if tag != b'p' {
+        return Err(LoginError::fatal(
+            "08P01",
+            format!("expected password response, got message type {tag}"),
+        ));
+    }
+    let len = i32::from_be_bytes([io.rbuf[1], io.rbuf[2], io.rbuf[3], io.rbuf[4]]);
+    if !(4..=MAX_STARTUP_PACKET as i32).contains(&len) {
+        return Err(LoginError::fatal("08P01", "invalid message length"));
+    }
+    read_at_least(io, len as usize + 1).await?;
+    let mut message = io.rbuf.split_to(len as usize + 1);
+    message.advance(5);
+    Ok(message)
+}
+
+fn auth_failed(user: &str, method: AuthMethod) -> LoginError {
+    let message = match method {
+        AuthMethod::Trust => format!("role \"{user}\" does not exist"),
+        _ => format!("password authentication failed for user \"{user}\""),
+    };
+    let code = if method == AuthMethod::Trust {
+        "28000"
+    } else {
+        "28P01"
+    };
+    LoginError::fatal(code, message)
+}
+
+/// Checks the client's password by the user's method, then says AuthenticationOk.
+async fn authenticate(proxy: &Proxy, io: &mut ClientIo, user: &str) -> Result<(), LoginError> {
+    let known = proxy.users.get(user);
+    // An unknown user gets the default method's exchange and fails at the
+    // end, so a client cannot tell unknown users from wrong passwords.
+    let method = known.map(|u| u.method).unwrap_or(proxy.config.auth.method);
+    let mut out = BytesMut::new();
+    match method {
+        AuthMethod::Trust => {
+            if known.is_none() {
+                return Err(auth_failed(user, AuthMethod::Trust));
+            }
+        }
+        AuthMethod::Md5 => {
+            let mut salt = [0u8; 4];
+            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut salt);
+            messages::authentication_md5(&mut out, salt);
+            io.stream.write_all(&out).await?;
+            let response = read_password_message(io).await?;
+            let response = response.strip_suffix(b"\0").unwrap_or(&response);
+            let stored = known.and_then(|u| u.md5.as_deref());
+            if !stored.is_some_and(|s| auth::md5_check(s, salt, response)) {
+                return Err(auth_failed(user, method));
+            }
+        }
+        AuthMethod::ScramSha256 => {
+            let secret = known
+                .and_then(|u| u.scram.clone())
+                .unwrap_or_else(ScramSecret::random);
+            messages::authentication_sasl(&mut out, &["SCRAM-SHA-256"]);
+            io.stream.write_all(&out).await?;
+            let initial = read_password_message(io).await?;
+            let client_first = parse_sasl_initial(&initial)?;
+            let malformed = |e: ScramError| match e {
+                ScramError::Malformed(why) => {
+                    LoginError::fatal("08P01", format!("malformed SCRAM message: {why}"))
+                }
+                ScramError::WrongProof => auth_failed(user, method),
+            };
+            let (exchange, server_first) =
+                ScramExchange::start(secret, client_first).map_err(malformed)?;
+            out.clear();
+            messages::authentication_sasl_continue(&mut out, server_first.as_bytes());
+            io.stream.write_all(&out).await?;
+            let client_final = read_password_message(io).await?;
+            let server_final = exchange.finish(&client_final).map_err(malformed)?;
+            if known.is_none() {
+                return Err(auth_failed(user, method));
+            }
+            out.clear();
+            messages::authentication_sasl_final(&mut out, server_final.as_bytes());
+            io.stream.write_all(&out).await?;
+        }
+    }
+    out.clear();
+    messages::authentication_ok(&mut out);
+    io.stream.write_all(&out).await?;
+    Ok(())
+}
+
+/// SASLInitialResponse: mechanism name, then a length-prefixed client-first-message.
+fn parse_sasl_initial(body: &[u8]) -> Result<&[u8], LoginError> {
+    let bad = || LoginError::fatal("08P01", "malformed SASLInitialResponse message");
+    let end = body.iter().position(|&b| b == 0).ok_or_else(bad)?;
+    if &body[..end] != b"SCRAM-SHA-256" {
+        return Err(LoginError::fatal(
+            "08P01",
+            "client selected an invalid SASL authentication mechanism",
+        ));
+    }
+    let rest = &body[end + 1..];
+    if rest.len() < 4 {
+        return Err(bad());
+    }
+    let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+    let data = &rest[4..];
+    if len < 0 || len as usize != data.len() {
+        return Err(bad());
+    }
+    Ok(data)
+}
+
+/// Maps a failure to get a server connection at login to what the client sees.
+pub fn backend_login_error(error: BackendError) -> LoginError {
+    match error {
+        BackendError::Refused { raw, .. } => LoginError::Server(raw),
+        BackendError::PoolTimeout { .. } => LoginError::fatal("53300", error.to_string()),
+        other => LoginError::fatal("08006", other.to_string()),
+    }
+}

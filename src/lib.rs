@@ -1,0 +1,12 @@
+//! causeway: a PostgreSQL wire-protocol proxy that gives read-your-writes
+//! consistency over streaming replicas.
+//!
+//! The layout follows the data: a client's bytes arrive in [`frontend`],
+//! are framed by [`protocol`], and go out to a server from [`backend`].
+
+pub mod backend;
+pub mod cancel;
+pub mod config;
+pub mod frontend;
+pub mod protocol;
+pub mod server;

@@ -1,0 +1,280 @@
+//! The messages the proxy writes itself, and readers for the few server
+//! messages it must look inside.
+//!
+//! Builders append to a `BytesMut` so a reply of several messages goes out
+//! in one write.
+
+use bytes::{BufMut, BytesMut};
+
+/// Appends one message: tag, length, then whatever `body` writes.
+fn message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+    out.put_u8(tag);
+    let at = out.len();
+    out.put_i32(0);
+    body(out);
+    let len = (out.len() - at) as i32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn cstr(out: &mut BytesMut, s: &str) {
+    out.put_slice(s.as_bytes());
+    out.put_u8(0);
+}
+
+/// How bad an error the proxy reports is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+/// An ErrorResponse shaped exactly as Postgres shapes its own.
+pub fn error_response(
+    out: &mut BytesMut,
+    severity: Severity,
+    code: &str,
+    text: &str,
+    detail: Option<&str>,
+) {
+    message(out, b'E', |b| {
+        b.put_u8(b'S');
+        cstr(b, severity.as_str());
+        b.put_u8(b'V');
+        cstr(b, severity.as_str());
+        b.put_u8(b'C');
+        cstr(b, code);
+        b.put_u8(b'M');
+        cstr(b, text);
+        if let Some(detail) = detail {
+            b.put_u8(b'D');
+            cstr(b, detail);
+        }
+        b.put_u8(0);
+    });
+}
+
+pub fn authentication_ok(out: &mut BytesMut) {
+    message(out, b'R', |b| b.put_i32(0));
+}
+
+pub fn authentication_md5(out: &mut BytesMut, salt: [u8; 4]) {
+    message(out, b'R', |b| {
+        b.put_i32(5);
+        b.put_slice(&salt);
+    });
+}
+
+pub fn authentication_sasl(out: &mut BytesMut, mechanisms: &[&str]) {
+    message(out, b'R', |b| {
+        b.put_i32(10);
+        for m in mechanisms {
+            cstr(b, m);
+        }
+        b.put_u8(0);
+    });
+}
+
+pub fn authentication_sasl_continue(out: &mut BytesMut, data: &[u8]) {
+    message(out, b'R', |b| {
+        b.put_i32(11);
+        b.put_slice(data);
+    });
+}
+
+pub fn authentication_sasl_final(out: &mut BytesMut, data: &[u8]) {
+    message(out, b'R', |b| {
+        b.put_i32(12);
+        b.put_slice(data);
+    });
+}
+
+pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
+    message(out, b'S', |b| {
+        cstr(b, name);
+        cstr(b, value);
+    });
+}
+
+pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {
+    message(out, b'K', |b| {
+        b.put_i32(pid);
+        b.put_i32(secret);
+    });
+}
+
+pub fn ready_for_query(out: &mut BytesMut, status: u8) {
+    message(out, b'Z', |b| b.put_u8(status));
+}
+
+/// Tells a client asking for protocol 3.x (x > 0) or for `_pq_.` options
+/// what this side speaks, as Postgres does.
+pub fn negotiate_protocol_version(out: &mut BytesMut, minor: i32, unrecognized: &[String]) {
+    message(out, b'v', |b| {
+        b.put_i32(minor);
+        b.put_i32(unrecognized.len() as i32);
+        for option in unrecognized {
+            cstr(b, option);
+        }
+    });
+}
+
+/// A simple-protocol Query, for the proxy's own statements on a server.
+pub fn query(out: &mut BytesMut, sql: &str) {
+    message(out, b'Q', |b| cstr(b, sql));
+}
+
+/// Terminate, sent before the proxy closes a server connection.
+pub fn terminate(out: &mut BytesMut) {
+    message(out, b'X', |_| {});
+}
+
+/// A password message (also carries SASL responses), for logging in to servers.
+pub fn password_message(out: &mut BytesMut, data: &[u8]) {
+    message(out, b'p', |b| b.put_slice(data));
+}
+
+/// A SASLInitialResponse, for logging in to servers.
+pub fn sasl_initial_response(out: &mut BytesMut, mechanism: &str, data: &[u8]) {
+    message(out, b'p', |b| {
+        cstr(b, mechanism);
+        b.put_i32(data.len() as i32);
+        b.put_slice(data);
+    });
+}
+
+/// A protocol 3.0 StartupMessage with the given parameters.
+pub fn startup_message(out: &mut BytesMut, params: &[(&str, &str)]) {
+    let at = out.len();
+    out.put_i32(0);
+    out.put_i32(196_608);
+    for (k, v) in params {
+        cstr(out, k);
+        cstr(out, v);
+    }
+    out.put_u8(0);
+    let len = (out.len() - at) as i32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// The fields of an ErrorResponse or NoticeResponse body that the proxy reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorFields {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// Reads the severity, SQLSTATE and message out of an ErrorResponse body.
+pub fn parse_error_fields(body: &[u8]) -> ErrorFields {
+    let mut fields = ErrorFields::default();
+    let mut rest = body;
+    while let Some((&kind, tail)) = rest.split_first() {
+        if kind == 0 {
+            break;
+        }
+        let Some(end) = tail.iter().position(|&b| b == 0) else {
+            break;
+        };
+        let value = String::from_utf8_lossy(&tail[..end]).into_owned();
+        match kind {
+            b'V' => fields.severity = value,
+            b'S' if fields.severity.is_empty() => fields.severity = value,
+            b'C' => fields.code = value,
+            b'M' => fields.message = value,
+            _ => {}
+        }
+        rest = &tail[end + 1..];
+    }
+    fields
+}
+
+/// Splits a body into NUL-terminated strings (ParameterStatus, startup).
+pub fn cstrings(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    body.split(|&b| b == 0)
+}
+
+/// Reads a ParameterStatus body: name and value.
+pub fn parse_parameter_status(body: &[u8]) -> Option<(String, String)> {
+    let mut parts = cstrings(body);
+    let name = std::str::from_utf8(parts.next()?).ok()?;
+    let value = std::str::from_utf8(parts.next()?).ok()?;
+    Some((name.to_string(), value.to_string()))
+}
+
+/// Reads the first column of a DataRow body as text, if it is not NULL.
+pub fn first_column_text(body: &[u8]) -> Option<&str> {
+    if body.len() < 6 {
+        return None;
+    }
+    let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+    if len < 0 {
+        return None;
+    }
+    let value = body.get(6..6 + len as usize)?;
+    std::str::from_utf8(value).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_round_trips() {
+        let mut out = BytesMut::new();
+        error_response(
+            &mut out,
+            Severity::Fatal,
+            "28P01",
+            "password authentication failed for user \"a\"",
+            None,
+        );
+        assert_eq!(out[0], b'E');
+        let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+        assert_eq!(len + 1, out.len());
+        let fields = parse_error_fields(&out[5..]);
+        assert_eq!(fields.severity, "FATAL");
+        assert_eq!(fields.code, "28P01");
+        assert_eq!(
+            fields.message,
+            "password authentication failed for user \"a\""
+        );
+    }
+
+    #[test]
+    fn ready_for_query_is_six_bytes() {
+        let mut out = BytesMut::new();
+        ready_for_query(&mut out, b'I');
+        assert_eq!(&out[..], b"Z\0\0\0\x05I");
+    }
+
+    #[test]
+    fn startup_message_has_version_and_terminator() {
+        let mut out = BytesMut::new();
+        startup_message(&mut out, &[("user", "app")]);
+        assert_eq!(&out[..], b"\0\0\0\x12\0\x03\0\0user\0app\0\0");
+    }
+
+    #[test]
+    fn first_column_reads_text_and_null() {
+        assert_eq!(first_column_text(b"\0\x01\0\0\0\x030/1"), Some("0/1"));
+        assert_eq!(first_column_text(b"\0\x01\xff\xff\xff\xff"), None);
+        assert_eq!(first_column_text(b"\0\x01\0\0\0\x09ab"), None);
+    }
+
+    #[test]
+    fn parameter_status_is_read() {
+        assert_eq!(
+            parse_parameter_status(b"TimeZone\0UTC\0"),
+            Some(("TimeZone".to_string(), "UTC".to_string()))
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! The proxy as a whole: its shared state, the accept loop, and shutdown.
+//!
+//! SIGTERM (or Ctrl-C) stops accepting, tells every session to end at its
+//! next safe point (no request in flight, no transaction open), and after
+//! `shutdown_timeout_ms` stops waiting.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::backend::pool::Pools;
+use crate::backend::{Login, ServerTarget};
+use crate::cancel::CancelRegistry;
+use crate::config::{AuthMethod, Config, ServerSection};
+use crate::frontend::{self, auth};
+use crate::protocol::messages::{self, Severity};
+
+/// How one configured user logs in, with secrets derived once.
+#[derive(Debug, Clone)]
+pub struct UserAuth {
+    pub method: AuthMethod,
+    pub scram: Option<auth::ScramSecret>,
+    pub md5: Option<String>,
+    pub server_user: String,
+    pub server_password: Option<String>,
+}
+
+/// State every session shares.
+#[derive(Debug)]
+pub struct Proxy {
+    pub config: Config,
+    pub users: HashMap<String, UserAuth>,
+    pub primary: ServerTarget,
+    pub replicas: Vec<ServerTarget>,
+    pub pools: Pools,
+    pub cancels: Arc<CancelRegistry>,
+}
+
+fn target(section: &ServerSection) -> ServerTarget {
+    ServerTarget {
+        name: section.name.clone(),
+        host: section.host.clone(),
+        port: section.port,
+    }
+}
+
+impl Proxy {
+    pub fn new(config: Config) -> Proxy {
+        let users = config
+            .users
+            .iter()
+            .map(|u| {
+                let scram = u
+                    .scram_verifier
+                    .as_deref()
+                    .and_then(auth::ScramSecret::parse)
+                    .or_else(|| u.password.as_deref().map(auth::ScramSecret::from_password));
+                let md5 = u
+                    .md5_hash
+                    .clone()
+                    .or_else(|| u.password.as_deref().map(|p| auth::md5_secret(&u.name, p)));
+                let (server_user, server_password) = u.server_login();
+                let entry = UserAuth {
+                    method: u.auth.unwrap_or(config.auth.method),
+                    scram,
+                    md5,
+                    server_user: server_user.to_string(),
+                    server_password: server_password.map(str::to_string),
+                };
+                (u.name.clone(), entry)
+            })
+            .collect();
+        let pools = Pools::new(
+            config.pool.max_server_connections,
+            config.pool.checkout_timeout(),
+            config.pool.connect_timeout(),
+        );
+        Proxy {
+            primary: target(&config.primary),
+            replicas: config.replicas.iter().map(target).collect(),
+            users,
+            pools,
+            cancels: Arc::new(CancelRegistry::default()),
+            config,
+        }
+    }
+
+    /// The login the proxy uses on servers for this client user and database.
+    pub fn server_login(&self, user: &str, database: &str) -> Login {
+        let (server_user, password) = match self.users.get(user) {
+            Some(u) => (u.server_user.clone(), u.server_password.clone()),
+            None => (user.to_string(), None),
+        };
+        Login {
+            user: server_user,
+            password,
+            database: database.to_string(),
+        }
+    }
+}
+
+/// Accepts clients until `stop` fires, then drains them.
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let client_slots = Arc::new(Semaphore::new(proxy.config.proxy.max_client_connections));
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, don't spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = client_slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "too many clients; refusing");
+                    tokio::spawn(async move {
+                        let mut stream = stream;
+                        let mut out = BytesMut::new();
+                        messages::error_response(&mut out, Severity::Fatal, "53300", "sorry, too many clients already", None);
+                        let _ = stream.write_all(&out).await;
+                    });
+                    continue;
+                };
+                let proxy = proxy.clone();
+                let drain = drain_rx.clone();
+                sessions.spawn(async move {
+                    frontend::serve(proxy, stream, drain).await;
+                    drop(slot);
+                });
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    let open = sessions.len();
+    tracing::info!(
+        open,
+        "shutting down: waiting for sessions to reach a safe point"
+    );
+    let _ = drain_tx.send(true);
+    let timeout = Duration::from_millis(proxy.config.proxy.shutdown_timeout_ms);
+    let drained = tokio::time::timeout(timeout, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = sessions.len(),
+            "shutdown timeout: closing remaining sessions"
+        );
+        sessions.shutdown().await;
+    }
+}
