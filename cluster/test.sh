@@ -10,8 +10,8 @@
 #    --no-fail-fast so one failing test binary does not hide the others)
 #
 # The integration tests start their own throwaway clusters (primary + replicas
-# on free ports, via cluster/cluster.sh), so nothing needs to be running first;
-# they need only the PostgreSQL server binaries and redis-server
+# on free ports, tests/support/cluster.rs), so nothing needs to be running
+# first; they need only the PostgreSQL server binaries and redis-server
 # (apt-get install -y postgresql-15 postgresql-client-15 redis-server).
 # cargo test's own output comes last, so its closing "test result:" lines are
 # the last lines of this script's output.
