@@ -74,6 +74,8 @@ done
 port_open "$CAUSEWAY_PORT" || die "causeway is not listening on $CAUSEWAY_PORT after 10 s"
 
 PROXY_URL="postgres://app:app@127.0.0.1:$CAUSEWAY_PORT/app"
+CLUSTER_CMD="bash cluster/cluster.sh"
+[[ $CLUSTER_DIR == "$REPO/.cluster" ]] || CLUSTER_CMD+=" --dir $CLUSTER_DIR"
 
 # 4. The demo app.
 # ----------------------------------------------------------------------------
@@ -97,8 +99,8 @@ cat <<EOF
   primary   $PRIMARY_URL   (direct, bypassing the proxy)
   redis     ${REDIS_URL:-none}
 
-  Make a replica lag:  bash cluster/cluster.sh pause replica0   (resume replica0)
-  Cluster status:      bash cluster/cluster.sh status
+  Make a replica lag:  $CLUSTER_CMD pause replica0   (then: resume replica0)
+  Cluster status:      $CLUSTER_CMD status
 
   Ctrl-C stops what this script started.
 
