@@ -30,6 +30,48 @@ pub struct Config {
     pub replicas: Vec<ServerSection>,
     #[serde(default = "default_users")]
     pub users: Vec<UserSection>,
+    #[serde(default)]
+    pub routing: RoutingSection,
+}
+
+/// How reads find a replica.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSection {
+    /// When no replica has replayed a session's last write: "wait" (up to
+    /// `max_wait_ms`, then the primary), "primary", or "error".
+    pub on_stale: crate::router::OnStale,
+    pub max_wait_ms: u64,
+    /// How often each replica's replay position is read.
+    pub poll_interval_ms: u64,
+    /// A session that never wrote reads from replicas at most this far behind.
+    pub max_lag_bytes: u64,
+    pub max_lag_ms: u64,
+    /// Functions that write, besides the ones causeway knows (nextval...).
+    pub extra_write_functions: Vec<String>,
+    /// Distinct statement texts whose classification is cached.
+    pub statement_cache_size: usize,
+    /// Login for the replica monitor; defaults to the first user's server login.
+    pub monitor_user: Option<String>,
+    pub monitor_password: Option<String>,
+    pub monitor_database: String,
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        RoutingSection {
+            on_stale: crate::router::OnStale::Wait,
+            max_wait_ms: 50,
+            poll_interval_ms: 10,
+            max_lag_bytes: 16 * 1024 * 1024,
+            max_lag_ms: 1000,
+            extra_write_functions: Vec::new(),
+            statement_cache_size: 10_000,
+            monitor_user: None,
+            monitor_password: None,
+            monitor_database: "postgres".to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,7 +129,11 @@ impl Default for AuthSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
-    /// A server connection is the client's from login to logout.
+    /// A server connection is lent for one transaction (or one statement
+    /// outside a transaction), then serves other clients.
+    Transaction,
+    /// A server connection is the client's from login to logout (one per
+    /// server the client uses).
     Session,
 }
 
@@ -108,7 +154,7 @@ pub struct PoolSection {
 impl Default for PoolSection {
     fn default() -> Self {
         PoolSection {
-            mode: PoolMode::Session,
+            mode: PoolMode::Transaction,
             max_server_connections: 40,
             checkout_timeout_ms: 5_000,
             connect_timeout_ms: 5_000,
@@ -249,6 +295,11 @@ impl Config {
             ),
             ("pool.checkout_timeout_ms", self.pool.checkout_timeout_ms),
             ("pool.connect_timeout_ms", self.pool.connect_timeout_ms),
+            ("routing.poll_interval_ms", self.routing.poll_interval_ms),
+            (
+                "routing.statement_cache_size",
+                self.routing.statement_cache_size as u64,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -68,6 +68,7 @@ async fn run(config: Config) -> ExitCode {
     };
     tracing::info!(%listen, primary = %config.primary.name, replicas = config.replicas.len(), "causeway listening");
     let proxy = Arc::new(Proxy::new(config));
+    proxy.start_monitor();
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_stop_signal().await;

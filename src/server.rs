@@ -5,6 +5,7 @@
 //! `shutdown_timeout_ms` stops waiting.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,9 @@ use crate::cancel::CancelRegistry;
 use crate::config::{AuthMethod, Config, ServerSection};
 use crate::frontend::{self, auth};
 use crate::protocol::messages::{self, Severity};
+use crate::replicas::Monitor;
+use crate::router::facts::FactsCache;
+use crate::router::Policy;
 
 /// How one configured user logs in, with secrets derived once.
 #[derive(Debug, Clone)]
@@ -40,6 +44,11 @@ pub struct Proxy {
     pub replicas: Vec<ServerTarget>,
     pub pools: Pools,
     pub cancels: Arc<CancelRegistry>,
+    pub monitor: Arc<Monitor>,
+    pub policy: Policy,
+    /// Changes from read to read, to spread reads over replicas.
+    pub spread: AtomicUsize,
+    pub facts_cache: FactsCache,
 }
 
 fn target(section: &ServerSection) -> ServerTarget {
@@ -81,14 +90,60 @@ impl Proxy {
             config.pool.checkout_timeout(),
             config.pool.connect_timeout(),
         );
+        let replicas: Vec<ServerTarget> = config.replicas.iter().map(target).collect();
+        let routing = &config.routing;
+        let policy = Policy {
+            on_stale: routing.on_stale,
+            max_wait: Duration::from_millis(routing.max_wait_ms),
+            max_lag_bytes: routing.max_lag_bytes,
+            max_lag_seconds: routing.max_lag_ms as f64 / 1000.0,
+        };
         Proxy {
             primary: target(&config.primary),
-            replicas: config.replicas.iter().map(target).collect(),
+            monitor: Monitor::new(&replicas, Duration::from_millis(routing.poll_interval_ms)),
+            replicas,
             users,
             pools,
             cancels: Arc::new(CancelRegistry::default()),
+            policy,
+            spread: AtomicUsize::new(0),
+            facts_cache: FactsCache::new(routing.statement_cache_size),
             config,
         }
+    }
+
+    /// The login the replica monitor uses on every server.
+    pub fn monitor_login(&self) -> Login {
+        let routing = &self.config.routing;
+        let first = self.config.users.first();
+        let (user, password) = match (&routing.monitor_user, first) {
+            (Some(user), _) => (user.clone(), routing.monitor_password.clone()),
+            (None, Some(first)) => {
+                let (user, password) = first.server_login();
+                (
+                    user.to_string(),
+                    routing
+                        .monitor_password
+                        .clone()
+                        .or(password.map(str::to_string)),
+                )
+            }
+            (None, None) => ("postgres".to_string(), routing.monitor_password.clone()),
+        };
+        Login {
+            user,
+            password,
+            database: routing.monitor_database.clone(),
+        }
+    }
+
+    /// Starts the background tasks that watch the servers.
+    pub fn start_monitor(&self) {
+        self.monitor.spawn(
+            self.primary.clone(),
+            self.replicas.clone(),
+            self.monitor_login(),
+        );
     }
 
     /// The login the proxy uses on servers for this client user and database.

@@ -3,7 +3,7 @@
 
 pub mod pool;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -44,6 +44,12 @@ pub struct ServerConn {
     pub rbuf: BytesMut,
     /// The server's ParameterStatus values, kept current as it reports changes.
     pub params: HashMap<String, String>,
+    /// Session settings this connection has now (name -> the SQL that set
+    /// them), so a session can tell what to replay before using it.
+    pub settings: BTreeMap<String, String>,
+    /// Prepared statements this connection has (name -> hash of how they
+    /// were prepared).
+    pub prepared: HashMap<String, u64>,
     /// The server's BackendKeyData, for cancelling its queries.
     pub backend_pid: i32,
     pub backend_secret: i32,
@@ -120,6 +126,8 @@ impl ServerConn {
             stream,
             rbuf: BytesMut::with_capacity(16 * 1024),
             params: HashMap::new(),
+            settings: BTreeMap::new(),
+            prepared: HashMap::new(),
             backend_pid: 0,
             backend_secret: 0,
             peer,

@@ -127,6 +127,11 @@ pub fn negotiate_protocol_version(out: &mut BytesMut, minor: i32, unrecognized: 
     });
 }
 
+/// CommandComplete with a command tag such as `BEGIN`.
+pub fn command_complete(out: &mut BytesMut, tag: &str) {
+    message(out, b'C', |b| cstr(b, tag));
+}
+
 /// A simple-protocol Query, for the proxy's own statements on a server.
 pub fn query(out: &mut BytesMut, sql: &str) {
     message(out, b'Q', |b| cstr(b, sql));

@@ -1,0 +1,334 @@
+//! Sending units to servers: choosing the server, getting a connection to
+//! it, bringing that connection up to date with the session's state, and
+//! asking the primary for the commit LSN after a write.
+
+use std::sync::atomic::Ordering;
+
+use super::responses::{Expect, InFlight, Internal};
+use super::units::Unit;
+use super::{Attached, End, Session};
+use crate::protocol::messages::{self, Severity};
+use crate::router::{self, Decision, OnStale, Reason, Server};
+
+/// Asks the primary how far its WAL goes, right after a commit, on the
+/// connection that committed. The insert position, not the flush position:
+/// with `synchronous_commit = off` the flush position can still be short of
+/// the commit record.
+pub const LSN_QUERY: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()";
+
+impl Session {
+    /// Sends every queued unit that may go now. A unit that needs a
+    /// routing decision waits until the server has answered everything
+    /// before it, so the decision sees the latest causal LSN.
+    pub(super) async fn dispatch_queued(&mut self) -> Result<(), End> {
+        while let Some(unit) = self.queued.front() {
+            let current = self.current.as_ref().map(|a| a.server);
+            let in_block = self.tx_status != b'I'
+                || self.open_batch.is_some()
+                || self.deferred_begin.is_some();
+            let (server, reason) = if self.deferred_begin.is_some() && current.is_none() {
+                // The held-back BEGIN goes where its first statement goes.
+                if unit.facts.set_tx_read_only && !unit.facts.writes() {
+                    match self.choose_replica(true).await? {
+                        Some(choice) => choice,
+                        None => (Server::Primary, Reason::Transaction),
+                    }
+                } else {
+                    (Server::Primary, Reason::Transaction)
+                }
+            } else if in_block || self.pinned.is_some() {
+                match current {
+                    Some(server) => (
+                        server,
+                        if self.pinned.is_some() {
+                            Reason::Pinned
+                        } else {
+                            Reason::Transaction
+                        },
+                    ),
+                    None => (Server::Primary, Reason::Pinned),
+                }
+            } else if !self.pending.is_empty() {
+                // Pipelined behind a request still running: only the primary
+                // is safe without knowing how that request ends.
+                if current != Some(Server::Primary) {
+                    return Ok(());
+                }
+                let reason = if unit.facts.is_read() {
+                    Reason::Pipelined
+                } else {
+                    Reason::Write
+                };
+                (Server::Primary, reason)
+            } else if unit.retried {
+                (Server::Primary, Reason::Retry)
+            } else if unit.lone_begin && self.pinned.is_none() {
+                let Some(unit) = self.queued.pop_front() else {
+                    break;
+                };
+                self.hold_begin(unit);
+                continue;
+            } else {
+                match self.route(unit).await? {
+                    Some(choice) => choice,
+                    None => {
+                        let Some(unit) = self.queued.pop_front() else {
+                            break;
+                        };
+                        self.refuse_stale(&unit);
+                        continue;
+                    }
+                }
+            };
+            let Some(unit) = self.queued.pop_front() else {
+                break;
+            };
+            self.send(unit, server, reason).await?;
+        }
+        Ok(())
+    }
+
+    /// Answers a lone BEGIN itself and keeps it for the next unit.
+    fn hold_begin(&mut self, unit: Unit) {
+        self.deferred_begin = Some(unit.bytes);
+        messages::command_complete(&mut self.to_client, "BEGIN");
+        messages::ready_for_query(&mut self.to_client, b'T');
+        self.tx_status = b'T';
+    }
+
+    /// Fails a read for which no replica is fresh under `on_stale = "error"`.
+    fn refuse_stale(&mut self, unit: &Unit) {
+        let causal = self.causal.map(|l| l.to_string()).unwrap_or_default();
+        let text = format!(
+            "causeway: no replica has replayed this session's writes (causal LSN {causal}) within {} ms",
+            self.proxy.policy.max_wait.as_millis()
+        );
+        messages::error_response(
+            &mut self.to_client,
+            Severity::Error,
+            "57P03",
+            &text,
+            Some("on_stale = \"error\" in the [routing] config; retry, or read from the primary with /* causeway: primary */"),
+        );
+        crate::metrics::stale_refused();
+        if unit.synced {
+            messages::ready_for_query(&mut self.to_client, self.tx_status);
+        }
+    }
+
+    /// Routes a unit at rest. `None`: refuse it (stale, `on_stale = "error"`).
+    async fn route(&self, unit: &Unit) -> Result<Option<(Server, Reason)>, End> {
+        let decision = router::decide(&unit.facts, self.pinned.is_some(), self.causal);
+        let (any_replica, read_only_block) = match decision {
+            Decision::Primary(reason) => return Ok(Some((Server::Primary, reason))),
+            Decision::Replica {
+                any_replica,
+                read_only_block,
+                ..
+            } => (any_replica, read_only_block),
+        };
+        if any_replica {
+            let spread = self.proxy.spread.fetch_add(1, Ordering::Relaxed);
+            let policy = self.proxy.policy;
+            let picked = self
+                .proxy
+                .monitor
+                .with_positions(|p| router::pick_replica(p, None, true, &policy, spread));
+            return Ok(Some(match picked {
+                Some((i, reason)) => (Server::Replica(i), reason),
+                None => (Server::Primary, Reason::NoReplica),
+            }));
+        }
+        match self.choose_replica(read_only_block).await? {
+            Some(choice) => Ok(Some(choice)),
+            None => Ok(None),
+        }
+    }
+
+    /// A replica fresh enough for this session, waiting as the policy says.
+    /// Falls back to the primary; `None` only under `on_stale = "error"`.
+    async fn choose_replica(&self, read_only_block: bool) -> Result<Option<(Server, Reason)>, End> {
+        let proxy = self.proxy.clone();
+        let policy = proxy.policy;
+        let causal = self.causal;
+        let spread = proxy.spread.fetch_add(1, Ordering::Relaxed);
+        let label = |reason| {
+            if read_only_block {
+                Reason::ReadOnlyTransaction
+            } else {
+                reason
+            }
+        };
+        let (picked, any) = proxy.monitor.with_positions(|p| {
+            (
+                router::pick_replica(p, causal, false, &policy, spread),
+                router::any_healthy(p),
+            )
+        });
+        if let Some((i, reason)) = picked {
+            return Ok(Some((Server::Replica(i), label(reason))));
+        }
+        if !any {
+            return Ok(Some((Server::Primary, Reason::NoReplica)));
+        }
+        match policy.on_stale {
+            OnStale::Primary => Ok(Some((Server::Primary, Reason::Stale))),
+            OnStale::Wait | OnStale::Error => {
+                let started = std::time::Instant::now();
+                let found = proxy
+                    .monitor
+                    .wait_for(policy.max_wait, |p| {
+                        router::pick_replica(p, causal, false, &policy, spread)
+                    })
+                    .await;
+                crate::metrics::waited(started.elapsed(), found.is_some());
+                match (found, policy.on_stale) {
+                    (Some((i, reason)), _) => Ok(Some((Server::Replica(i), label(reason)))),
+                    (None, OnStale::Error) => Ok(None),
+                    (None, _) => Ok(Some((Server::Primary, Reason::Stale))),
+                }
+            }
+        }
+    }
+
+    /// Attaches to `server`, replays what it lacks, and sends the unit.
+    async fn send(&mut self, unit: Unit, server: Server, reason: Reason) -> Result<(), End> {
+        let server = self.attach(server).await?;
+        let reason = if server == Server::Primary && reason == Reason::Fresh {
+            Reason::NoReplica
+        } else {
+            reason
+        };
+        let Some(attached) = self.current.as_mut() else {
+            return Err(End::ServerLost("no server attached".into()));
+        };
+        let server_name = attached.lease.conn.server_name.clone();
+        crate::metrics::routed(&server_name, server == Server::Primary, reason);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let replayed = match server {
+                Server::Replica(i) => self
+                    .proxy
+                    .monitor
+                    .with_positions(|p| p.replicas.get(i).map(|r| r.replayed)),
+                Server::Primary => None,
+            };
+            tracing::debug!(
+                server = %server_name,
+                reason = reason.as_str(),
+                session_lsn = %self.causal.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
+                replayed = %replayed.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                "routed {} to {server_name}",
+                if unit.facts.is_read() { "read" } else { "unit" }
+            );
+        }
+        // Bring the connection up to date with the session.
+        let catchup = self
+            .state
+            .catch_up(&mut attached.lease.conn, &unit.needs(), &unit.creates());
+        if let Some(sql) = catchup.settings {
+            self.pending.push_back(Expect::Internal(Internal::Setup));
+            messages::query(&mut self.to_server, &sql);
+        }
+        if let Some(batch) = catchup.statements {
+            self.pending.push_back(Expect::Internal(Internal::Setup));
+            self.to_server.extend_from_slice(&batch);
+        }
+        if let Some(sql) = catchup.sql_prepares {
+            self.pending.push_back(Expect::Internal(Internal::Setup));
+            messages::query(&mut self.to_server, &sql);
+        }
+        if let Some(begin) = self.deferred_begin.take() {
+            self.pending.push_back(Expect::Internal(Internal::Begin));
+            self.to_server.extend_from_slice(&begin);
+        }
+        if let Some(pin) = unit.facts.pins {
+            if server == Server::Primary && self.pinned.is_none() {
+                tracing::debug!(reason = pin, "session pinned to the primary");
+                self.pinned = Some(pin);
+            }
+        }
+        let at_rest = self.tx_status == b'I';
+        let wrote = unit.facts.writes();
+        if !at_rest && wrote {
+            self.tx_wrote = true;
+        }
+        // Ask for the commit LSN after a unit that may commit a write.
+        let want_lsn = server == Server::Primary
+            && unit.synced
+            && if at_rest {
+                wrote && !(unit.facts.begin.is_some() && !unit.facts.ends_tx)
+            } else {
+                unit.facts.ends_tx && (self.tx_wrote || wrote)
+            };
+        self.to_server.extend_from_slice(&unit.bytes);
+        let mut inflight = InFlight::new(&unit, server, at_rest);
+        if let Some(open) = self.open_batch.take() {
+            inflight.absorb(open);
+        }
+        if unit.synced {
+            if matches!(server, Server::Replica(_)) {
+                inflight.retry = Some(unit);
+            }
+            self.pending.push_back(Expect::Client(Box::new(inflight)));
+            if want_lsn {
+                self.pending.push_back(Expect::Internal(Internal::Lsn));
+                messages::query(&mut self.to_server, LSN_QUERY);
+            }
+        } else {
+            self.open_batch = Some(inflight);
+        }
+        Ok(())
+    }
+
+    /// Makes `server` the current connection, keeping the one in use if it
+    /// is the same. A replica that cannot be reached is reported and the
+    /// primary used instead. Returns the server attached.
+    async fn attach(&mut self, server: Server) -> Result<Server, End> {
+        if self.current.as_ref().map(|a| a.server) == Some(server) {
+            return Ok(server);
+        }
+        if let Some(old) = self.current.take() {
+            match self.proxy.config.pool.mode {
+                crate::config::PoolMode::Transaction => old.lease.give_back(),
+                crate::config::PoolMode::Session => self.stash.push(old),
+            }
+        }
+        if let Some(i) = self.stash.iter().position(|a| a.server == server) {
+            self.current = Some(self.stash.swap_remove(i));
+            self.set_cancel_target();
+            return Ok(server);
+        }
+        let target = match server {
+            Server::Primary => self.proxy.primary.clone(),
+            Server::Replica(i) => match self.proxy.replicas.get(i) {
+                Some(t) => t.clone(),
+                None => return Box::pin(self.attach(Server::Primary)).await,
+            },
+        };
+        let pool = self.proxy.pools.get(&target, &self.login);
+        match pool.checkout().await {
+            Ok(lease) => {
+                self.current = Some(Attached { server, lease });
+                self.set_cancel_target();
+                Ok(server)
+            }
+            Err(e) if server != Server::Primary => {
+                tracing::warn!(replica = %target.name, error = %e, "replica unreachable; using the primary");
+                self.proxy
+                    .monitor
+                    .report_failure(&target.name, &e.to_string());
+                Box::pin(self.attach(Server::Primary)).await
+            }
+            Err(e) => {
+                let code = match e {
+                    crate::backend::BackendError::PoolTimeout { .. } => "53300",
+                    _ => "08006",
+                };
+                Err(End::NoServer {
+                    code,
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! A logged-in client's session: the relay between the client and whichever
+//! server each of its units of work is routed to.
+//!
+//! One task per client, one loop, with four things it may do next: write to
+//! the server, write to the client, read from the server, read from the
+//! client. Reads and writes are never awaited one after the other on one pair
+//! of sockets, so a client that pipelines more than the socket buffers hold
+//! cannot deadlock the proxy against a server busy answering it.
+//!
+//! Client messages are grouped into units ([`units`]); each unit is routed
+//! ([`dispatch`]) when the session is at a point where it may move, and the
+//! server's answers are passed back ([`responses`]). Messages pass through
+//! as bytes; only headers and a few bodies are read.
+
+mod dispatch;
+mod responses;
+pub mod state;
+pub mod units;
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::{backend_login_error, refuse, ClientIo, Ready};
+use crate::backend::pool::Lease;
+use crate::backend::Login;
+use crate::cancel::CancelKey;
+use crate::lsn::Lsn;
+use crate::protocol::messages::{self, Severity};
+use crate::protocol::FrameError;
+use crate::router::{Effect, Server};
+use crate::server::Proxy;
+use responses::{Expect, InFlight};
+use state::SessionState;
+use units::{Unit, UnitBuilder};
+
+/// Stop reading a side while this much is waiting to be written to the other.
+const HIGH_WATER: usize = 1 << 20;
+/// Read buffers grow by at most this much at a time, whatever a message's
+/// length claims.
+const READ_CHUNK: usize = 64 * 1024;
+/// Units parsed ahead of the one running, at most.
+const MAX_QUEUED_UNITS: usize = 64;
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    /// Terminate, or the client closed its socket.
+    ClientLeft,
+    /// The client broke the protocol; it gets this FATAL.
+    ClientProtocol(FrameError),
+    /// The server connection failed; the client gets an error if the
+    /// server did not already send one.
+    ServerLost(String),
+    /// No server could be had for the client.
+    NoServer { code: &'static str, message: String },
+    /// The proxy is shutting down and the session reached a safe point.
+    Drained,
+}
+
+enum Event {
+    ClientRead(io::Result<usize>),
+    ServerRead(io::Result<usize>),
+    ClientWrote(io::Result<usize>),
+    ServerWrote(io::Result<usize>),
+    Shutdown,
+}
+
+/// A server connection in use by the session.
+struct Attached {
+    server: Server,
+    lease: Lease,
+}
+
+struct Session {
+    proxy: Arc<Proxy>,
+    client: TcpStream,
+    /// Client bytes read and not yet handled.
+    cbuf: BytesMut,
+    to_client: BytesMut,
+    to_server: BytesMut,
+    current: Option<Attached>,
+    /// Session pooling: connections kept for this client, one per server.
+    stash: Vec<Attached>,
+    builder: UnitBuilder,
+    /// Units read from the client and not yet sent to a server.
+    queued: VecDeque<Unit>,
+    /// What the server still owes, one entry per ReadyForQuery to come.
+    pending: VecDeque<Expect>,
+    /// A batch sent up to a Flush, whose Sync has not come yet.
+    open_batch: Option<InFlight>,
+    /// The server's transaction status from its last ReadyForQuery.
+    tx_status: u8,
+    /// The open transaction wrote, so its commit moves the causal LSN.
+    tx_wrote: bool,
+    /// SET effects inside the open transaction, applied on commit.
+    tx_effects: Vec<Effect>,
+    /// A lone BEGIN held back until the next unit shows where the
+    /// transaction should run.
+    deferred_begin: Option<bytes::Bytes>,
+    /// Bytes left of a client CopyData being streamed to the server.
+    client_streaming: usize,
+    /// Bytes left of a server message being streamed to the client.
+    server_streaming: usize,
+    /// Answers from a replica held back until they are complete, so a
+    /// refused read can be re-run on the primary with the client none the wiser.
+    held: BytesMut,
+    /// The server sent a FATAL error: it is about to close.
+    server_fatal: bool,
+    state: SessionState,
+    /// The end of this session's last committed write.
+    causal: Option<Lsn>,
+    /// The last client unit committed a write; the LSN query after it
+    /// moves `causal`.
+    commit_awaiting_lsn: bool,
+    /// State only the primary has (LISTEN, temp table, ...).
+    pinned: Option<&'static str>,
+    /// The answer to the last LSN query, until its ReadyForQuery.
+    lsn_answer: Option<Lsn>,
+    /// How this client's server connections log in.
+    login: Login,
+    cancel: CancelKey,
+    draining: bool,
+}
+
+/// Runs a logged-in client's session to its end.
+pub async fn run(
+    proxy: Arc<Proxy>,
+    mut io: ClientIo,
+    ready: Ready,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let cancel = proxy.cancels.register();
+    let mut state = SessionState::default();
+    for (name, value) in &ready.settings {
+        state.settings.insert(
+            name.to_ascii_lowercase(),
+            state::startup_setting_sql(name, value),
+        );
+    }
+    // The greeting comes from a primary connection, which also proves the
+    // database and login work before the client is told it is in.
+    let pool = proxy.pools.get(&proxy.primary, &ready.login);
+    let mut lease = match pool.checkout().await {
+        Ok(lease) => lease,
+        Err(e) => {
+            tracing::warn!(error = %e, "no server connection for new client");
+            refuse(&mut io, backend_login_error(e)).await;
+            return;
+        }
+    };
+    let catchup = state.catch_up(&mut lease.conn, &[], &[]);
+    if let Some(sql) = catchup.settings {
+        match lease.conn.run_internal(&sql).await {
+            Ok(None) => {}
+            Ok(Some(e)) => {
+                refuse(
+                    &mut io,
+                    super::LoginError::Fatal {
+                        code: e.code,
+                        message: e.message,
+                    },
+                )
+                .await;
+                return;
+            }
+            Err(e) => {
+                refuse(&mut io, backend_login_error(e)).await;
+                return;
+            }
+        }
+    }
+    let mut greeting = BytesMut::with_capacity(512);
+    let mut params: Vec<_> = lease.conn.params.iter().collect();
+    params.sort();
+    for (name, value) in params {
+        messages::parameter_status(&mut greeting, name, value);
+    }
+    messages::backend_key_data(&mut greeting, cancel.pid, cancel.secret);
+    messages::ready_for_query(&mut greeting, b'I');
+    if io.stream.write_all(&greeting).await.is_err() {
+        lease.give_back();
+        return;
+    }
+    let mut session = Session {
+        proxy,
+        client: io.stream,
+        cbuf: io.rbuf,
+        to_client: BytesMut::with_capacity(16 * 1024),
+        to_server: BytesMut::with_capacity(16 * 1024),
+        current: Some(Attached {
+            server: Server::Primary,
+            lease,
+        }),
+        stash: Vec::new(),
+        builder: UnitBuilder::default(),
+        queued: VecDeque::new(),
+        pending: VecDeque::new(),
+        open_batch: None,
+        tx_status: b'I',
+        tx_wrote: false,
+        tx_effects: Vec::new(),
+        deferred_begin: None,
+        client_streaming: 0,
+        server_streaming: 0,
+        held: BytesMut::new(),
+        server_fatal: false,
+        state,
+        causal: None,
+        commit_awaiting_lsn: false,
+        lsn_answer: None,
+        login: ready.login.clone(),
+        pinned: None,
+        cancel,
+        draining: *shutdown.borrow(),
+    };
+    session.set_cancel_target();
+    let end = session.relay(&mut shutdown).await;
+    session.finish(end).await;
+}
+
+async fn read_opt(half: Option<(ReadHalf<'_>, &mut BytesMut)>) -> io::Result<usize> {
+    match half {
+        Some((mut half, buf)) => {
+            reserve_for_read(buf);
+            half.read_buf(buf).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_opt(half: Option<WriteHalf<'_>>, buf: &[u8]) -> io::Result<usize> {
+    match half {
+        Some(mut half) => half.write(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn reserve_for_read(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+fn advance(buf: &mut BytesMut, n: usize) {
+    buf.advance(n);
+    if buf.is_empty() {
+        buf.clear();
+    }
+}
+
+impl Session {
+    /// No request in flight, no transaction or batch open, nothing
+    /// half-read: the session may release its server or end here.
+    fn at_rest(&self) -> bool {
+        self.pending.is_empty()
+            && self.tx_status == b'I'
+            && self.open_batch.is_none()
+            && self.deferred_begin.is_none()
+            && self.queued.is_empty()
+            && !self.builder.is_building()
+            && self.client_streaming == 0
+            && self.server_streaming == 0
+            && self.to_server.is_empty()
+    }
+
+    fn set_cancel_target(&self) {
+        self.cancel
+            .set(self.current.as_ref().map(|a| crate::cancel::CancelTarget {
+                addr: a.lease.conn.peer,
+                pid: a.lease.conn.backend_pid,
+                secret: a.lease.conn.backend_secret,
+            }));
+    }
+
+    async fn relay(&mut self, shutdown: &mut watch::Receiver<bool>) -> End {
+        loop {
+            if let Err(end) = self.dispatch_queued().await {
+                return end;
+            }
+            self.release_if_at_rest();
+            if self.draining && self.at_rest() && self.to_client.is_empty() && self.cbuf.is_empty()
+            {
+                return End::Drained;
+            }
+            let event = {
+                let (client_read, client_write) = self.client.split();
+                let (server_read, server_write) = match self.current.as_mut() {
+                    Some(attached) => {
+                        let conn = &mut attached.lease.conn;
+                        let (r, w) = conn.stream.split();
+                        (Some((r, &mut conn.rbuf)), Some(w))
+                    }
+                    None => (None, None),
+                };
+                let server_attached = server_read.is_some();
+                let cbuf = &mut self.cbuf;
+                let mut client_read = client_read;
+                let mut client_write = client_write;
+                let client_room =
+                    self.to_server.len() < HIGH_WATER && self.queued.len() < MAX_QUEUED_UNITS;
+                tokio::select! {
+                    biased;
+                    r = write_opt(server_write, &self.to_server), if !self.to_server.is_empty() => Event::ServerWrote(r),
+                    r = client_write.write(&self.to_client), if !self.to_client.is_empty() => Event::ClientWrote(r),
+                    r = read_opt(server_read), if server_attached && self.to_client.len() < HIGH_WATER => Event::ServerRead(r),
+                    r = async {
+                        reserve_for_read(cbuf);
+                        client_read.read_buf(cbuf).await
+                    }, if client_room => Event::ClientRead(r),
+                    _ = shutdown.changed(), if !self.draining => Event::Shutdown,
+                }
+            };
+            match event {
+                Event::ServerWrote(Ok(n)) => advance(&mut self.to_server, n),
+                Event::ClientWrote(Ok(n)) => advance(&mut self.to_client, n),
+                Event::ServerWrote(Err(e)) => {
+                    if let Err(end) = self.server_failed(e.to_string()) {
+                        return end;
+                    }
+                }
+                Event::ClientWrote(Err(_)) => return End::ClientLeft,
+                Event::ServerRead(Ok(0)) => {
+                    if let Err(end) =
+                        self.server_failed("server closed the connection unexpectedly".into())
+                    {
+                        return end;
+                    }
+                }
+                Event::ServerRead(Err(e)) => {
+                    if let Err(end) = self.server_failed(e.to_string()) {
+                        return end;
+                    }
+                }
+                Event::ServerRead(Ok(_)) => {
+                    if let Err(e) = self.handle_server_bytes() {
+                        if let Err(end) = self.server_failed(e.to_string()) {
+                            return end;
+                        }
+                    }
+                }
+                Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return End::ClientLeft,
+                Event::ClientRead(Ok(_)) => match self.handle_client_bytes() {
+                    Ok(true) => {}
+                    Ok(false) => return End::ClientLeft,
+                    Err(e) => return End::ClientProtocol(e),
+                },
+                Event::Shutdown => self.draining = true,
+            }
+        }
+    }
+
+    /// Groups whole client messages into units. Returns false on Terminate.
+    fn handle_client_bytes(&mut self) -> Result<bool, FrameError> {
+        let source = units::CachedFacts {
+            cache: &self.proxy.facts_cache,
+            extra_write_functions: &self.proxy.config.routing.extra_write_functions,
+        };
+        // COPY data goes to the server in COPY mode, which is the current
+        // one; if units are still queued it must wait behind them.
+        let mut copy = BytesMut::new();
+        let parsed = self.builder.parse(
+            &mut self.cbuf,
+            &mut self.queued,
+            &mut copy,
+            &mut self.client_streaming,
+            &self.state,
+            &source,
+            MAX_QUEUED_UNITS,
+        )?;
+        if !copy.is_empty() {
+            match self.queued.back_mut() {
+                Some(last) => {
+                    let mut bytes = BytesMut::from(&last.bytes[..]);
+                    bytes.extend_from_slice(&copy);
+                    last.bytes = bytes.freeze();
+                }
+                None => self.to_server.extend_from_slice(&copy),
+            }
+        }
+        Ok(!matches!(parsed, units::Parsed::Terminate))
+    }
+
+    /// Gives the server back (transaction pooling) or keeps it aside
+    /// (session pooling) once the session is at rest.
+    fn release_if_at_rest(&mut self) {
+        if self.current.is_none() || !self.at_rest() || self.pinned.is_some() {
+            return;
+        }
+        if let Some(attached) = self.current.take() {
+            if !attached.lease.conn.rbuf.is_empty() {
+                // Something unasked-for is buffered (a notice): keep it with
+                // the session, which reads it next.
+                self.current = Some(attached);
+                return;
+            }
+            match self.proxy.config.pool.mode {
+                crate::config::PoolMode::Transaction => attached.lease.give_back(),
+                crate::config::PoolMode::Session => self.stash.push(attached),
+            }
+            self.cancel.set(None);
+        }
+    }
+
+    /// The current server connection failed. A read that nothing of has
+    /// reached the client is re-run elsewhere; otherwise the session ends.
+    fn server_failed(&mut self, why: String) -> Result<(), End> {
+        let Some(attached) = self.current.take() else {
+            return Err(End::ServerLost(why));
+        };
+        let retry = match (attached.server, self.pending.back()) {
+            (Server::Replica(_), Some(Expect::Client(inflight))) => inflight.retry.clone(),
+            _ => None,
+        };
+        let Some(mut unit) = retry else {
+            self.current = Some(attached);
+            return Err(End::ServerLost(why));
+        };
+        let name = attached.lease.conn.server_name.clone();
+        tracing::warn!(replica = %name, reason = %why, "replica failed during a read; re-running it elsewhere");
+        self.proxy.monitor.report_failure(&name, &why);
+        crate::metrics::retried(&name, "replica_lost");
+        self.pending.clear();
+        self.held.clear();
+        self.server_streaming = 0;
+        self.tx_status = b'I';
+        unit.retried = true;
+        self.queued.push_front(unit);
+        Ok(())
+    }
+
+    /// Says the last word to the client and returns or closes the server
+    /// connections.
+    async fn finish(mut self, end: End) {
+        let mut farewell = BytesMut::new();
+        let client_left = matches!(end, End::ClientLeft);
+        match &end {
+            End::ClientLeft => {}
+            End::ClientProtocol(e) => {
+                tracing::debug!(error = %e, "client broke the protocol");
+                messages::error_response(
+                    &mut farewell,
+                    Severity::Fatal,
+                    "08P01",
+                    &e.to_string(),
+                    None,
+                );
+            }
+            End::ServerLost(why) => {
+                tracing::warn!(reason = %why, "server connection lost");
+                if !self.server_fatal {
+                    messages::error_response(
+                        &mut farewell,
+                        Severity::Fatal,
+                        "08006",
+                        "server closed the connection unexpectedly",
+                        Some(why),
+                    );
+                }
+                // Never reuse a connection that failed.
+                self.current = None;
+            }
+            End::NoServer { code, message } => {
+                messages::error_response(&mut farewell, Severity::Fatal, code, message, None);
+            }
+            End::Drained => messages::error_response(
+                &mut farewell,
+                Severity::Fatal,
+                "57P01",
+                "terminating connection due to administrator command",
+                None,
+            ),
+        }
+        if !client_left {
+            self.to_client.extend_from_slice(&self.held);
+            self.to_client.extend_from_slice(&farewell);
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                self.client.write_all(&self.to_client),
+            )
+            .await;
+            let _ = self.client.shutdown().await;
+        }
+        self.cancel.set(None);
+        let quiet = self.pending.is_empty()
+            && self.server_streaming == 0
+            && self.to_server.is_empty()
+            && self.open_batch.is_none()
+            && !self.server_fatal;
+        let in_transaction = self.tx_status != b'I';
+        let reset_query = self.proxy.config.pool.reset_query.clone();
+        if let Some(attached) = self.current.take() {
+            release_clean(attached.lease, quiet, in_transaction, &reset_query).await;
+        }
+        for attached in self.stash.drain(..) {
+            release_clean(attached.lease, true, false, &reset_query).await;
+        }
+    }
+}
+
+/// Gives a connection back to its pool after resetting it, or closes it if
+/// it cannot be made clean for the next client.
+async fn release_clean(mut lease: Lease, quiet: bool, in_transaction: bool, reset_query: &str) {
+    if !quiet || !lease.conn.rbuf.is_empty() {
+        lease.conn.terminate().await;
+        return;
+    }
+    let reset = async {
+        if in_transaction && lease.conn.run_internal("ROLLBACK").await?.is_some() {
+            return Ok(false);
+        }
+        Ok::<bool, crate::backend::BackendError>(
+            lease.conn.run_internal(reset_query).await?.is_none(),
+        )
+    };
+    match tokio::time::timeout(Duration::from_secs(5), reset).await {
+        Ok(Ok(true)) => {
+            lease.conn.settings.clear();
+            lease.conn.prepared.clear();
+            lease.give_back();
+        }
+        _ => lease.conn.terminate().await,
+    }
+}

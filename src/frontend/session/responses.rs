@@ -1,0 +1,379 @@
+//! The server's answers: passed to the client, held back (a replica's
+//! answer, until it is whole, in case it must be re-run on the primary), or
+//! swallowed (the proxy's own statements), and read for what they change:
+//! transaction status, prepared statements, settings, the commit LSN.
+
+use bytes::BytesMut;
+
+use super::state::Prepared;
+use super::units::Unit;
+use super::Session;
+use crate::lsn::Lsn;
+use crate::protocol::messages;
+use crate::protocol::{self, FrameError};
+use crate::router::{Effect, Server};
+
+/// A replica's held-back answer is passed on once it grows past this; from
+/// then on the read cannot be re-run invisibly.
+const MAX_HELD: usize = 256 * 1024;
+
+/// SQLSTATEs with which a replica refuses what the primary would run:
+/// read-only transaction, and a query cancelled by a recovery conflict.
+const REPLICA_REFUSALS: [&str; 2] = ["25006", "40001"];
+
+/// A ReadyForQuery the session waits for, and whose request it ends.
+#[derive(Debug)]
+pub enum Expect {
+    Client(Box<InFlight>),
+    Internal(Internal),
+}
+
+/// The proxy's own requests, whose answers the client never sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Internal {
+    /// Replaying settings or prepared statements.
+    Setup,
+    /// A BEGIN held back from the client.
+    Begin,
+    /// The commit LSN after a write.
+    Lsn,
+}
+
+/// A client unit the server is working on, and what its answers showed.
+#[derive(Debug)]
+pub struct InFlight {
+    pub server: Server,
+    /// It started with no transaction open.
+    pub started_at_rest: bool,
+    pub writes: bool,
+    /// The transaction it is part of wrote (this unit or an earlier one).
+    pub tx_wrote: bool,
+    pub effects: Vec<Effect>,
+    pub parses: Vec<(Option<String>, Prepared)>,
+    pub sql_prepares: Vec<(String, Prepared)>,
+    pub closes: Vec<String>,
+    /// The unit again, while it may still be re-run elsewhere.
+    pub retry: Option<Unit>,
+    /// A replica refused it; its answers are dropped and it runs again.
+    pub refused: bool,
+    pub saw_error: bool,
+    pub saw_commit: bool,
+    pub saw_rollback: bool,
+    pub parse_completes: usize,
+    pub close_completes: usize,
+}
+
+impl InFlight {
+    pub fn new(unit: &Unit, server: Server, started_at_rest: bool) -> InFlight {
+        InFlight {
+            server,
+            started_at_rest,
+            writes: unit.facts.writes(),
+            tx_wrote: unit.facts.writes(),
+            effects: unit.facts.effects.clone(),
+            parses: unit.parses.clone(),
+            sql_prepares: unit.sql_prepares.clone(),
+            closes: unit.closes.clone(),
+            retry: None,
+            refused: false,
+            saw_error: false,
+            saw_commit: false,
+            saw_rollback: false,
+            parse_completes: 0,
+            close_completes: 0,
+        }
+    }
+
+    /// Takes in the part of the batch sent before a Flush.
+    pub fn absorb(&mut self, earlier: InFlight) {
+        let mut parses = earlier.parses;
+        parses.append(&mut self.parses);
+        self.parses = parses;
+        let mut closes = earlier.closes;
+        closes.append(&mut self.closes);
+        self.closes = closes;
+        let mut effects = earlier.effects;
+        effects.append(&mut self.effects);
+        self.effects = effects;
+        self.writes |= earlier.writes;
+        self.tx_wrote |= earlier.tx_wrote;
+        self.saw_error |= earlier.saw_error;
+        self.parse_completes += earlier.parse_completes;
+        self.close_completes += earlier.close_completes;
+        self.started_at_rest = earlier.started_at_rest;
+    }
+
+    fn note(&mut self, tag: u8, message: &[u8]) {
+        match tag {
+            b'1' => self.parse_completes += 1,
+            b'3' => self.close_completes += 1,
+            b'E' => {
+                self.saw_error = true;
+                if self.retry.is_some() && !self.refused {
+                    let fields = messages::parse_error_fields(&message[5..]);
+                    self.refused = REPLICA_REFUSALS.contains(&fields.code.as_str());
+                }
+            }
+            b'C' => {
+                let tag = &message[5..];
+                if tag.starts_with(b"COMMIT") {
+                    self.saw_commit = true;
+                } else if tag.starts_with(b"ROLLBACK") {
+                    self.saw_rollback = true;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Session {
+    /// Handles every whole message in the current server's read buffer.
+    pub(super) fn handle_server_bytes(&mut self) -> Result<(), FrameError> {
+        let Some(attached) = self.current.as_mut() else {
+            return Ok(());
+        };
+        let mut rbuf = std::mem::take(&mut attached.lease.conn.rbuf);
+        let result = self.handle_messages(&mut rbuf);
+        if let Some(attached) = self.current.as_mut() {
+            attached.lease.conn.rbuf = rbuf;
+        }
+        result
+    }
+
+    fn handle_messages(&mut self, rbuf: &mut BytesMut) -> Result<(), FrameError> {
+        loop {
+            if self.server_streaming > 0 {
+                let n = self.server_streaming.min(rbuf.len());
+                let chunk = rbuf.split_to(n);
+                self.server_streaming -= n;
+                self.pass_on(&chunk);
+                if rbuf.is_empty() {
+                    return Ok(());
+                }
+            }
+            let Some(header) = protocol::backend_header(rbuf)? else {
+                return Ok(());
+            };
+            let len = header.wire_len();
+            let internal = matches!(self.pending.front(), Some(Expect::Internal(_)));
+            if rbuf.len() < len {
+                // Big rows and COPY data stream through; everything else is
+                // small and read whole.
+                if matches!(header.tag, b'D' | b'd') && !internal {
+                    self.server_streaming = len;
+                    continue;
+                }
+                return Ok(());
+            }
+            let message = rbuf.split_to(len);
+            self.handle_message(header.tag, &message);
+        }
+    }
+
+    /// Sends answer bytes where the current request's answers go.
+    fn pass_on(&mut self, bytes: &[u8]) {
+        match self.pending.front_mut() {
+            Some(Expect::Internal(_)) => {}
+            Some(Expect::Client(inflight)) if inflight.refused => {}
+            Some(Expect::Client(inflight)) if inflight.retry.is_some() => {
+                self.held.extend_from_slice(bytes);
+                if self.held.len() > MAX_HELD {
+                    inflight.retry = None;
+                    self.to_client.extend_from_slice(&self.held);
+                    self.held.clear();
+                }
+            }
+            _ => self.to_client.extend_from_slice(bytes),
+        }
+    }
+
+    fn handle_message(&mut self, tag: u8, message: &[u8]) {
+        if tag == b'S' {
+            if let (Some(attached), Some((name, value))) = (
+                self.current.as_mut(),
+                messages::parse_parameter_status(&message[5..]),
+            ) {
+                attached.lease.conn.params.insert(name, value);
+            }
+        }
+        if tag == b'E' {
+            let fields = messages::parse_error_fields(&message[5..]);
+            if fields.severity == "FATAL" || fields.severity == "PANIC" {
+                self.server_fatal = true;
+            }
+        }
+        match self.pending.front_mut() {
+            Some(Expect::Internal(kind)) => {
+                let kind = *kind;
+                match tag {
+                    b'A' => self.to_client.extend_from_slice(message),
+                    b'D' if kind == Internal::Lsn => {
+                        self.lsn_answer = messages::first_column_text(&message[5..])
+                            .and_then(|t| t.parse::<Lsn>().ok());
+                    }
+                    b'E' => {
+                        let fields = messages::parse_error_fields(&message[5..]);
+                        tracing::warn!(?kind, code = %fields.code, message = %fields.message, "proxy statement failed on server");
+                    }
+                    b'Z' => {
+                        self.pending.pop_front();
+                        self.tx_status = message[5];
+                        if kind == Internal::Lsn {
+                            self.lsn_arrived();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some(Expect::Client(inflight)) => {
+                inflight.note(tag, message);
+                self.pass_on(message);
+                if tag == b'Z' {
+                    if let Some(Expect::Client(inflight)) = self.pending.pop_front() {
+                        self.finish_unit(*inflight, message[5]);
+                    }
+                }
+            }
+            None => {
+                // Answers to a batch cut at Flush, or news the server sends
+                // on its own (notifications, notices, parameter changes).
+                if let Some(open) = self.open_batch.as_mut() {
+                    open.note(tag, message);
+                }
+                self.to_client.extend_from_slice(message);
+            }
+        }
+    }
+
+    /// A client unit is answered: re-run it if a replica refused it, else
+    /// pass its answers on and apply what it changed.
+    fn finish_unit(&mut self, mut inflight: InFlight, status: u8) {
+        if inflight.refused {
+            self.held.clear();
+            if let Some(mut unit) = inflight.retry.take() {
+                let name = self
+                    .current
+                    .as_ref()
+                    .map(|a| a.lease.conn.server_name.clone())
+                    .unwrap_or_default();
+                tracing::debug!(replica = %name, "replica refused a read; re-running it on the primary");
+                crate::metrics::retried(&name, "refused");
+                unit.retried = true;
+                self.queued.push_front(unit);
+            }
+            return;
+        }
+        if !self.held.is_empty() {
+            self.to_client.extend_from_slice(&self.held);
+            self.held.clear();
+        }
+        self.tx_status = status;
+        self.apply_effects(&inflight, status);
+        let wrote = inflight.tx_wrote || self.tx_wrote;
+        let committed_write = status == b'I'
+            && inflight.server == Server::Primary
+            && !inflight.saw_rollback
+            && ((inflight.saw_commit && wrote)
+                || (!inflight.saw_error && inflight.writes && inflight.started_at_rest));
+        if status == b'I' {
+            self.tx_wrote = false;
+        }
+        if committed_write {
+            self.commit_awaiting_lsn = true;
+            if !matches!(self.pending.front(), Some(Expect::Internal(Internal::Lsn))) {
+                // It committed where we did not expect it to (a procedure
+                // that commits, say): ask now, one round trip late.
+                self.pending.push_back(Expect::Internal(Internal::Lsn));
+                messages::query(&mut self.to_server, super::dispatch::LSN_QUERY);
+            }
+        }
+    }
+
+    fn lsn_arrived(&mut self) {
+        let lsn = self.lsn_answer.take();
+        if !std::mem::take(&mut self.commit_awaiting_lsn) {
+            return;
+        }
+        if let Some(lsn) = lsn {
+            if self.causal.is_none_or(|c| c < lsn) {
+                self.causal = Some(lsn);
+            }
+        }
+    }
+
+    /// Applies a finished unit's changes to the session and to the mirror
+    /// of the server it ran on.
+    fn apply_effects(&mut self, inflight: &InFlight, status: u8) {
+        let Some(attached) = self.current.as_mut() else {
+            return;
+        };
+        let conn = &mut attached.lease.conn;
+        for (name, prepared) in inflight.parses.iter().take(inflight.parse_completes) {
+            if let Some(name) = name {
+                conn.prepared.insert(name.clone(), prepared.hash);
+                self.state.prepared.insert(name.clone(), prepared.clone());
+            }
+        }
+        for name in inflight.closes.iter().take(inflight.close_completes) {
+            conn.prepared.remove(name);
+            self.state.prepared.remove(name);
+        }
+        if !inflight.saw_error {
+            for (name, prepared) in &inflight.sql_prepares {
+                conn.prepared.insert(name.clone(), prepared.hash);
+                self.state.prepared.insert(name.clone(), prepared.clone());
+            }
+            for effect in &inflight.effects {
+                match effect {
+                    Effect::Set { .. } | Effect::Reset { .. } | Effect::ResetAll => {
+                        self.tx_effects.push(effect.clone());
+                    }
+                    Effect::Prepare { .. } => {}
+                    Effect::Deallocate { name } => {
+                        conn.prepared.remove(name);
+                        self.state.prepared.remove(name);
+                    }
+                    Effect::DeallocateAll => {
+                        conn.prepared.clear();
+                        self.state.prepared.clear();
+                    }
+                    Effect::DiscardAll => {
+                        conn.prepared.clear();
+                        self.state.prepared.clear();
+                        conn.settings.clear();
+                        self.state.settings.clear();
+                        self.tx_effects.clear();
+                        self.pinned = None;
+                    }
+                    Effect::Unpin => self.pinned = None,
+                }
+            }
+        }
+        if status != b'I' {
+            return;
+        }
+        // Settings are transactional: kept on commit, dropped on rollback.
+        let effects = std::mem::take(&mut self.tx_effects);
+        if inflight.saw_rollback || (inflight.saw_error && inflight.started_at_rest) {
+            return;
+        }
+        for effect in effects {
+            match effect {
+                Effect::Set { name, sql } => {
+                    conn.settings.insert(name.clone(), sql.clone());
+                    self.state.settings.insert(name, sql);
+                }
+                Effect::Reset { name } => {
+                    conn.settings.remove(&name);
+                    self.state.settings.remove(&name);
+                }
+                Effect::ResetAll => {
+                    conn.settings.clear();
+                    self.state.settings.clear();
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Session state that must follow a client from server to server: settings
+//! made with SET, and prepared statements. The session keeps the truth;
+//! every server connection keeps a mirror of what it has, and before a unit
+//! runs on a connection the difference is replayed there.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::backend::ServerConn;
+use crate::protocol::messages;
+use crate::router::UnitFacts;
+
+/// How to make a prepared statement again on another server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// The client's own Parse message.
+    Parse(Bytes),
+    /// The client's `PREPARE name AS ...` statement.
+    Sql(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub replay: Replay,
+    pub hash: u64,
+    /// The facts of the statement's SQL, for routing its executions.
+    pub facts: Arc<UnitFacts>,
+}
+
+impl Prepared {
+    pub fn new(replay: Replay, facts: Arc<UnitFacts>) -> Prepared {
+        let mut h = DefaultHasher::new();
+        replay.hash(&mut h);
+        Prepared {
+            hash: h.finish(),
+            replay,
+            facts,
+        }
+    }
+}
+
+impl Hash for Replay {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match self {
+            Replay::Parse(b) => b.hash(state),
+            Replay::Sql(s) => s.hash(state),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// name -> SQL that sets it.
+    pub settings: BTreeMap<String, String>,
+    pub prepared: HashMap<String, Prepared>,
+}
+
+/// The messages that bring a server connection up to date for a unit.
+#[derive(Debug, Default)]
+pub struct Catchup {
+    /// A simple Query with SET/RESET statements, if any differ.
+    pub settings: Option<String>,
+    /// Close + Parse messages, ending in Sync, if any statement is missing.
+    pub statements: Option<BytesMut>,
+    /// `PREPARE` statements to run, as one simple Query.
+    pub sql_prepares: Option<String>,
+}
+
+impl SessionState {
+    /// What `conn` lacks to run a unit that uses the statements `uses` and
+    /// creates the statements `creates`; updates `conn`'s mirror as if the
+    /// catch-up had run.
+    pub fn catch_up(&self, conn: &mut ServerConn, uses: &[String], creates: &[String]) -> Catchup {
+        let mut out = Catchup::default();
+        if conn.settings != self.settings {
+            let mut sql = String::new();
+            for name in conn.settings.keys() {
+                if !self.settings.contains_key(name) {
+                    sql.push_str(&format!("RESET {};", quote_ident(name)));
+                }
+            }
+            for (name, replay) in &self.settings {
+                if conn.settings.get(name) != Some(replay) {
+                    sql.push_str(replay);
+                    sql.push(';');
+                }
+            }
+            conn.settings = self.settings.clone();
+            out.settings = Some(sql);
+        }
+        let mut batch = BytesMut::new();
+        let mut prepares = String::new();
+        for name in uses {
+            let Some(prepared) = self.prepared.get(name) else {
+                continue;
+            };
+            match conn.prepared.get(name) {
+                Some(hash) if *hash == prepared.hash => continue,
+                Some(_) => close_statement(&mut batch, name),
+                None => {}
+            }
+            match &prepared.replay {
+                Replay::Parse(parse) => batch.extend_from_slice(parse),
+                Replay::Sql(sql) => {
+                    prepares.push_str(sql);
+                    prepares.push(';');
+                }
+            }
+            conn.prepared.insert(name.clone(), prepared.hash);
+        }
+        // A name the client is about to create must be free on this server,
+        // even if another client left a statement of that name here.
+        for name in creates {
+            if conn.prepared.remove(name).is_some() {
+                close_statement(&mut batch, name);
+            }
+        }
+        if !batch.is_empty() {
+            batch.extend_from_slice(b"S\0\0\0\x04");
+            out.statements = Some(batch);
+        }
+        if !prepares.is_empty() {
+            out.sql_prepares = Some(prepares);
+        }
+        out
+    }
+}
+
+/// A Close message for a named prepared statement.
+fn close_statement(out: &mut BytesMut, name: &str) {
+    out.put_u8(b'C');
+    out.put_i32(4 + 1 + name.len() as i32 + 1);
+    out.put_u8(b'S');
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+}
+
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// The SQL that gives a startup parameter its value, as the startup packet
+/// would (`set_config` keeps `a,b` a list, unlike `SET x = 'a,b'`).
+pub fn startup_setting_sql(name: &str, value: &str) -> String {
+    format!(
+        "SELECT pg_catalog.set_config({}, {}, false)",
+        quote_literal(name),
+        quote_literal(value)
+    )
+}
+
+/// Appends a simple Query for `sql`.
+pub fn query(out: &mut BytesMut, sql: &str) {
+    messages::query(out, sql);
+}

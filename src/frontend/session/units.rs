@@ -1,0 +1,306 @@
+//! Client messages grouped into units of work: a simple Query, a
+//! FunctionCall, or an extended-protocol batch up to its Sync (or up to a
+//! Flush, when the client waits for answers before it syncs). A unit is what
+//! the router routes: all of it runs on one server.
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::state::{Prepared, Replay, SessionState};
+use crate::protocol::{self, FrameError};
+use crate::router::facts::SharedFacts;
+use crate::router::UnitFacts;
+
+/// One unit of client work, ready to route.
+#[derive(Debug, Clone, Default)]
+pub struct Unit {
+    /// The client's messages, as they came.
+    pub bytes: Bytes,
+    /// Ends in Query, Sync or FunctionCall: the server will answer with
+    /// ReadyForQuery. False for a batch cut at Flush.
+    pub synced: bool,
+    pub facts: UnitFacts,
+    /// A lone simple-protocol `BEGIN`, which the session may hold back until
+    /// it knows where the transaction should run.
+    pub lone_begin: bool,
+    /// Named statements it uses (Bind, Describe, EXECUTE, DEALLOCATE).
+    pub uses: Vec<String>,
+    /// Statements it prepares, in order: the name (None for the unnamed
+    /// statement) and how to prepare it again.
+    pub parses: Vec<(Option<String>, Prepared)>,
+    /// Statements it prepares with SQL `PREPARE`.
+    pub sql_prepares: Vec<(String, Prepared)>,
+    /// Statements it closes with the protocol's Close, in order.
+    pub closes: Vec<String>,
+    /// A route forced on it (a retry on the primary).
+    pub retried: bool,
+}
+
+impl Unit {
+    /// Names this unit creates (Parse or PREPARE), which must be free on
+    /// the server before it runs.
+    pub fn creates(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.parses.iter().filter_map(|(n, _)| n.clone()).collect();
+        names.extend(self.sql_prepares.iter().map(|(n, _)| n.clone()));
+        names
+    }
+
+    /// Named statements to have on the server first.
+    pub fn needs(&self) -> Vec<String> {
+        let mut names = self.uses.clone();
+        names.extend(self.facts.executes.iter().cloned());
+        names
+    }
+}
+
+/// What became of the client's bytes.
+pub enum Parsed {
+    /// Nothing more can be done until more bytes come.
+    More,
+    /// The client said Terminate.
+    Terminate,
+}
+
+/// Builds units from client messages.
+#[derive(Debug, Default)]
+pub struct UnitBuilder {
+    building: Option<Unit>,
+    building_bytes: BytesMut,
+}
+
+/// Gives the facts of a statement text; the session's cache.
+pub trait FactsSource {
+    fn facts(&self, sql: &str) -> SharedFacts;
+}
+
+impl UnitBuilder {
+    /// True while an extended batch is half read.
+    pub fn is_building(&self) -> bool {
+        self.building.is_some()
+    }
+
+    /// Takes whole messages from `cbuf` and pushes finished units to `out`.
+    /// COPY messages go straight to `copy_out` (the server in COPY mode).
+    /// Stops early when `out` holds `max_units`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn parse(
+        &mut self,
+        cbuf: &mut BytesMut,
+        out: &mut std::collections::VecDeque<Unit>,
+        copy_out: &mut BytesMut,
+        copy_streaming: &mut usize,
+        state: &SessionState,
+        source: &dyn FactsSource,
+        max_units: usize,
+    ) -> Result<Parsed, FrameError> {
+        loop {
+            if *copy_streaming > 0 {
+                let n = (*copy_streaming).min(cbuf.len());
+                copy_out.extend_from_slice(&cbuf[..n]);
+                cbuf.advance(n);
+                *copy_streaming -= n;
+                if cbuf.is_empty() {
+                    return Ok(Parsed::More);
+                }
+            }
+            if out.len() >= max_units {
+                return Ok(Parsed::More);
+            }
+            let Some(header) = protocol::frontend_header(cbuf)? else {
+                return Ok(Parsed::More);
+            };
+            let len = header.wire_len();
+            if cbuf.len() < len {
+                if header.tag == b'd' {
+                    *copy_streaming = len;
+                    continue;
+                }
+                return Ok(Parsed::More);
+            }
+            let message = cbuf.split_to(len);
+            let body = &message[5..];
+            match header.tag {
+                b'X' => return Ok(Parsed::Terminate),
+                b'd' | b'c' | b'f' => copy_out.extend_from_slice(&message),
+                b'Q' => {
+                    self.finish_batch(out, false);
+                    let sql = cstr(body);
+                    let facts = (*source.facts(sql)).clone();
+                    let lone_begin = facts.begin == Some(false)
+                        && facts.effects.is_empty()
+                        && !facts.ends_tx
+                        && is_lone_begin(sql);
+                    let mut unit = Unit {
+                        bytes: message.freeze(),
+                        synced: true,
+                        lone_begin,
+                        ..Unit::default()
+                    };
+                    for effect in &facts.effects {
+                        if let crate::router::Effect::Prepare { name, sql } = effect {
+                            let statement_sql = sql.clone();
+                            unit.sql_prepares.push((
+                                name.clone(),
+                                Prepared::new(
+                                    Replay::Sql(statement_sql),
+                                    source.facts(prepared_body(sql)),
+                                ),
+                            ));
+                        }
+                    }
+                    unit.facts = facts;
+                    out.push_back(unit);
+                }
+                b'F' => {
+                    self.finish_batch(out, false);
+                    out.push_back(Unit {
+                        bytes: message.freeze(),
+                        synced: true,
+                        facts: UnitFacts::write("function call"),
+                        ..Unit::default()
+                    });
+                }
+                b'S' => {
+                    self.building_bytes.extend_from_slice(&message);
+                    self.building.get_or_insert_with(Unit::default);
+                    self.finish_batch(out, true);
+                }
+                b'H' => {
+                    self.building_bytes.extend_from_slice(&message);
+                    self.building.get_or_insert_with(Unit::default);
+                    self.finish_batch(out, false);
+                }
+                _ => {
+                    let unit = self.building.get_or_insert_with(Unit::default);
+                    extended_message(unit, header.tag, body, state, source);
+                    self.building_bytes.extend_from_slice(&message);
+                }
+            }
+        }
+    }
+
+    fn finish_batch(&mut self, out: &mut std::collections::VecDeque<Unit>, synced: bool) {
+        if let Some(mut unit) = self.building.take() {
+            unit.bytes = self.building_bytes.split().freeze();
+            unit.synced = synced;
+            out.push_back(unit);
+        }
+    }
+}
+
+/// Notes what one extended-protocol message means for its unit's routing.
+fn extended_message(
+    unit: &mut Unit,
+    tag: u8,
+    body: &[u8],
+    state: &SessionState,
+    source: &dyn FactsSource,
+) {
+    match tag {
+        b'P' => {
+            let name = cstr(body);
+            let sql = cstr(body.get(name.len() + 1..).unwrap_or(&[]));
+            let facts = source.facts(sql);
+            unit.facts.merge(&facts);
+            let mut message = BytesMut::with_capacity(body.len() + 5);
+            message.extend_from_slice(&[b'P']);
+            message.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+            message.extend_from_slice(body);
+            let prepared = Prepared::new(Replay::Parse(message.freeze()), facts);
+            let name = (!name.is_empty()).then(|| name.to_string());
+            unit.parses.push((name, prepared));
+        }
+        b'B' => {
+            let portal = cstr(body);
+            let statement = cstr(body.get(portal.len() + 1..).unwrap_or(&[]));
+            use_statement(unit, statement, state);
+        }
+        b'D' => {
+            if body.first() == Some(&b'S') {
+                use_statement(unit, cstr(&body[1..]), state);
+            }
+        }
+        b'C' => {
+            if body.first() == Some(&b'S') {
+                let name = cstr(&body[1..]);
+                if !name.is_empty() {
+                    unit.closes.push(name.to_string());
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A named statement used by Bind or Describe: route by its SQL, and make
+/// sure the server has it.
+fn use_statement(unit: &mut Unit, name: &str, state: &SessionState) {
+    if name.is_empty() {
+        return;
+    }
+    let parsed_here = unit.parses.iter().any(|(n, _)| n.as_deref() == Some(name));
+    if parsed_here {
+        return;
+    }
+    match state.prepared.get(name) {
+        Some(prepared) => {
+            unit.facts.merge(&prepared.facts);
+            if !unit.uses.iter().any(|u| u == name) {
+                unit.uses.push(name.to_string());
+            }
+        }
+        // Unknown here: the server will say it does not exist; any server
+        // can say that, the primary is as good as any.
+        None => unit
+            .facts
+            .merge(&UnitFacts::write("unknown prepared statement")),
+    }
+}
+
+/// The text of a NUL-terminated string at the start of `body` (empty if
+/// there is no terminator or it is not UTF-8: such SQL is unparsable, which
+/// routes it to the primary).
+fn cstr(body: &[u8]) -> &str {
+    let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+    std::str::from_utf8(&body[..end]).unwrap_or("")
+}
+
+/// The statement inside `PREPARE name [(types)] AS statement`.
+fn prepared_body(sql: &str) -> &str {
+    let bytes = sql.as_bytes();
+    let boundary = |b: u8| b.is_ascii_whitespace() || b == b')';
+    for i in 1..bytes.len().saturating_sub(2) {
+        if bytes[i..i + 2].eq_ignore_ascii_case(b"as")
+            && boundary(bytes[i - 1])
+            && bytes[i + 2].is_ascii_whitespace()
+        {
+            return &sql[i + 3..];
+        }
+    }
+    sql
+}
+
+fn is_lone_begin(sql: &str) -> bool {
+    let s = sql.trim().trim_end_matches(';').trim().to_ascii_lowercase();
+    matches!(
+        s.as_str(),
+        "begin" | "begin transaction" | "begin work" | "start transaction"
+    )
+}
+
+/// Facts with a cache, shared by all sessions.
+pub struct CachedFacts<'a> {
+    pub cache: &'a crate::router::facts::FactsCache,
+    pub extra_write_functions: &'a [String],
+}
+
+impl FactsSource for CachedFacts<'_> {
+    fn facts(&self, sql: &str) -> SharedFacts {
+        crate::router::facts::cached(self.cache, sql, self.extra_write_functions)
+    }
+}
+
+pub fn shared(facts: UnitFacts) -> SharedFacts {
+    Arc::new(facts)
+}

@@ -1,0 +1,340 @@
+//! Where each replica is in replaying the primary's WAL, kept current by one
+//! background task per server.
+//!
+//! Each task polls its server every `poll_interval_ms` and publishes what it
+//! saw into a `watch` channel. Sessions read the latest [`Positions`] without
+//! any I/O; a session that must wait for a replica to catch up says so
+//! ([`Monitor::wait_for`]), which makes the tasks poll back-to-back until
+//! nobody waits, so a wait ends within a poll round trip of the replay.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+
+use crate::backend::{Login, ServerTarget};
+use crate::lsn::Lsn;
+
+/// What the proxy last knew of one replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaStatus {
+    pub name: String,
+    pub address: String,
+    /// Answering, and still in recovery (a promoted replica is no replica).
+    pub healthy: bool,
+    pub replayed: Lsn,
+    pub lag_bytes: u64,
+    pub lag_seconds: f64,
+    pub polled_at: Option<Instant>,
+    pub last_error: Option<String>,
+}
+
+/// Everything the router needs to choose a replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Positions {
+    pub primary_lsn: Lsn,
+    pub primary_healthy: bool,
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// The background tasks' shared state.
+#[derive(Debug)]
+pub struct Monitor {
+    positions: watch::Sender<Positions>,
+    /// Sessions waiting for a replica to catch up right now.
+    waiters: AtomicUsize,
+    urgent: Notify,
+    poll_interval: Duration,
+}
+
+/// Removes a waiter when dropped, however the wait ends.
+struct WaitGuard<'a>(&'a Monitor);
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Monitor {
+    pub fn new(replicas: &[ServerTarget], poll_interval: Duration) -> Arc<Monitor> {
+        let positions = Positions {
+            primary_lsn: Lsn::ZERO,
+            primary_healthy: false,
+            replicas: replicas
+                .iter()
+                .map(|r| ReplicaStatus {
+                    name: r.name.clone(),
+                    address: r.address(),
+                    healthy: false,
+                    replayed: Lsn::ZERO,
+                    lag_bytes: 0,
+                    lag_seconds: 0.0,
+                    polled_at: None,
+                    last_error: None,
+                })
+                .collect(),
+        };
+        Arc::new(Monitor {
+            positions: watch::Sender::new(positions),
+            waiters: AtomicUsize::new(0),
+            urgent: Notify::new(),
+            poll_interval,
+        })
+    }
+
+    /// The latest positions. Cheap: a clone under a read lock.
+    pub fn positions(&self) -> Positions {
+        self.positions.borrow().clone()
+    }
+
+    /// Reads the latest positions in place, without cloning.
+    pub fn with_positions<T>(&self, f: impl FnOnce(&Positions) -> T) -> T {
+        f(&self.positions.borrow())
+    }
+
+    /// Waits until `ready` holds for the positions, or `timeout` passes.
+    /// Returns what `ready` returned last.
+    pub async fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        mut ready: impl FnMut(&Positions) -> Option<T>,
+    ) -> Option<T> {
+        let mut rx = self.positions.subscribe();
+        if let Some(found) = ready(&rx.borrow_and_update()) {
+            return Some(found);
+        }
+        self.waiters.fetch_add(1, Ordering::AcqRel);
+        let _guard = WaitGuard(self);
+        self.urgent.notify_waiters();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {
+                    if let Some(found) = ready(&rx.borrow_and_update()) {
+                        return Some(found);
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Starts the polling tasks: one for the primary, one per replica.
+    pub fn spawn(
+        self: &Arc<Self>,
+        primary: ServerTarget,
+        replicas: Vec<ServerTarget>,
+        login: Login,
+    ) {
+        let monitor = self.clone();
+        let primary_login = login.clone();
+        tokio::spawn(async move { monitor.watch_primary(primary, primary_login).await });
+        for (index, replica) in replicas.into_iter().enumerate() {
+            let monitor = self.clone();
+            let login = login.clone();
+            tokio::spawn(async move { monitor.watch_replica(index, replica, login).await });
+        }
+    }
+
+    /// Sleeps one poll interval, or much less while sessions wait.
+    async fn pause(&self) {
+        if self.waiters.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_micros(100)).await;
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(self.poll_interval) => {}
+            _ = self.urgent.notified() => {}
+        }
+    }
+
+    async fn watch_primary(&self, target: ServerTarget, login: Login) {
+        let mut backoff = Backoff::new();
+        loop {
+            let client = match connect(&target, &login).await {
+                Ok(client) => client,
+                Err(e) => {
+                    tracing::warn!(server = %target.name, error = %e, "cannot reach the primary");
+                    self.positions
+                        .send_if_modified(|p| std::mem::replace(&mut p.primary_healthy, false));
+                    backoff.sleep().await;
+                    continue;
+                }
+            };
+            backoff.reset();
+            loop {
+                match client
+                    .simple_query("SELECT pg_current_wal_lsn()::text")
+                    .await
+                {
+                    Ok(rows) => {
+                        let lsn = first_value(&rows).and_then(|v| v.parse().ok());
+                        if let Some(lsn) = lsn {
+                            self.positions.send_if_modified(|p| {
+                                let changed = p.primary_lsn != lsn || !p.primary_healthy;
+                                p.primary_lsn = p.primary_lsn.max(lsn);
+                                p.primary_healthy = true;
+                                changed
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(server = %target.name, error = %e, "primary stopped answering");
+                        self.positions
+                            .send_if_modified(|p| std::mem::replace(&mut p.primary_healthy, false));
+                        break;
+                    }
+                }
+                self.pause().await;
+            }
+        }
+    }
+
+    async fn watch_replica(&self, index: usize, target: ServerTarget, login: Login) {
+        let mut backoff = Backoff::new();
+        loop {
+            let client = match connect(&target, &login).await {
+                Ok(client) => client,
+                Err(e) => {
+                    self.mark_unhealthy(index, &e.to_string());
+                    backoff.sleep().await;
+                    continue;
+                }
+            };
+            backoff.reset();
+            loop {
+                let polled = client
+                    .simple_query(
+                        "SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text, \
+                         coalesce(extract(epoch from now() - pg_last_xact_replay_timestamp()), 0)::float8::text",
+                    )
+                    .await;
+                let rows = match polled {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        self.mark_unhealthy(index, &e.to_string());
+                        break;
+                    }
+                };
+                let row = rows.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+                    _ => None,
+                });
+                let in_recovery = row.and_then(|r| r.get(0)) == Some("true");
+                let replayed: Option<Lsn> = row.and_then(|r| r.get(1)).and_then(|v| v.parse().ok());
+                let idle_seconds: f64 = row
+                    .and_then(|r| r.get(2))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0.0);
+                match (in_recovery, replayed) {
+                    (true, Some(replayed)) => self.mark_position(index, replayed, idle_seconds),
+                    (false, _) => {
+                        self.mark_unhealthy(index, "not in recovery: promoted or not a replica");
+                        backoff.sleep().await;
+                    }
+                    (true, None) => self.mark_unhealthy(index, "no replay position reported"),
+                }
+                self.pause().await;
+            }
+            backoff.sleep().await;
+        }
+    }
+
+    fn mark_position(&self, index: usize, replayed: Lsn, replay_age_seconds: f64) {
+        self.positions.send_if_modified(|p| {
+            let primary_lsn = p.primary_lsn;
+            let Some(r) = p.replicas.get_mut(index) else {
+                return false;
+            };
+            let was_healthy = r.healthy;
+            let changed = !r.healthy || r.replayed != replayed;
+            r.healthy = true;
+            r.replayed = replayed;
+            r.lag_bytes = primary_lsn.bytes_after(replayed);
+            // Time since the last replayed commit only means lag while there
+            // is WAL left to replay; an idle, caught-up replica is not behind.
+            r.lag_seconds = if r.lag_bytes == 0 {
+                0.0
+            } else {
+                replay_age_seconds.max(0.0)
+            };
+            r.polled_at = Some(Instant::now());
+            r.last_error = None;
+            if !was_healthy {
+                tracing::info!(replica = %r.name, replayed = %replayed, "replica is healthy");
+            }
+            changed
+        });
+    }
+
+    fn mark_unhealthy(&self, index: usize, why: &str) {
+        self.positions.send_if_modified(|p| {
+            let Some(r) = p.replicas.get_mut(index) else {
+                return false;
+            };
+            let changed = r.healthy;
+            if changed {
+                tracing::warn!(replica = %r.name, reason = why, "replica gets no reads until it recovers");
+            }
+            r.healthy = false;
+            r.last_error = Some(why.to_string());
+            changed
+        });
+    }
+
+    /// A session saw a replica fail; stop sending it reads at once rather
+    /// than at the next poll.
+    pub fn report_failure(&self, name: &str, why: &str) {
+        let index = self.with_positions(|p| p.replicas.iter().position(|r| r.name == name));
+        if let Some(index) = index {
+            self.mark_unhealthy(index, why);
+        }
+    }
+}
+
+async fn connect(
+    target: &ServerTarget,
+    login: &Login,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&target.host)
+        .port(target.port)
+        .user(&login.user)
+        .dbname(&login.database)
+        .application_name("causeway monitor")
+        .connect_timeout(Duration::from_secs(2));
+    if let Some(password) = &login.password {
+        config.password(password);
+    }
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+fn first_value(rows: &[tokio_postgres::SimpleQueryMessage]) -> Option<&str> {
+    rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+        _ => None,
+    })
+}
+
+/// Retry delays for a server that does not answer: 50 ms doubling to 2 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(Duration::from_millis(50))
+    }
+    fn reset(&mut self) {
+        self.0 = Duration::from_millis(50);
+    }
+    async fn sleep(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,311 @@
+//! Where a request goes, decided as data before any server is touched.
+//!
+//! [`facts`] turns a request's SQL into [`UnitFacts`]: is it a read, does
+//! it open or close a transaction, what session state does it change.
+//! [`decide`] turns those facts and the session's situation into a
+//! [`Decision`], and [`pick_replica`] chooses among replicas from their
+//! published positions. All of it is pure: tested with plain values.
+
+pub mod facts;
+
+use std::time::Duration;
+
+use crate::lsn::Lsn;
+use crate::replicas::Positions;
+pub use facts::{Effect, UnitFacts};
+
+/// A server a request can go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Server {
+    Primary,
+    Replica(usize),
+}
+
+/// Why a request went where it went; a label on metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// It writes, or might: it must run on the primary.
+    Write,
+    /// Part of a transaction block that runs on the primary.
+    Transaction,
+    /// The session holds state only the primary has (LISTEN, temp tables...).
+    Pinned,
+    /// A `/* causeway: primary */` or `/* causeway: replica */` hint.
+    Hint,
+    /// A read, on a replica that has replayed the session's writes.
+    Fresh,
+    /// A read of a session that never wrote, on a replica within max lag.
+    WithinLag,
+    /// A READ ONLY transaction block, on one replica.
+    ReadOnlyTransaction,
+    /// A read that found no replica fresh enough in time.
+    Stale,
+    /// A read with no healthy replica at all.
+    NoReplica,
+    /// A read pipelined behind a request still running on the primary.
+    Pipelined,
+    /// A read a replica refused (read-only or recovery conflict), re-run.
+    Retry,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Write => "write",
+            Reason::Transaction => "transaction",
+            Reason::Pinned => "pinned",
+            Reason::Hint => "hint",
+            Reason::Fresh => "fresh",
+            Reason::WithinLag => "within_lag",
+            Reason::ReadOnlyTransaction => "read_only_transaction",
+            Reason::Stale => "stale",
+            Reason::NoReplica => "no_replica",
+            Reason::Pipelined => "pipelined",
+            Reason::Retry => "retry",
+        }
+    }
+}
+
+/// What to do when no replica has replayed far enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStale {
+    /// Wait up to `max_wait_ms` for one to catch up, then use the primary.
+    Wait,
+    /// Use the primary at once.
+    Primary,
+    /// Fail the read with an error the client can see.
+    Error,
+}
+
+/// The routing settings from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub on_stale: OnStale,
+    pub max_wait: Duration,
+    pub max_lag_bytes: u64,
+    pub max_lag_seconds: f64,
+}
+
+/// A request's destination before a replica is picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Primary(Reason),
+    /// A replica that has replayed `causal` (any within max lag if `None`),
+    /// or, when `any_replica`, any healthy replica at all (a hint).
+    Replica {
+        causal: Option<Lsn>,
+        any_replica: bool,
+        read_only_block: bool,
+    },
+}
+
+/// Routes a unit that starts at rest (no transaction open, not pinned to a
+/// server by an open batch). `causal` is the session's causal LSN, `None`
+/// when it never wrote.
+pub fn decide(facts: &UnitFacts, pinned: bool, causal: Option<Lsn>) -> Decision {
+    if pinned {
+        return Decision::Primary(Reason::Pinned);
+    }
+    match facts.hint {
+        Some(facts::Hint::Primary) => return Decision::Primary(Reason::Hint),
+        Some(facts::Hint::Replica) if facts.is_read() => {
+            return Decision::Replica {
+                causal: None,
+                any_replica: true,
+                read_only_block: false,
+            }
+        }
+        _ => {}
+    }
+    if facts.begins_read_only() {
+        return Decision::Replica {
+            causal,
+            any_replica: false,
+            read_only_block: true,
+        };
+    }
+    if facts.is_read() {
+        return Decision::Replica {
+            causal,
+            any_replica: false,
+            read_only_block: false,
+        };
+    }
+    if facts.begin.is_some() {
+        Decision::Primary(Reason::Transaction)
+    } else {
+        Decision::Primary(Reason::Write)
+    }
+}
+
+/// Picks a replica that may serve a read, spreading reads over all that
+/// qualify (`spread` is any number that changes from read to read).
+pub fn pick_replica(
+    positions: &Positions,
+    causal: Option<Lsn>,
+    any_replica: bool,
+    policy: &Policy,
+    spread: usize,
+) -> Option<(usize, Reason)> {
+    let eligible = |r: &crate::replicas::ReplicaStatus| {
+        r.healthy
+            && (any_replica
+                || match causal {
+                    Some(lsn) => r.replayed >= lsn,
+                    None => {
+                        r.lag_bytes <= policy.max_lag_bytes
+                            && r.lag_seconds <= policy.max_lag_seconds
+                    }
+                })
+    };
+    let count = positions.replicas.iter().filter(|r| eligible(r)).count();
+    if count == 0 {
+        return None;
+    }
+    let nth = spread % count;
+    let index = positions
+        .replicas
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| eligible(r))
+        .nth(nth)
+        .map(|(i, _)| i)?;
+    let reason = match (any_replica, causal) {
+        (true, _) => Reason::Hint,
+        (false, Some(_)) => Reason::Fresh,
+        (false, None) => Reason::WithinLag,
+    };
+    Some((index, reason))
+}
+
+/// Whether any replica could serve a read at all, fresh or not.
+pub fn any_healthy(positions: &Positions) -> bool {
+    positions.replicas.iter().any(|r| r.healthy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replicas::ReplicaStatus;
+
+    fn replica(name: &str, healthy: bool, replayed: u64, lag_bytes: u64) -> ReplicaStatus {
+        ReplicaStatus {
+            name: name.into(),
+            address: String::new(),
+            healthy,
+            replayed: Lsn(replayed),
+            lag_bytes,
+            lag_seconds: 0.0,
+            polled_at: None,
+            last_error: None,
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            on_stale: OnStale::Wait,
+            max_wait: Duration::from_millis(50),
+            max_lag_bytes: 1000,
+            max_lag_seconds: 1.0,
+        }
+    }
+
+    fn positions(replicas: Vec<ReplicaStatus>) -> Positions {
+        Positions {
+            primary_lsn: Lsn(500),
+            primary_healthy: true,
+            replicas,
+        }
+    }
+
+    #[test]
+    fn only_replicas_past_the_causal_lsn_qualify() {
+        let p = positions(vec![
+            replica("r0", true, 100, 400),
+            replica("r1", true, 300, 200),
+        ]);
+        for spread in 0..4 {
+            assert_eq!(
+                pick_replica(&p, Some(Lsn(200)), false, &policy(), spread),
+                Some((1, Reason::Fresh))
+            );
+        }
+        assert_eq!(pick_replica(&p, Some(Lsn(301)), false, &policy(), 0), None);
+        assert_eq!(
+            pick_replica(&p, Some(Lsn(300)), false, &policy(), 0),
+            Some((1, Reason::Fresh))
+        );
+    }
+
+    #[test]
+    fn reads_spread_over_every_fresh_replica() {
+        let p = positions(vec![
+            replica("r0", true, 500, 0),
+            replica("r1", true, 500, 0),
+        ]);
+        let picked: Vec<_> = (0..4)
+            .filter_map(|s| pick_replica(&p, Some(Lsn(10)), false, &policy(), s))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(picked, vec![0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn unhealthy_replicas_never_qualify() {
+        let p = positions(vec![
+            replica("r0", false, 900, 0),
+            replica("r1", true, 10, 490),
+        ]);
+        assert_eq!(pick_replica(&p, Some(Lsn(100)), false, &policy(), 0), None);
+        assert_eq!(
+            pick_replica(&p, None, true, &policy(), 0),
+            Some((1, Reason::Hint))
+        );
+    }
+
+    #[test]
+    fn sessions_that_never_wrote_use_max_lag() {
+        let p = positions(vec![
+            replica("r0", true, 0, 5000),
+            replica("r1", true, 400, 100),
+        ]);
+        assert_eq!(
+            pick_replica(&p, None, false, &policy(), 0),
+            Some((1, Reason::WithinLag))
+        );
+        let far = positions(vec![replica("r0", true, 0, 5000)]);
+        assert_eq!(pick_replica(&far, None, false, &policy(), 0), None);
+    }
+
+    #[test]
+    fn decisions_follow_the_facts() {
+        let read = UnitFacts::read();
+        assert_eq!(
+            decide(&read, false, Some(Lsn(7))),
+            Decision::Replica {
+                causal: Some(Lsn(7)),
+                any_replica: false,
+                read_only_block: false
+            }
+        );
+        assert_eq!(decide(&read, true, None), Decision::Primary(Reason::Pinned));
+        let write = UnitFacts::write("insert");
+        assert_eq!(
+            decide(&write, false, None),
+            Decision::Primary(Reason::Write)
+        );
+        let mut hinted = UnitFacts::write("insert");
+        hinted.hint = Some(facts::Hint::Replica);
+        assert_eq!(
+            decide(&hinted, false, None),
+            Decision::Primary(Reason::Write)
+        );
+        let mut hinted = UnitFacts::read();
+        hinted.hint = Some(facts::Hint::Primary);
+        assert_eq!(
+            decide(&hinted, false, None),
+            Decision::Primary(Reason::Hint)
+        );
+    }
+}
