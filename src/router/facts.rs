@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use super::classify::{self, DiscardTarget, Kind, PinReason, SessionChange, SetScope, TxControl};
+
 /// A leading `/* causeway: primary */` or `/* causeway: replica */`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hint {
@@ -21,8 +23,13 @@ pub enum Effect {
     Reset { name: String },
     /// `RESET ALL`.
     ResetAll,
-    /// `PREPARE name AS ...`: replay `sql` verbatim.
-    Prepare { name: String, sql: String },
+    /// `PREPARE name AS ...`: replay `sql` verbatim; `inner` routes its
+    /// executions.
+    Prepare {
+        name: String,
+        sql: String,
+        inner: Arc<UnitFacts>,
+    },
     /// `DEALLOCATE name`.
     Deallocate { name: String },
     /// `DEALLOCATE ALL`.
@@ -143,8 +150,131 @@ pub fn cached(cache: &FactsCache, sql: &str, extra_write_functions: &[String]) -
     cache.get_or_insert(sql, || from_sql(sql, extra_write_functions))
 }
 
-/// Classifies one SQL text (possibly several statements).
+/// Classifies one SQL text (possibly several statements) and merges its
+/// statements' verdicts into the facts the router uses.
 pub fn from_sql(sql: &str, extra_write_functions: &[String]) -> UnitFacts {
-    let _ = (sql, extra_write_functions);
-    UnitFacts::write("unparsable")
+    let classification = classify::classify(sql, extra_write_functions);
+    let mut facts = UnitFacts {
+        hint: classification.hint.map(|h| match h {
+            classify::Hint::Primary => Hint::Primary,
+            classify::Hint::Replica => Hint::Replica,
+        }),
+        ..UnitFacts::default()
+    };
+    for statement in &classification.statements {
+        add_kind(&mut facts, &statement.kind);
+    }
+    facts
+}
+
+fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
+    let write = |facts: &mut UnitFacts, reason: &'static str| {
+        if facts.write_reason.is_none() {
+            facts.write_reason = Some(reason);
+        }
+    };
+    match kind {
+        Kind::Read { .. } => {}
+        Kind::Write { reason } => write(facts, reason),
+        Kind::Execute { name } => facts.executes.push(name.clone()),
+        Kind::Transaction(tx) => match tx {
+            TxControl::Begin { read_only } => {
+                if facts.begin.is_none() {
+                    facts.begin = Some(*read_only == Some(true));
+                }
+            }
+            TxControl::Commit { .. } | TxControl::Rollback { .. } => facts.ends_tx = true,
+            TxControl::PrepareTransaction { .. } => {
+                facts.ends_tx = true;
+                write(facts, "prepare transaction");
+            }
+            TxControl::SetTransaction {
+                read_only: Some(true),
+            } => facts.set_tx_read_only = true,
+            TxControl::SetTransaction { .. } => write(facts, "transaction control"),
+            TxControl::Savepoint { .. }
+            | TxControl::ReleaseSavepoint { .. }
+            | TxControl::RollbackToSavepoint { .. } => write(facts, "savepoint"),
+            TxControl::CommitPrepared { .. } | TxControl::RollbackPrepared { .. } => {
+                write(facts, "two-phase commit")
+            }
+        },
+        Kind::SessionState(change) => match change {
+            SessionChange::Set {
+                name,
+                scope: SetScope::Session,
+                statement,
+            } => facts.effects.push(Effect::Set {
+                name: name.clone(),
+                sql: statement.clone(),
+            }),
+            // Lives and dies with the transaction it runs in.
+            SessionChange::Set { .. } => {}
+            SessionChange::Reset { name } => {
+                facts.effects.push(Effect::Reset { name: name.clone() })
+            }
+            SessionChange::ResetAll => facts.effects.push(Effect::ResetAll),
+            SessionChange::TransactionDefaults { statement, .. } => {
+                facts.effects.push(Effect::Set {
+                    name: "session characteristics".to_string(),
+                    sql: statement.clone(),
+                })
+            }
+            SessionChange::Prepare {
+                name,
+                inner,
+                statement,
+            } => {
+                let mut inner_facts = UnitFacts::default();
+                add_kind(&mut inner_facts, inner);
+                facts.effects.push(Effect::Prepare {
+                    name: name.clone(),
+                    sql: statement.clone(),
+                    inner: Arc::new(inner_facts),
+                });
+            }
+            SessionChange::Deallocate { name: Some(name) } => {
+                facts.executes.push(name.clone());
+                facts
+                    .effects
+                    .push(Effect::Deallocate { name: name.clone() });
+            }
+            SessionChange::Deallocate { name: None } => facts.effects.push(Effect::DeallocateAll),
+            SessionChange::Discard(DiscardTarget::All) => facts.effects.push(Effect::DiscardAll),
+            SessionChange::Discard(DiscardTarget::Temp) => {
+                write(facts, "discard");
+                facts.effects.push(Effect::Unpin);
+            }
+            SessionChange::Discard(_) => write(facts, "discard"),
+            SessionChange::Pin(reason) => {
+                if facts.pins.is_none() {
+                    facts.pins = Some(match reason {
+                        PinReason::Listen { .. } => "listen",
+                        PinReason::TempTable => "temporary table",
+                        PinReason::CursorWithHold { .. } => "cursor with hold",
+                        PinReason::AdvisoryLock => "session advisory lock",
+                        PinReason::SetConfig => "set_config",
+                        PinReason::Load => "load",
+                    });
+                }
+                // Temp tables and advisory locks are written state; a write
+                // reason also asks for the commit LSN.
+                if matches!(reason, PinReason::TempTable | PinReason::AdvisoryLock) {
+                    write(facts, "pins session");
+                }
+            }
+            SessionChange::Unlisten { channel } => {
+                write(facts, "unlisten");
+                if channel.is_none() {
+                    facts.effects.push(Effect::Unpin);
+                }
+            }
+            SessionChange::CloseCursor { name } => {
+                write(facts, "cursor");
+                if name.is_none() {
+                    facts.effects.push(Effect::Unpin);
+                }
+            }
+        },
+    }
 }

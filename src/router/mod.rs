@@ -6,6 +6,7 @@
 //! [`Decision`], and [`pick_replica`] chooses among replicas from their
 //! published positions. All of it is pure: tested with plain values.
 
+pub mod classify;
 pub mod facts;
 
 use std::time::Duration;
@@ -104,7 +105,7 @@ pub enum Decision {
 /// server by an open batch). `causal` is the session's causal LSN, `None`
 /// when it never wrote.
 pub fn decide(facts: &UnitFacts, pinned: bool, causal: Option<Lsn>) -> Decision {
-    if pinned {
+    if pinned || facts.pins.is_some() {
         return Decision::Primary(Reason::Pinned);
     }
     match facts.hint {

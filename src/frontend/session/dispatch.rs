@@ -49,9 +49,12 @@ impl Session {
                     None => (Server::Primary, Reason::Pinned),
                 }
             } else if !self.pending.is_empty() {
-                // Pipelined behind a request still running: only the primary
-                // is safe without knowing how that request ends.
-                if current != Some(Server::Primary) {
+                // Pipelined behind a client request still running: only the
+                // primary is safe without knowing how that request ends. Behind
+                // the proxy's own statements (the commit LSN), just wait: they
+                // take microseconds and decide where a read may go.
+                let client_waiting = self.pending.iter().any(|e| matches!(e, Expect::Client(_)));
+                if current != Some(Server::Primary) || !client_waiting {
                     return Ok(());
                 }
                 let reason = if unit.facts.is_read() {
@@ -205,21 +208,30 @@ impl Session {
         let server_name = attached.lease.conn.server_name.clone();
         crate::metrics::routed(&server_name, server == Server::Primary, reason);
         if tracing::enabled!(tracing::Level::DEBUG) {
-            let replayed = match server {
-                Server::Replica(i) => self
-                    .proxy
-                    .monitor
-                    .with_positions(|p| p.replicas.get(i).map(|r| r.replayed)),
-                Server::Primary => None,
-            };
-            tracing::debug!(
-                server = %server_name,
-                reason = reason.as_str(),
-                session_lsn = %self.causal.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
-                replayed = %replayed.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
-                "routed {} to {server_name}",
-                if unit.facts.is_read() { "read" } else { "unit" }
-            );
+            let session = self
+                .causal
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "none".into());
+            let kind = if unit.facts.is_read() { "read" } else { "unit" };
+            match server {
+                Server::Replica(i) => {
+                    let replayed = self
+                        .proxy
+                        .monitor
+                        .with_positions(|p| p.replicas.get(i).map(|r| r.replayed));
+                    let replayed = replayed.map(|l| l.to_string()).unwrap_or_default();
+                    tracing::debug!(
+                        reason = reason.as_str(),
+                        "{kind} from {server_name} (replayed {replayed} >= session {session})"
+                    );
+                }
+                Server::Primary => {
+                    tracing::debug!(
+                        reason = reason.as_str(),
+                        "{kind} to {server_name} (session {session})"
+                    );
+                }
+            }
         }
         // Bring the connection up to date with the session.
         let catchup = self

@@ -137,16 +137,19 @@ impl UnitBuilder {
                         lone_begin,
                         ..Unit::default()
                     };
+                    let mut facts = facts;
                     for effect in &facts.effects {
-                        if let crate::router::Effect::Prepare { name, sql } = effect {
-                            let statement_sql = sql.clone();
-                            unit.sql_prepares.push((
-                                name.clone(),
-                                Prepared::new(
-                                    Replay::Sql(statement_sql),
-                                    source.facts(prepared_body(sql)),
-                                ),
-                            ));
+                        if let crate::router::Effect::Prepare { name, sql, inner } = effect {
+                            let prepared = Prepared::new(Replay::Sql(sql.clone()), inner.clone());
+                            unit.sql_prepares.push((name.clone(), prepared));
+                        }
+                    }
+                    // EXECUTE runs a prepared statement: route it by that
+                    // statement's own facts.
+                    for name in facts.executes.clone() {
+                        match state.prepared.get(&name) {
+                            Some(prepared) => facts.merge(&prepared.facts),
+                            None => facts.merge(&UnitFacts::write("unknown prepared statement")),
                         }
                     }
                     unit.facts = facts;
@@ -264,21 +267,6 @@ fn use_statement(unit: &mut Unit, name: &str, state: &SessionState) {
 fn cstr(body: &[u8]) -> &str {
     let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
     std::str::from_utf8(&body[..end]).unwrap_or("")
-}
-
-/// The statement inside `PREPARE name [(types)] AS statement`.
-fn prepared_body(sql: &str) -> &str {
-    let bytes = sql.as_bytes();
-    let boundary = |b: u8| b.is_ascii_whitespace() || b == b')';
-    for i in 1..bytes.len().saturating_sub(2) {
-        if bytes[i..i + 2].eq_ignore_ascii_case(b"as")
-            && boundary(bytes[i - 1])
-            && bytes[i + 2].is_ascii_whitespace()
-        {
-            return &sql[i + 3..];
-        }
-    }
-    sql
 }
 
 fn is_lone_begin(sql: &str) -> bool {
