@@ -141,6 +141,7 @@ find_pg_bin() {
     dirname "$(command -v pg_ctl)"
   fi
 }
+PG_BIN_FROM_ENV=${PG_BIN:-}
 PG_BIN=$(find_pg_bin)
 
 # pg_bin NAME PACKAGE: full path of a Postgres program, or a message naming the
@@ -148,6 +149,8 @@ PG_BIN=$(find_pg_bin)
 pg_bin() {
   if [[ -n $PG_BIN && -x $PG_BIN/$1 ]]; then
     printf '%s\n' "$PG_BIN/$1"
+  elif [[ -n ${PG_BIN_FROM_ENV:-} ]]; then
+    die "PG_BIN=$PG_BIN has no $1 (unset PG_BIN to search /usr/lib/postgresql/*/bin and \$PATH)"
   elif command -v "$1" >/dev/null 2>&1; then
     command -v "$1"
   else
@@ -162,7 +165,12 @@ need_server_bins() {
   pg_bin postgres "$PKG_SERVER" >/dev/null
   need_psql
 }
-need_psql() { PSQL=$(pg_bin psql postgresql-client-15); }
+need_psql() {
+  PSQL=$(pg_bin psql postgresql-client-15)
+  # Debian's /usr/bin/psql is a wrapper that fails when no client is installed.
+  "$PSQL" --version >/dev/null 2>&1 ||
+    die "$PSQL does not run; install the client: apt-get install -y postgresql-client-15"
+}
 need_redis() {
   command -v redis-server >/dev/null 2>&1 ||
     die "redis-server not found; install it: apt-get install -y redis-server   (all: $INSTALL_HINT)"
@@ -199,9 +207,14 @@ prepare_dir() {
   ((AS_ROOT)) || return 0
   chown postgres: "$DIR" "$RUN_DIR" "$LOG_DIR"
   chmod 0755 "$DIR"
-  local p=$DIR
+  # From / down, so each check sees the fixes above it.
+  local p parents=()
+  p=$DIR
   while [[ $p != / ]]; do
     p=$(dirname "$p")
+    parents=("$p" "${parents[@]+"${parents[@]}"}")
+  done
+  for p in "${parents[@]}"; do
     if ! runuser -u postgres -- test -x "$p"; then
       say "making $p traversable (chmod o+x) so user postgres can reach $DIR"
       chmod o+x "$p"
