@@ -57,6 +57,9 @@ pub struct UnitFacts {
     pub effects: Vec<Effect>,
     /// Prepared statements it runs by name (`EXECUTE name`).
     pub executes: Vec<String>,
+    /// Contains `COPY ... FROM STDIN`: the server will wait for the
+    /// client's data, so nothing of the proxy's may follow it on the wire.
+    pub copy_in: bool,
 }
 
 impl UnitFacts {
@@ -109,6 +112,7 @@ impl UnitFacts {
         }
         self.effects.extend(other.effects.iter().cloned());
         self.executes.extend(other.executes.iter().cloned());
+        self.copy_in |= other.copy_in;
     }
 }
 
@@ -175,7 +179,10 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
     };
     match kind {
         Kind::Read { .. } => {}
-        Kind::Write { reason } => write(facts, reason),
+        Kind::Write { reason } => {
+            facts.copy_in |= *reason == "copy from";
+            write(facts, reason)
+        }
         Kind::Execute { name } => facts.executes.push(name.clone()),
         Kind::Transaction(tx) => match tx {
             TxControl::Begin { read_only } => {

@@ -267,8 +267,9 @@ impl Session {
         // Ask for the commit LSN after a unit that may commit a write.
         let want_lsn = server == Server::Primary
             && unit.synced
+            && !unit.facts.copy_in
             && if at_rest {
-                wrote && !(unit.facts.begin.is_some() && !unit.facts.ends_tx)
+                wrote && (unit.facts.begin.is_none() || unit.facts.ends_tx)
             } else {
                 unit.facts.ends_tx && (self.tx_wrote || wrote)
             };

@@ -202,12 +202,13 @@ fn extended_message(
 ) {
     match tag {
         b'P' => {
-            let name = cstr(body);
-            let sql = cstr(body.get(name.len() + 1..).unwrap_or(&[]));
+            let (name, rest) = split_cstr(body);
+            let name = std::str::from_utf8(name).unwrap_or("");
+            let sql = cstr(rest);
             let facts = source.facts(sql);
             unit.facts.merge(&facts);
             let mut message = BytesMut::with_capacity(body.len() + 5);
-            message.extend_from_slice(&[b'P']);
+            message.extend_from_slice(b"P");
             message.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
             message.extend_from_slice(body);
             let prepared = Prepared::new(Replay::Parse(message.freeze()), facts);
@@ -215,24 +216,25 @@ fn extended_message(
             unit.parses.push((name, prepared));
         }
         b'B' => {
-            let portal = cstr(body);
-            let statement = cstr(body.get(portal.len() + 1..).unwrap_or(&[]));
-            use_statement(unit, statement, state);
+            let (_portal, rest) = split_cstr(body);
+            use_statement(unit, cstr(rest), state);
         }
-        b'D' => {
-            if body.first() == Some(&b'S') {
-                use_statement(unit, cstr(&body[1..]), state);
-            }
-        }
-        b'C' => {
-            if body.first() == Some(&b'S') {
-                let name = cstr(&body[1..]);
-                if !name.is_empty() {
-                    unit.closes.push(name.to_string());
-                }
+        b'D' if body.first() == Some(&b'S') => use_statement(unit, cstr(&body[1..]), state),
+        b'C' if body.first() == Some(&b'S') => {
+            let name = cstr(&body[1..]);
+            if !name.is_empty() {
+                unit.closes.push(name.to_string());
             }
         }
         _ => {}
+    }
+}
+
+/// Splits a NUL-terminated string off the front of `body`.
+fn split_cstr(body: &[u8]) -> (&[u8], &[u8]) {
+    match body.iter().position(|&b| b == 0) {
+        Some(end) => (&body[..end], &body[end + 1..]),
+        None => (body, &[]),
     }
 }
 

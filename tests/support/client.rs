@@ -1,0 +1,57 @@
+//! tokio-postgres clients for tests: log in like an application would (with a
+//! password, over TCP) to a server or to the proxy under test.
+
+use tokio_postgres::{Client, Config, NoTls};
+
+/// Connects and spawns the connection task on the current tokio runtime;
+/// panics with the server's error (SQLSTATE and message) when login fails.
+pub async fn connect(port: u16, user: &str, password: &str, db: &str) -> Client {
+    try_connect(port, user, password, db)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "connect to 127.0.0.1:{port} as {user} db {db}: {}",
+                describe_error(&e)
+            )
+        })
+}
+
+/// [`connect`] that returns the error, for tests that expect a refusal
+/// (see [`describe_error`] and `Error::code()`).
+pub async fn try_connect(
+    port: u16,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname(db)
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .connect(NoTls)
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("connection to port {port} ended: {}", describe_error(&e));
+        }
+    });
+    Ok(client)
+}
+
+/// `SQLSTATE: message` for a server error, else the error and its causes
+/// (tokio-postgres' own Display says only "db error").
+pub fn describe_error(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
