@@ -90,8 +90,11 @@ impl UnitFacts {
         self.write_reason.is_some()
     }
 
+    /// Opens a READ ONLY block (`BEGIN READ ONLY`, or `BEGIN` followed by
+    /// `SET TRANSACTION READ ONLY` in the same unit) and writes nothing.
     pub fn begins_read_only(&self) -> bool {
-        self.begin == Some(true) && !self.ends_tx && self.write_reason.is_none()
+        let read_only = self.begin == Some(true) || (self.begin.is_some() && self.set_tx_read_only);
+        read_only && !self.ends_tx && self.write_reason.is_none() && self.effects.is_empty()
     }
 
     /// Adds the facts of a later statement of the same unit.

@@ -1,0 +1,499 @@
+//! Read routing with per-session causal LSN, against a real primary and two
+//! streaming replicas. Where staleness must be certain, replay is paused on
+//! both replicas first; which server answered is read from
+//! `inet_server_port()` in the same statement.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use support::{connect, TestCluster, TestProxy, APP_DB, APP_PASSWORD, APP_USER};
+use tokio::sync::Mutex;
+use tokio_postgres::Client;
+
+/// Tests that pause replay, or count where reads went, run one at a time.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn cluster() -> &'static TestCluster {
+    TestCluster::shared()
+}
+
+fn proxy() -> &'static TestProxy {
+    static PROXY: OnceLock<TestProxy> = OnceLock::new();
+    PROXY.get_or_init(|| {
+        let proxy = TestProxy::start(cluster());
+        let setup =
+            "CREATE TABLE IF NOT EXISTS rides (id bigserial PRIMARY KEY, distance int NOT NULL); \
+                     CREATE SEQUENCE IF NOT EXISTS route_seq;";
+        cluster().psql_db(cluster().primary_port(), APP_DB, setup);
+        cluster().wait_replicas_caught_up();
+        proxy
+    })
+}
+
+async fn client() -> Client {
+    connect(proxy().port, APP_USER, APP_PASSWORD, APP_DB).await
+}
+
+/// Which server a port belongs to.
+fn server_of(port: i32) -> String {
+    let c = cluster();
+    if port == i32::from(c.primary_port()) {
+        return "primary".into();
+    }
+    for (i, p) in c.replica_ports().iter().enumerate() {
+        if port == i32::from(*p) {
+            return format!("replica{i}");
+        }
+    }
+    format!("unknown port {port}")
+}
+
+/// Pauses replay on both replicas until dropped... or until `resume`.
+struct Paused;
+
+impl Paused {
+    fn both() -> Paused {
+        cluster().pause_replay(0);
+        cluster().pause_replay(1);
+        Paused
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        cluster().resume_replay(0);
+        cluster().resume_replay(1);
+    }
+}
+
+async fn insert_ride(client: &Client, distance: i32) -> i64 {
+    client
+        .query_one(
+            "INSERT INTO rides (distance) VALUES ($1) RETURNING id",
+            &[&distance],
+        )
+        .await
+        .expect("insert ride")
+        .get(0)
+}
+
+/// Reads a ride's distance and the server that answered.
+async fn read_ride(client: &Client, id: i64) -> (Option<i32>, String) {
+    let row = client
+        .query_one(
+            "SELECT (SELECT distance FROM rides WHERE id = $1), inet_server_port()",
+            &[&id],
+        )
+        .await
+        .expect("read ride");
+    (row.get(0), server_of(row.get(1)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_write_with_replay_paused_then_replica_after_catch_up() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let id = {
+        let _paused = Paused::both();
+        let id = insert_ride(&client, 42).await;
+        let (distance, server) = read_ride(&client, id).await;
+        assert_eq!(distance, Some(42), "the session must see its own write");
+        assert_eq!(server, "primary", "no replica has replayed it");
+        id
+    };
+    cluster().wait_replicas_caught_up();
+    let (distance, server) = read_ride(&client, id).await;
+    assert_eq!(distance, Some(42));
+    assert!(
+        server.starts_with("replica"),
+        "caught-up replica should serve: {server}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_and_delete_then_read() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let id = insert_ride(&client, 1).await;
+    cluster().wait_replicas_caught_up();
+    let _paused = Paused::both();
+    client
+        .execute("UPDATE rides SET distance = 99 WHERE id = $1", &[&id])
+        .await
+        .expect("update");
+    assert_eq!(
+        read_ride(&client, id).await,
+        (Some(99), "primary".to_string())
+    );
+    client
+        .execute("DELETE FROM rides WHERE id = $1", &[&id])
+        .await
+        .expect("delete");
+    assert_eq!(read_ride(&client, id).await, (None, "primary".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_in_a_transaction_then_read_after_commit() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let _paused = Paused::both();
+    client.batch_execute("BEGIN").await.expect("begin");
+    let id = insert_ride(&client, 7).await;
+    client.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(
+        read_ride(&client, id).await,
+        (Some(7), "primary".to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolled_back_write_does_not_force_the_primary() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let _paused = Paused::both();
+    client
+        .batch_execute("BEGIN; INSERT INTO rides (distance) VALUES (5); ROLLBACK")
+        .await
+        .expect("rolled back write");
+    let (_, server) = read_ride(&client, -1).await;
+    assert!(
+        server.starts_with("replica"),
+        "a session with no committed write reads from replicas: {server}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_transactions_run_on_one_replica() {
+    let _serial = SERIAL.lock().await;
+    cluster().wait_replicas_caught_up();
+    let client = client().await;
+    for begin in [
+        "BEGIN READ ONLY",
+        "BEGIN; SET TRANSACTION READ ONLY",
+        "BEGIN|SET TRANSACTION READ ONLY",
+    ] {
+        // `|` separates statements sent one by one.
+        for statement in begin.split('|') {
+            client.batch_execute(statement).await.expect("begin");
+        }
+        let mut servers = Vec::new();
+        for _ in 0..4 {
+            let row = client
+                .query_one("SELECT inet_server_port()", &[])
+                .await
+                .expect("read");
+            servers.push(server_of(row.get(0)));
+        }
+        client.batch_execute("COMMIT").await.expect("commit");
+        assert!(servers[0].starts_with("replica"), "{begin}: {servers:?}");
+        assert!(
+            servers.iter().all(|s| *s == servers[0]),
+            "{begin}: one replica for the block: {servers:?}"
+        );
+    }
+    // A plain transaction block runs on the primary, reads included.
+    client.batch_execute("BEGIN").await.expect("begin");
+    let row = client
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .expect("read");
+    client.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(server_of(row.get(0)), "primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_follow_the_session_to_replicas() {
+    let _serial = SERIAL.lock().await;
+    cluster().wait_replicas_caught_up();
+    let client = client().await;
+    client
+        .batch_execute("SET search_path TO pg_catalog, public; SET TIME ZONE 'Asia/Tokyo'")
+        .await
+        .expect("set");
+    let mut replica_reads = 0;
+    for _ in 0..6 {
+        let row = client
+            .query_one(
+                "SELECT current_setting('search_path'), current_setting('TimeZone'), inet_server_port()",
+                &[],
+            )
+            .await
+            .expect("read settings");
+        assert_eq!(row.get::<_, String>(0), "pg_catalog, public");
+        assert_eq!(row.get::<_, String>(1), "Asia/Tokyo");
+        if server_of(row.get(2)).starts_with("replica") {
+            replica_reads += 1;
+        }
+    }
+    assert!(replica_reads >= 1, "reads should reach replicas");
+    client
+        .batch_execute("RESET TIME ZONE")
+        .await
+        .expect("reset");
+    let row = client
+        .query_one("SELECT current_setting('TimeZone') <> 'Asia/Tokyo'", &[])
+        .await
+        .expect("read");
+    assert!(row.get::<_, bool>(0), "RESET must follow the session too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_before_a_write_executes_on_a_replica_after() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let statement = client
+        .prepare("SELECT (SELECT distance FROM rides WHERE id = $1), inet_server_port()")
+        .await
+        .expect("prepare");
+    let id = {
+        let _paused = Paused::both();
+        let id = insert_ride(&client, 11).await;
+        let row = client
+            .query_one(&statement, &[&id])
+            .await
+            .expect("execute on primary");
+        assert_eq!(
+            (row.get::<_, Option<i32>>(0), server_of(row.get(1))),
+            (Some(11), "primary".into())
+        );
+        id
+    };
+    cluster().wait_replicas_caught_up();
+    let mut servers = Vec::new();
+    for _ in 0..4 {
+        let row = client
+            .query_one(&statement, &[&id])
+            .await
+            .expect("execute on replica");
+        assert_eq!(row.get::<_, Option<i32>>(0), Some(11));
+        servers.push(server_of(row.get(1)));
+    }
+    assert!(
+        servers.iter().all(|s| s.starts_with("replica")),
+        "{servers:?}"
+    );
+    // SQL-level PREPARE follows the session as well.
+    client
+        .batch_execute("PREPARE ride_by_id(bigint) AS SELECT distance, inet_server_port() FROM rides WHERE id = $1")
+        .await
+        .expect("sql prepare");
+    for _ in 0..3 {
+        let rows = client
+            .simple_query(&format!("EXECUTE ride_by_id({id})"))
+            .await
+            .expect("execute");
+        let row = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .expect("a row");
+        assert_eq!(row.get(0), Some("11"));
+    }
+    client
+        .batch_execute("DEALLOCATE ride_by_id")
+        .await
+        .expect("deallocate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_functions_and_data_modifying_ctes_go_to_the_primary() {
+    let _serial = SERIAL.lock().await;
+    cluster().wait_replicas_caught_up();
+    let client = client().await;
+    let row = client
+        .query_one("SELECT nextval('route_seq') > 0, inet_server_port()", &[])
+        .await
+        .expect("nextval");
+    assert_eq!(server_of(row.get(1)), "primary");
+    let row = client
+        .query_one(
+            "WITH gone AS (DELETE FROM rides WHERE id = -1 RETURNING id) SELECT count(*), inet_server_port() FROM gone",
+            &[],
+        )
+        .await
+        .expect("cte");
+    assert_eq!(server_of(row.get(1)), "primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_the_replica_refuses_is_rerun_on_the_primary() {
+    let _serial = SERIAL.lock().await;
+    let _ = proxy();
+    cluster().psql_db(
+        cluster().primary_port(),
+        APP_DB,
+        "CREATE OR REPLACE FUNCTION sneaky_write() RETURNS bigint LANGUAGE sql VOLATILE \
+         AS 'INSERT INTO rides (distance) VALUES (123) RETURNING id'",
+    );
+    cluster().wait_replicas_caught_up();
+    let client = client().await;
+    // The classifier cannot know this function writes: a replica refuses
+    // it (25006) and the proxy re-runs it on the primary, invisibly.
+    let row = client
+        .query_one("SELECT sneaky_write(), inet_server_port()", &[])
+        .await
+        .expect("no error reaches the client");
+    let id: i64 = row.get(0);
+    assert_eq!(server_of(row.get(1)), "primary");
+    let count = cluster().psql_db(
+        cluster().primary_port(),
+        APP_DB,
+        &format!("SELECT count(*) FROM rides WHERE id = {id} AND distance = 123"),
+    );
+    assert_eq!(count, "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_statement_write_then_read_is_never_stale() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    // The commit LSN is asked for after the implicit transaction commits,
+    // never inside it; and it is the insert LSN, right even when the
+    // commit record is not yet flushed (synchronous_commit = off).
+    client
+        .batch_execute("SET synchronous_commit = off")
+        .await
+        .expect("set");
+    let mut stale = 0;
+    for i in 0..300 {
+        let rows = client
+            .simple_query(&format!(
+                "INSERT INTO rides (distance) VALUES ({i}); INSERT INTO rides (distance) VALUES ({i}) RETURNING id"
+            ))
+            .await
+            .expect("two inserts");
+        let id: i64 = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+                _ => None,
+            })
+            .expect("returned id");
+        if read_ride(&client, id).await.0 != Some(i) {
+            stale += 1;
+        }
+    }
+    client
+        .batch_execute("RESET synchronous_commit")
+        .await
+        .expect("reset");
+    assert_eq!(stale, 0, "stale reads out of 300");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_sessions_write_then_read_never_stale() {
+    let _serial = SERIAL.lock().await;
+    cluster().wait_replicas_caught_up();
+    let mut tasks = Vec::new();
+    for session in 0..16 {
+        tasks.push(tokio::spawn(async move {
+            let client = client().await;
+            let (mut stale, mut on_replica) = (0u32, 0u32);
+            for i in 0..500 {
+                let distance = session * 1000 + i;
+                let id = insert_ride(&client, distance).await;
+                let (seen, server) = read_ride(&client, id).await;
+                if seen != Some(distance) {
+                    stale += 1;
+                }
+                if server.starts_with("replica") {
+                    on_replica += 1;
+                }
+            }
+            (stale, on_replica)
+        }));
+    }
+    let (mut stale, mut on_replica) = (0, 0);
+    for task in tasks {
+        let (s, r) = task.await.expect("session task");
+        stale += s;
+        on_replica += r;
+    }
+    println!(
+        "16 x 500 write-then-read: {stale} stale, {on_replica}/8000 reads on replicas ({:.1}%)",
+        f64::from(on_replica) / 80.0
+    );
+    assert_eq!(stale, 0);
+    assert!(on_replica > 0, "some reads must reach replicas");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_stale_error_gives_a_clear_error() {
+    let _serial = SERIAL.lock().await;
+    let strict = TestProxy::start_with(cluster(), |c| {
+        c.routing.on_stale = causeway::router::OnStale::Error;
+        c.routing.max_wait_ms = 30;
+    });
+    let client = connect(strict.port, APP_USER, APP_PASSWORD, APP_DB).await;
+    let _paused = Paused::both();
+    let id = insert_ride(&client, 3).await;
+    let err = client
+        .query_one("SELECT distance FROM rides WHERE id = $1", &[&id])
+        .await
+        .expect_err("no fresh replica");
+    let db = err.as_db_error().expect("a server-shaped error");
+    assert_eq!(db.code().code(), "57P03");
+    assert!(
+        db.message().contains("no replica has replayed"),
+        "{}",
+        db.message()
+    );
+    // The session goes on: a hinted read goes to the primary.
+    let row = client
+        .query_one(
+            "/* causeway: primary */ SELECT distance FROM rides WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("hinted read");
+    assert_eq!(row.get::<_, i32>(0), 3);
+}
+
+#[test]
+fn replicas_stopped_reads_move_on_without_errors() {
+    let own = TestCluster::start(support::ClusterOptions::default());
+    own.psql_db(
+        own.primary_port(),
+        APP_DB,
+        "CREATE TABLE things (id int); INSERT INTO things VALUES (1)",
+    );
+    own.wait_replicas_caught_up();
+    let proxy = TestProxy::start(&own);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let client = connect(proxy.port, APP_USER, APP_PASSWORD, APP_DB).await;
+        let read = || async {
+            let row = client
+                .query_one("SELECT count(*), inet_server_port() FROM things", &[])
+                .await
+                .expect("read must not fail");
+            assert_eq!(row.get::<_, i64>(0), 1);
+            row.get::<_, i32>(1)
+        };
+        own.stop_server("replica0");
+        for _ in 0..20 {
+            let port = read().await;
+            assert_ne!(
+                port,
+                i32::from(own.replica_port(0)),
+                "stopped replica served a read"
+            );
+        }
+        own.stop_server("replica1");
+        for _ in 0..10 {
+            assert_eq!(read().await, i32::from(own.primary_port()));
+        }
+        own.start_server("replica1");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut on_replica1 = false;
+        for _ in 0..20 {
+            on_replica1 |= read().await == i32::from(own.replica_port(1));
+        }
+        assert!(on_replica1, "a recovered replica gets reads again");
+    });
+    proxy.stop();
+}
