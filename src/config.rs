@@ -34,6 +34,15 @@ pub struct Config {
     pub routing: RoutingSection,
 }
 
+/// Which connections share one causal LSN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CausalScope {
+    Session,
+    ClientId,
+    User,
+}
+
 /// How reads find a replica.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -51,6 +60,14 @@ pub struct RoutingSection {
     pub extra_write_functions: Vec<String>,
     /// Distinct statement texts whose classification is cached.
     pub statement_cache_size: usize,
+    /// Who shares a causal LSN: "session" (each connection alone),
+    /// "client_id" (connections with the same `causeway.client_id`; a
+    /// connection without one is alone), or "user" (the login role).
+    pub causal_scope: CausalScope,
+    /// A shared client's causal LSN is forgotten after this long without writes.
+    pub client_lsn_ttl_ms: u64,
+    /// Most clients whose causal LSN is remembered at once.
+    pub client_lsn_max_entries: usize,
     /// Login for the replica monitor; defaults to the first user's server login.
     pub monitor_user: Option<String>,
     pub monitor_password: Option<String>,
@@ -67,6 +84,9 @@ impl Default for RoutingSection {
             max_lag_ms: 1000,
             extra_write_functions: Vec::new(),
             statement_cache_size: 10_000,
+            causal_scope: CausalScope::ClientId,
+            client_lsn_ttl_ms: 300_000,
+            client_lsn_max_entries: 100_000,
             monitor_user: None,
             monitor_password: None,
             monitor_database: "postgres".to_string(),

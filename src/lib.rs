@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod cancel;
+pub mod causal;
 pub mod config;
 pub mod frontend;
 pub mod lsn;

@@ -27,6 +27,8 @@ pub struct ReplicaStatus {
     pub lag_bytes: u64,
     pub lag_seconds: f64,
     pub polled_at: Option<Instant>,
+    /// When it last fell behind the primary; `None` while caught up.
+    pub behind_since: Option<Instant>,
     pub last_error: Option<String>,
 }
 
@@ -72,6 +74,7 @@ impl Monitor {
                     lag_bytes: 0,
                     lag_seconds: 0.0,
                     polled_at: None,
+                    behind_since: None,
                     last_error: None,
                 })
                 .collect(),
@@ -207,8 +210,7 @@ impl Monitor {
             loop {
                 let polled = client
                     .simple_query(
-                        "SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text, \
-                         coalesce(extract(epoch from now() - pg_last_xact_replay_timestamp()), 0)::float8::text",
+                        "SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text",
                     )
                     .await;
                 let rows = match polled {
@@ -224,12 +226,8 @@ impl Monitor {
                 });
                 let in_recovery = row.and_then(|r| r.get(0)) == Some("true");
                 let replayed: Option<Lsn> = row.and_then(|r| r.get(1)).and_then(|v| v.parse().ok());
-                let idle_seconds: f64 = row
-                    .and_then(|r| r.get(2))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0.0);
                 match (in_recovery, replayed) {
-                    (true, Some(replayed)) => self.mark_position(index, replayed, idle_seconds),
+                    (true, Some(replayed)) => self.mark_position(index, replayed),
                     (false, _) => {
                         self.mark_unhealthy(index, "not in recovery: promoted or not a replica");
                         backoff.sleep().await;
@@ -242,7 +240,7 @@ impl Monitor {
         }
     }
 
-    fn mark_position(&self, index: usize, replayed: Lsn, replay_age_seconds: f64) {
+    fn mark_position(&self, index: usize, replayed: Lsn) {
         self.positions.send_if_modified(|p| {
             let primary_lsn = p.primary_lsn;
             let Some(r) = p.replicas.get_mut(index) else {
@@ -253,14 +251,19 @@ impl Monitor {
             r.healthy = true;
             r.replayed = replayed;
             r.lag_bytes = primary_lsn.bytes_after(replayed);
-            // Time since the last replayed commit only means lag while there
-            // is WAL left to replay; an idle, caught-up replica is not behind.
-            r.lag_seconds = if r.lag_bytes == 0 {
-                0.0
-            } else {
-                replay_age_seconds.max(0.0)
+            // Lag in time is how long the replica has been behind: not the
+            // age of its last replayed commit, which on an idle primary says
+            // nothing about how far behind it is.
+            let now = Instant::now();
+            r.behind_since = match (r.lag_bytes, r.behind_since) {
+                (0, _) => None,
+                (_, Some(since)) => Some(since),
+                (_, None) => Some(now),
             };
-            r.polled_at = Some(Instant::now());
+            r.lag_seconds = r
+                .behind_since
+                .map_or(0.0, |since| now.duration_since(since).as_secs_f64());
+            r.polled_at = Some(now);
             r.last_error = None;
             if !was_healthy {
                 tracing::info!(replica = %r.name, replayed = %replayed, "replica is healthy");

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use crate::backend::pool::Pools;
 use crate::backend::{Login, ServerTarget};
 use crate::cancel::CancelRegistry;
+use crate::causal::CausalMap;
 use crate::config::{AuthMethod, Config, ServerSection};
 use crate::frontend::{self, auth};
 use crate::protocol::messages::{self, Severity};
@@ -49,6 +50,8 @@ pub struct Proxy {
     /// Changes from read to read, to spread reads over replicas.
     pub spread: AtomicUsize,
     pub facts_cache: FactsCache,
+    /// Causal LSNs shared by connections of one client.
+    pub causal: CausalMap,
 }
 
 fn target(section: &ServerSection) -> ServerTarget {
@@ -108,6 +111,10 @@ impl Proxy {
             policy,
             spread: AtomicUsize::new(0),
             facts_cache: FactsCache::new(routing.statement_cache_size),
+            causal: CausalMap::new(
+                Duration::from_millis(routing.client_lsn_ttl_ms),
+                routing.client_lsn_max_entries,
+            ),
             config,
         }
     }

@@ -132,6 +132,39 @@ pub fn command_complete(out: &mut BytesMut, tag: &str) {
     message(out, b'C', |b| cstr(b, tag));
 }
 
+/// A message with no body (ParseComplete '1', BindComplete '2', NoData 'n'...).
+pub fn simple_message(out: &mut BytesMut, tag: u8) {
+    message(out, tag, |_| {});
+}
+
+/// ParameterDescription for a statement without parameters.
+pub fn parameter_description_empty(out: &mut BytesMut) {
+    message(out, b't', |b| b.put_i16(0));
+}
+
+/// RowDescription of one text column.
+pub fn row_description_text(out: &mut BytesMut, column: &str) {
+    message(out, b'T', |b| {
+        b.put_i16(1);
+        cstr(b, column);
+        b.put_i32(0); // table oid
+        b.put_i16(0); // column number
+        b.put_i32(25); // text
+        b.put_i16(-1);
+        b.put_i32(-1);
+        b.put_i16(0); // text format
+    });
+}
+
+/// DataRow of one text value.
+pub fn data_row_text(out: &mut BytesMut, value: &str) {
+    message(out, b'D', |b| {
+        b.put_i16(1);
+        b.put_i32(value.len() as i32);
+        b.put_slice(value.as_bytes());
+    });
+}
+
 /// A simple-protocol Query, for the proxy's own statements on a server.
 pub fn query(out: &mut BytesMut, sql: &str) {
     message(out, b'Q', |b| cstr(b, sql));

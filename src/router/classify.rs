@@ -403,12 +403,11 @@ fn split(lexemes: &[Lexeme]) -> Vec<&[Lexeme]> {
                     head.push(&w.value);
                 }
                 if parens == 0 && defines_routine(&head) {
-                    let v = w.value.as_str();
-                    if v.eq_ignore_ascii_case("begin") && next_is_atomic(&lexemes[i + 1..]) {
+                    let word = |k: &str| w.value.eq_ignore_ascii_case(k);
+                    let opens = word("begin") && next_is_atomic(&lexemes[i + 1..]);
+                    if opens || (atomic > 0 && word("case")) {
                         atomic += 1;
-                    } else if atomic > 0 && v.eq_ignore_ascii_case("case") {
-                        atomic += 1;
-                    } else if atomic > 0 && v.eq_ignore_ascii_case("end") {
+                    } else if atomic > 0 && word("end") {
                         atomic -= 1;
                     }
                 }
@@ -427,9 +426,10 @@ fn defines_routine(head: &[&str]) -> bool {
 }
 
 fn next_is_atomic(rest: &[Lexeme]) -> bool {
-    rest.iter()
-        .find(|l| !matches!(l.token.token, Token::Whitespace(_)))
-        .is_some_and(|l| matches!(&l.token.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("atomic")))
+    let next = rest
+        .iter()
+        .find(|l| !matches!(l.token.token, Token::Whitespace(_)));
+    next.is_some_and(|l| is_keyword(&l.token.token, "atomic"))
 }
 
 fn classify_piece(cx: &Context, piece: &[Lexeme]) -> Option<StatementClass> {
@@ -531,16 +531,20 @@ fn pin(reason: PinReason) -> Kind {
 }
 
 fn classify_tokens(cx: &Context, t: &Toks) -> Kind {
-    if is(t, 0, &Token::LParen) {
-        return query(cx, t, "select");
+    statement_kind(cx, t).unwrap_or_else(unparsable)
+}
+
+/// `None` when the statement is not one this module can read: the server
+/// will judge it, on the primary.
+fn statement_kind(cx: &Context, t: &Toks) -> Option<Kind> {
+    if lparen(t, 0) {
+        return Some(query(cx, t, "select"));
     }
-    let Some(Token::Word(head)) = tok(t, 0) else {
-        return unparsable();
+    let head = match tok(t, 0)? {
+        Token::Word(w) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
+        _ => return None,
     };
-    if head.quote_style.is_some() {
-        return unparsable();
-    }
-    match head.value.to_ascii_uppercase().as_str() {
+    let kind = match head.as_str() {
         "SELECT" => query(cx, t, "select"),
         "VALUES" => query(cx, t, "values"),
         "WITH" => query(cx, t, "with"),
@@ -548,48 +552,47 @@ fn classify_tokens(cx: &Context, t: &Toks) -> Kind {
         "SHOW" => read("show"),
         // A cursor outside a block is WITH HOLD, and that pinned the session.
         "FETCH" | "MOVE" => read("fetch"),
-        "EXPLAIN" => explain(cx, t),
-        "COPY" => copy(cx, t),
-        "DECLARE" => declare(cx, t),
+        "EXPLAIN" => explain(cx, t)?,
+        "COPY" => copy(cx, t)?,
+        "DECLARE" => declare(cx, t)?,
         "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE" => {
-            transaction(t).map_or_else(unparsable, Kind::Transaction)
+            Kind::Transaction(transaction(t)?)
         }
-        "PREPARE" => prepare(cx, t),
-        "EXECUTE" => execute(cx, t),
-        "SET" => set(cx, t),
-        "RESET" => reset(t),
-        "DISCARD" => discard(t),
-        "DEALLOCATE" => deallocate(t),
-        "LISTEN" => match (ident(t, 1), t.len()) {
-            (Some(channel), 2) => pin(PinReason::Listen { channel }),
-            _ => unparsable(),
-        },
-        "UNLISTEN" => match (tok(t, 1), ident(t, 1), t.len()) {
-            (Some(Token::Mul), _, 2) => session(SessionChange::Unlisten { channel: None }),
-            (_, Some(channel), 2) => session(SessionChange::Unlisten {
-                channel: Some(channel),
-            }),
-            _ => unparsable(),
-        },
-        "LOAD" => match (string_lit(t, 1), t.len()) {
-            (Some(_), 2) => pin(PinReason::Load),
-            _ => unparsable(),
-        },
-        "CLOSE" => match (kw(t, 1, "ALL"), ident(t, 1), t.len()) {
-            (true, _, 2) => session(SessionChange::CloseCursor { name: None }),
-            (false, Some(name), 2) => session(SessionChange::CloseCursor { name: Some(name) }),
-            _ => unparsable(),
-        },
+        "PREPARE" => prepare(cx, t)?,
+        "EXECUTE" => execute(cx, t)?,
+        "SET" => set(cx, t)?,
+        "RESET" => session(reset(t)?),
+        "DISCARD" => session(SessionChange::Discard(discard(t)?)),
+        "DEALLOCATE" => {
+            let i = if kw(t, 1, "PREPARE") { 2 } else { 1 };
+            session(SessionChange::Deallocate {
+                name: name_or_all(t, i)?,
+            })
+        }
+        "LISTEN" => pin(PinReason::Listen {
+            channel: final_ident(t, 1)?,
+        }),
+        "UNLISTEN" if is(t, 1, &Token::Mul) && t.len() == 2 => {
+            session(SessionChange::Unlisten { channel: None })
+        }
+        "UNLISTEN" => session(SessionChange::Unlisten {
+            channel: Some(final_ident(t, 1)?),
+        }),
+        "LOAD" => final_string(t, 1).map(|_| pin(PinReason::Load))?,
+        "CLOSE" => session(SessionChange::CloseCursor {
+            name: name_or_all(t, 1)?,
+        }),
         "CREATE" if creates_temp(t) => pin(PinReason::TempTable),
-        other => match write_keyword_reason(other) {
+        other => {
             // The first keyword decides; only a session pin can outrank it.
-            Some(reason) => match function_effect(cx, t) {
+            let reason = write_keyword_reason(other)?;
+            match function_effect(cx, t) {
                 Some(Effect::Pin(p)) => pin(p),
                 _ => write(reason),
-            },
-            None => unparsable(),
-        },
-    }
+            }
+        }
+    };
+    Some(kind)
 }
 
 /// Statements that are writes by their first keyword alone.
@@ -636,11 +639,9 @@ fn query_side_effect(cx: &Context, t: &Toks) -> Option<Kind> {
     }
     let into = (0..t.len()).find(|&i| kw(t, i, "INTO"));
     if let Some(i) = into {
-        let temp = |j| kw(t, j, "TEMP") || kw(t, j, "TEMPORARY");
-        if temp(i + 1)
-            || (kw_any(t, i + 1, &["LOCAL", "GLOBAL"]) && temp(i + 2))
-            || in_pg_temp(t, i + 1)
-        {
+        let temp = |j| kw_any(t, j, &["TEMP", "TEMPORARY"]);
+        let local = kw_any(t, i + 1, &["LOCAL", "GLOBAL"]) && temp(i + 2);
+        if temp(i + 1) || local || in_pg_temp(t, i + 1) {
             return Some(pin(PinReason::TempTable));
         }
     }
@@ -650,7 +651,7 @@ fn query_side_effect(cx: &Context, t: &Toks) -> Option<Kind> {
             .find(|k| kw(t, i, k))
     };
     // `( DELETE` can only be a data-modifying CTE body.
-    if (1..t.len()).any(|i| is(t, i - 1, &Token::LParen) && dml(i).is_some()) {
+    if (1..t.len()).any(|i| lparen(t, i - 1) && dml(i).is_some()) {
         return Some(write("data-modifying CTE"));
     }
     if kw(t, 0, "WITH") {
@@ -660,12 +661,12 @@ fn query_side_effect(cx: &Context, t: &Toks) -> Option<Kind> {
             match tok(t, i) {
                 Some(Token::LParen) => depth += 1,
                 Some(Token::RParen) => depth = depth.saturating_sub(1),
-                _ if depth == 0 && !kw_any(t, i.wrapping_sub(1), &["FOR", "KEY"]) => {
-                    if let Some(keyword) = dml(i) {
-                        return Some(write(write_keyword_reason(keyword).unwrap_or(UNPARSABLE)));
+                _ if depth > 0 || kw_any(t, i.wrapping_sub(1), &["FOR", "KEY"]) => {}
+                _ => {
+                    if let Some(reason) = dml(i).and_then(write_keyword_reason) {
+                        return Some(write(reason));
                     }
                 }
-                _ => {}
             }
         }
     }
@@ -673,15 +674,13 @@ fn query_side_effect(cx: &Context, t: &Toks) -> Option<Kind> {
         return Some(write("select into"));
     }
     for i in 0..t.len() {
-        if kw(t, i, "FOR") {
-            if kw(t, i + 1, "UPDATE")
-                || (kw(t, i + 1, "NO") && kw(t, i + 2, "KEY") && kw(t, i + 3, "UPDATE"))
-            {
-                return Some(write("for update"));
-            }
-            if kw(t, i + 1, "SHARE") || (kw(t, i + 1, "KEY") && kw(t, i + 2, "SHARE")) {
-                return Some(write("for share"));
-            }
+        let no_key_update = kw(t, i + 1, "NO") && kw(t, i + 2, "KEY") && kw(t, i + 3, "UPDATE");
+        let key_share = kw(t, i + 1, "KEY") && kw(t, i + 2, "SHARE");
+        if kw(t, i, "FOR") && (kw(t, i + 1, "UPDATE") || no_key_update) {
+            return Some(write("for update"));
+        }
+        if kw(t, i, "FOR") && (kw(t, i + 1, "SHARE") || key_share) {
+            return Some(write("for share"));
         }
     }
     match function {
@@ -710,123 +709,106 @@ fn parse_query(t: &Toks) -> Result<(), &'static str> {
 
 /// `TABLE [ONLY] name [*]`, which sqlparser does not know.
 fn table(cx: &Context, t: &Toks) -> Kind {
-    let mut i = if kw(t, 1, "ONLY") { 2 } else { 1 };
-    if let Some(end) = qualified_name_end(t, i) {
-        i = end;
-        if is(t, i, &Token::Mul) {
-            i += 1;
-        }
-        if i == t.len() {
-            return read("table");
-        }
+    let name_end = qualified_name_end(t, if kw(t, 1, "ONLY") { 2 } else { 1 });
+    let end = name_end.map(|end| end + usize::from(is(t, end, &Token::Mul)));
+    if end == Some(t.len()) {
+        read("table")
+    } else {
+        query(cx, t, "table")
     }
-    query(cx, t, "table")
 }
 
-fn explain(cx: &Context, t: &Toks) -> Kind {
-    let mut analyze = false;
-    let mut i = 1;
-    if kw_any(t, 1, &["ANALYZE", "ANALYSE"]) {
-        analyze = true;
-        i = if kw(t, 2, "VERBOSE") { 3 } else { 2 };
+/// The verdict on a statement nested in another (EXPLAIN ANALYZE, COPY
+/// (query), DECLARE): a read keeps `reason`, a write or pin passes through,
+/// anything else is not allowed there.
+fn nested(cx: &Context, t: &Toks, reason: &'static str) -> Option<Kind> {
+    match classify_tokens(cx, t) {
+        Kind::Read { .. } => Some(read(reason)),
+        effect @ (Kind::Write { .. } | Kind::SessionState(SessionChange::Pin(_))) => Some(effect),
+        _ => None,
+    }
+}
+
+fn explain(cx: &Context, t: &Toks) -> Option<Kind> {
+    let (analyze, i) = if kw_any(t, 1, &["ANALYZE", "ANALYSE"]) {
+        (true, if kw(t, 2, "VERBOSE") { 3 } else { 2 })
     } else if kw(t, 1, "VERBOSE") {
-        i = 2;
-    } else if is(t, 1, &Token::LParen) && !starts_query(t, 2) {
-        let Some(close) = matching_paren(t, 1) else {
-            return unparsable();
-        };
-        analyze = split_commas(&t[2..close])
-            .iter()
-            .any(|option| analyze_option(option));
-        i = close + 1;
-    }
-    let inner = &t[i.min(t.len())..];
-    if inner.is_empty() {
-        return unparsable();
-    }
+        (false, 2)
+    } else if lparen(t, 1) && !starts_query(t, 2) {
+        let close = matching_paren(t, 1)?;
+        let options = split_commas(&t[2..close]);
+        (
+            options.iter().any(|option| analyze_option(option)),
+            close + 1,
+        )
+    } else {
+        (false, 1)
+    };
+    let inner = t.get(i..).filter(|inner| !inner.is_empty())?;
     if !analyze {
         // Planning only: the executor never starts, so even a write is a read.
-        return read("explain");
+        return Some(read("explain"));
     }
-    match classify_tokens(cx, inner) {
-        Kind::Read { .. } => read("explain analyze"),
-        pinned @ Kind::SessionState(SessionChange::Pin(_)) => pinned,
-        _ => write("explain analyze of write"),
-    }
+    Some(match nested(cx, inner, "explain analyze") {
+        Some(Kind::Write { .. }) | None => write("explain analyze of write"),
+        Some(kind) => kind,
+    })
 }
 
 /// `ANALYZE [value]` in an EXPLAIN option list; the server takes false,
 /// off and 0 (any case, quoted or not) as false.
 fn analyze_option(option: &Toks) -> bool {
-    if !kw_any(option, 0, &["ANALYZE", "ANALYSE"]) {
-        return false;
-    }
     let falsy = |s: &str| {
         ["false", "off", "0"]
             .iter()
             .any(|f| s.eq_ignore_ascii_case(f))
     };
-    match &option[1..] {
-        [] => true,
-        [value] => match &value.token.token {
-            Token::Word(w) => !falsy(&w.value),
-            Token::Number(n, _) => !falsy(n),
-            Token::SingleQuotedString(s) => !falsy(s),
+    kw_any(option, 0, &["ANALYZE", "ANALYSE"])
+        && match option.get(1..).unwrap_or_default() {
+            [value] => match &value.token.token {
+                Token::Word(w) => !falsy(&w.value),
+                Token::Number(n, _) => !falsy(n),
+                Token::SingleQuotedString(s) => !falsy(s),
+                _ => true,
+            },
             _ => true,
-        },
-        _ => true,
-    }
+        }
 }
 
-fn copy(cx: &Context, t: &Toks) -> Kind {
-    let mut i;
-    if is(t, 1, &Token::LParen) {
-        let Some(close) = matching_paren(t, 1) else {
-            return unparsable();
-        };
-        match classify_tokens(cx, &t[2..close]) {
-            Kind::Read { .. } => {}
-            effect @ (Kind::Write { .. } | Kind::SessionState(SessionChange::Pin(_))) => {
-                return effect
-            }
-            _ => return unparsable(),
+/// `COPY [BINARY] table [(columns)] FROM|TO ...` or `COPY (query) TO ...`.
+fn copy(cx: &Context, t: &Toks) -> Option<Kind> {
+    let mut i = if lparen(t, 1) {
+        let close = matching_paren(t, 1)?;
+        let source = nested(cx, &t[2..close], "copy to stdout")?;
+        if !matches!(source, Kind::Read { .. }) {
+            return Some(source);
         }
-        i = close + 1;
+        close + 1
     } else {
-        let Some(end) = qualified_name_end(t, if kw(t, 1, "BINARY") { 2 } else { 1 }) else {
-            return unparsable();
-        };
-        i = end;
-        if is(t, i, &Token::LParen) {
-            let Some(close) = matching_paren(t, i) else {
-                return unparsable();
-            };
-            i = close + 1;
-        }
+        qualified_name_end(t, if kw(t, 1, "BINARY") { 2 } else { 1 })?
+    };
+    if lparen(t, i) {
+        i = matching_paren(t, i)? + 1;
     }
-    if kw(t, i, "FROM") {
-        return write("copy from");
-    }
-    if !kw(t, i, "TO") {
-        return unparsable();
-    }
-    if kw(t, i + 1, "STDOUT") {
+    Some(if kw(t, i, "FROM") {
+        write("copy from")
+    } else if !kw(t, i, "TO") {
+        return None;
+    } else if kw(t, i + 1, "STDOUT") {
         read("copy to stdout")
     } else if kw(t, i + 1, "PROGRAM") {
         write("copy to program")
     } else {
         // A file on the server's disk: the primary is the server meant.
         write("copy to file")
-    }
+    })
 }
 
 /// `DECLARE name [BINARY] [ASENSITIVE|INSENSITIVE] [[NO] SCROLL] CURSOR
 /// [{WITH|WITHOUT} HOLD] FOR query`. Without HOLD the cursor lives in the
 /// current block, so it is as much a read as its query.
-fn declare(cx: &Context, t: &Toks) -> Kind {
-    let Some(name) = ident(t, 1) else {
-        return unparsable();
-    };
+fn declare(cx: &Context, t: &Toks) -> Option<Kind> {
+    let name = ident(t, 1)?;
     let mut i = 2;
     while kw_any(
         t,
@@ -836,76 +818,86 @@ fn declare(cx: &Context, t: &Toks) -> Kind {
         i += 1;
     }
     if !kw(t, i, "CURSOR") {
-        return unparsable();
+        return None;
     }
-    i += 1;
-    let hold = kw(t, i, "WITH") && kw(t, i + 1, "HOLD");
-    if hold || (kw(t, i, "WITHOUT") && kw(t, i + 1, "HOLD")) {
+    let hold = kw(t, i + 1, "WITH") && kw(t, i + 2, "HOLD");
+    if hold || (kw(t, i + 1, "WITHOUT") && kw(t, i + 2, "HOLD")) {
         i += 2;
     }
-    if !kw(t, i, "FOR") || i + 1 >= t.len() {
-        return unparsable();
-    }
+    let query = t
+        .get(i + 2..)
+        .filter(|q| kw(t, i + 1, "FOR") && !q.is_empty())?;
     if hold {
-        return pin(PinReason::CursorWithHold { name });
+        return Some(pin(PinReason::CursorWithHold { name }));
     }
-    match classify_tokens(cx, &t[i + 1..]) {
-        Kind::Read { .. } => read("declare cursor"),
-        effect @ (Kind::Write { .. } | Kind::SessionState(SessionChange::Pin(_))) => effect,
-        _ => unparsable(),
-    }
+    nested(cx, query, "declare cursor")
 }
 
 fn transaction(t: &Toks) -> Option<TxControl> {
-    let name_at = |j: usize| ident(t, j).filter(|_| t.len() == j + 1);
-    let gid_at = |j: usize| string_lit(t, j).filter(|_| t.len() == j + 1);
-    let after_work = |j: usize| {
+    let after_work = |j| {
         if kw_any(t, j, &["WORK", "TRANSACTION"]) {
             j + 1
         } else {
             j
         }
     };
-    if kw(t, 0, "BEGIN") {
-        transaction_modes(t, after_work(1)).map(|read_only| TxControl::Begin { read_only })
+    let to = after_work(1);
+    Some(if kw(t, 0, "BEGIN") {
+        TxControl::Begin {
+            read_only: transaction_modes(t, to)?,
+        }
     } else if kw(t, 0, "START") && kw(t, 1, "TRANSACTION") {
-        transaction_modes(t, 2).map(|read_only| TxControl::Begin { read_only })
+        TxControl::Begin {
+            read_only: transaction_modes(t, 2)?,
+        }
     } else if kw(t, 0, "COMMIT") && kw(t, 1, "PREPARED") {
-        gid_at(2).map(|gid| TxControl::CommitPrepared { gid })
+        TxControl::CommitPrepared {
+            gid: final_string(t, 2)?,
+        }
     } else if kw_any(t, 0, &["COMMIT", "END"]) {
-        chain(t, after_work(1)).map(|chain| TxControl::Commit { chain })
+        TxControl::Commit {
+            chain: chain(t, to)?,
+        }
     } else if kw(t, 0, "ROLLBACK") && kw(t, 1, "PREPARED") {
-        gid_at(2).map(|gid| TxControl::RollbackPrepared { gid })
-    } else if kw(t, 0, "ROLLBACK") && kw(t, after_work(1), "TO") {
-        let to = after_work(1);
+        TxControl::RollbackPrepared {
+            gid: final_string(t, 2)?,
+        }
+    } else if kw(t, 0, "ROLLBACK") && kw(t, to, "TO") {
         let j = if kw(t, to + 1, "SAVEPOINT") {
             to + 2
         } else {
             to + 1
         };
-        name_at(j).map(|name| TxControl::RollbackToSavepoint { name })
+        TxControl::RollbackToSavepoint {
+            name: final_ident(t, j)?,
+        }
     } else if kw_any(t, 0, &["ROLLBACK", "ABORT"]) {
-        chain(t, after_work(1)).map(|chain| TxControl::Rollback { chain })
+        TxControl::Rollback {
+            chain: chain(t, to)?,
+        }
     } else if kw(t, 0, "SAVEPOINT") {
-        name_at(1).map(|name| TxControl::Savepoint { name })
+        TxControl::Savepoint {
+            name: final_ident(t, 1)?,
+        }
     } else if kw(t, 0, "RELEASE") {
-        name_at(if kw(t, 1, "SAVEPOINT") { 2 } else { 1 })
-            .map(|name| TxControl::ReleaseSavepoint { name })
+        let j = if kw(t, 1, "SAVEPOINT") { 2 } else { 1 };
+        TxControl::ReleaseSavepoint {
+            name: final_ident(t, j)?,
+        }
     } else {
-        None
-    }
+        return None;
+    })
 }
 
 /// `[AND [NO] CHAIN]` ending the statement.
 fn chain(t: &Toks, i: usize) -> Option<bool> {
-    if i == t.len() {
-        Some(false)
-    } else if kw(t, i, "AND") && kw(t, i + 1, "CHAIN") && t.len() == i + 2 {
-        Some(true)
-    } else if kw(t, i, "AND") && kw(t, i + 1, "NO") && kw(t, i + 2, "CHAIN") && t.len() == i + 3 {
-        Some(false)
-    } else {
-        None
+    let and_chain = kw(t, i, "AND") && kw(t, i + 1, "CHAIN");
+    let and_no_chain = kw(t, i, "AND") && kw(t, i + 1, "NO") && kw(t, i + 2, "CHAIN");
+    match t.len() - i.min(t.len()) {
+        0 => Some(false),
+        2 if and_chain => Some(true),
+        3 if and_no_chain => Some(false),
+        _ => None,
     }
 }
 
@@ -913,82 +905,69 @@ fn chain(t: &Toks, i: usize) -> Option<bool> {
 /// Like the server, the last access mode wins.
 fn transaction_modes(t: &Toks, mut i: usize) -> Option<Option<bool>> {
     let mut read_only = None;
-    let mut first = true;
+    let start = i;
     while i < t.len() {
-        if !first && is(t, i, &Token::Comma) {
+        if i > start && is(t, i, &Token::Comma) {
             i += 1;
         }
-        first = false;
-        if kw(t, i, "ISOLATION") && kw(t, i + 1, "LEVEL") {
-            i += 2;
-            if kw(t, i, "SERIALIZABLE") {
-                i += 1;
-            } else if kw(t, i, "REPEATABLE") && kw(t, i + 1, "READ") {
-                i += 2;
-            } else if kw(t, i, "READ") && kw_any(t, i + 1, &["COMMITTED", "UNCOMMITTED"]) {
-                i += 2;
-            } else {
-                return None;
-            }
+        let level = kw(t, i, "ISOLATION") && kw(t, i + 1, "LEVEL");
+        let two_words = (kw(t, i + 2, "REPEATABLE") && kw(t, i + 3, "READ"))
+            || (kw(t, i + 2, "READ") && kw_any(t, i + 3, &["COMMITTED", "UNCOMMITTED"]));
+        i += if level && kw(t, i + 2, "SERIALIZABLE") {
+            3
+        } else if level && two_words {
+            4
         } else if kw(t, i, "READ") && kw_any(t, i + 1, &["ONLY", "WRITE"]) {
             read_only = Some(kw(t, i + 1, "ONLY"));
-            i += 2;
+            2
         } else if kw(t, i, "DEFERRABLE") {
-            i += 1;
+            1
         } else if kw(t, i, "NOT") && kw(t, i + 1, "DEFERRABLE") {
-            i += 2;
+            2
         } else {
             return None;
-        }
+        };
     }
     Some(read_only)
 }
 
 /// `PREPARE TRANSACTION 'gid'` or `PREPARE name [(types)] AS statement`.
-fn prepare(cx: &Context, t: &Toks) -> Kind {
+fn prepare(cx: &Context, t: &Toks) -> Option<Kind> {
     if kw(t, 1, "TRANSACTION") && string_lit(t, 2).is_some() {
-        return match (string_lit(t, 2), t.len()) {
-            (Some(gid), 3) => Kind::Transaction(TxControl::PrepareTransaction { gid }),
-            _ => unparsable(),
-        };
+        let gid = final_string(t, 2)?;
+        return Some(Kind::Transaction(TxControl::PrepareTransaction { gid }));
     }
-    let Some(name) = ident(t, 1) else {
-        return unparsable();
+    let name = ident(t, 1)?;
+    let i = if lparen(t, 2) {
+        matching_paren(t, 2)? + 1
+    } else {
+        2
     };
-    let mut i = 2;
-    if is(t, 2, &Token::LParen) {
-        let Some(close) = matching_paren(t, 2) else {
-            return unparsable();
-        };
-        i = close + 1;
-    }
-    if !kw(t, i, "AS") || i + 1 >= t.len() {
-        return unparsable();
-    }
-    let inner = Box::new(classify_tokens(cx, &t[i + 1..]));
-    session(SessionChange::Prepare {
+    let inner = t
+        .get(i + 1..)
+        .filter(|inner| kw(t, i, "AS") && !inner.is_empty())?;
+    let inner = Box::new(classify_tokens(cx, inner));
+    Some(session(SessionChange::Prepare {
         name,
         inner,
         statement: cx.text(t),
-    })
+    }))
 }
 
 /// `EXECUTE name [(arguments)]`: the arguments may call writing functions.
-fn execute(cx: &Context, t: &Toks) -> Kind {
-    let Some(name) = ident(t, 1) else {
-        return unparsable();
-    };
-    if t.len() > 2 && !(is(t, 2, &Token::LParen) && matching_paren(t, 2) == Some(t.len() - 1)) {
-        return unparsable();
+fn execute(cx: &Context, t: &Toks) -> Option<Kind> {
+    let name = ident(t, 1)?;
+    if t.len() > 2 && matching_paren(t, 2) != Some(t.len() - 1) {
+        return None;
     }
-    match function_effect(cx, &t[2.min(t.len())..]) {
+    Some(match function_effect(cx, t.get(2..).unwrap_or_default()) {
         Some(Effect::Pin(p)) => pin(p),
         Some(Effect::Write(reason)) => write(reason),
         None => Kind::Execute { name },
-    }
+    })
 }
 
-fn set(cx: &Context, t: &Toks) -> Kind {
+fn set(cx: &Context, t: &Toks) -> Option<Kind> {
     let (scope, i) = if kw(t, 1, "LOCAL") {
         (SetScope::Local, 2)
     } else if kw(t, 1, "SESSION") && !kw_any(t, 2, &["AUTHORIZATION", "CHARACTERISTICS"]) {
@@ -996,124 +975,91 @@ fn set(cx: &Context, t: &Toks) -> Kind {
     } else {
         (SetScope::Session, 1)
     };
-    let assigns = |j: usize| kw(t, j, "TO") || is(t, j, &Token::Eq);
     let statement = cx.text(t);
-    if kw(t, i, "TRANSACTION") {
-        if kw(t, i + 1, "SNAPSHOT") {
-            return match (string_lit(t, i + 2), t.len() == i + 3) {
-                (Some(_), true) => Kind::Transaction(TxControl::SetTransaction { read_only: None }),
-                _ => unparsable(),
-            };
-        }
-        return match transaction_modes(t, i + 1).filter(|_| t.len() > i + 1) {
-            Some(read_only) => Kind::Transaction(TxControl::SetTransaction { read_only }),
-            None => unparsable(),
-        };
+    let words = |words: &[&str]| words.iter().enumerate().all(|(k, w)| kw(t, i + k, w));
+    let assigns = |j| kw(t, j, "TO") || is(t, j, &Token::Eq);
+    let has_value = |j| t.len() > j;
+    if words(&["TRANSACTION", "SNAPSHOT"]) {
+        final_string(t, i + 2)?;
+        return Some(Kind::Transaction(TxControl::SetTransaction {
+            read_only: None,
+        }));
     }
-    if kw(t, i, "SESSION")
-        && kw(t, i + 1, "CHARACTERISTICS")
-        && kw(t, i + 2, "AS")
-        && kw(t, i + 3, "TRANSACTION")
-    {
-        return match transaction_modes(t, i + 4).filter(|_| t.len() > i + 4) {
-            Some(read_only) => session(SessionChange::TransactionDefaults {
-                read_only,
-                statement,
-            }),
-            None => unparsable(),
-        };
+    if words(&["TRANSACTION"]) && has_value(i + 1) {
+        let read_only = transaction_modes(t, i + 1)?;
+        return Some(Kind::Transaction(TxControl::SetTransaction { read_only }));
     }
-    if kw(t, i, "CONSTRAINTS") && !assigns(i + 1) && t.len() > i + 1 {
-        let name = "constraints".to_owned();
-        return session(SessionChange::Set {
-            name,
-            scope: SetScope::Local,
+    if words(&["SESSION", "CHARACTERISTICS", "AS", "TRANSACTION"]) && has_value(i + 4) {
+        let read_only = transaction_modes(t, i + 4)?;
+        return Some(session(SessionChange::TransactionDefaults {
+            read_only,
             statement,
-        });
+        }));
     }
-    // (name, where its value starts, whether the value may be empty)
-    let special = if kw(t, i, "TIME") && kw(t, i + 1, "ZONE") {
-        Some(("timezone", i + 2, false))
-    } else if kw(t, i, "SESSION") && kw(t, i + 1, "AUTHORIZATION") {
-        Some(("session_authorization", i + 2, false))
-    } else if kw(t, i, "XML") && kw(t, i + 1, "OPTION") {
-        Some(("xmloption", i + 2, false))
-    } else if assigns(i + 1) {
-        None
-    } else if kw(t, i, "ROLE") {
-        Some(("role", i + 1, false))
-    } else if kw(t, i, "SCHEMA") {
-        Some(("search_path", i + 1, false))
-    } else if kw(t, i, "NAMES") {
-        Some(("client_encoding", i + 1, true))
-    } else if kw(t, i, "CATALOG") {
-        Some(("catalog", i + 1, false))
-    } else {
-        None
-    };
-    let name = match special {
-        Some((name, value, may_be_empty)) if may_be_empty || t.len() > value => name.to_owned(),
-        Some(_) => return unparsable(),
-        None => match var_name(t, i) {
-            Some((name, j)) if assigns(j) && t.len() > j + 1 => name,
-            Some((name, j)) if kw(t, j, "FROM") && kw(t, j + 1, "CURRENT") && t.len() == j + 2 => {
-                name
+    // `name TO|= value` first: as in the server's grammar, a keyword of
+    // the special forms followed by TO or = is just a parameter name.
+    // All forms take a value except SET NAMES (the default encoding).
+    let generic = var_name(t, i).filter(|&(_, j)| assigns(j));
+    let (name, scope) = match generic {
+        Some((name, j)) if has_value(j + 1) => (name, scope),
+        Some(_) => return None,
+        None if words(&["TIME", "ZONE"]) && has_value(i + 2) => ("timezone".into(), scope),
+        None if words(&["SESSION", "AUTHORIZATION"]) && has_value(i + 2) => {
+            ("session_authorization".into(), scope)
+        }
+        None if words(&["XML", "OPTION"]) && has_value(i + 2) => ("xmloption".into(), scope),
+        None if words(&["ROLE"]) && has_value(i + 1) => ("role".into(), scope),
+        None if words(&["SCHEMA"]) && has_value(i + 1) => ("search_path".into(), scope),
+        None if words(&["NAMES"]) => ("client_encoding".into(), scope),
+        None if words(&["CATALOG"]) && has_value(i + 1) => ("catalog".into(), scope),
+        // SET CONSTRAINTS lasts until the end of the transaction.
+        None if words(&["CONSTRAINTS"]) && has_value(i + 1) => {
+            ("constraints".into(), SetScope::Local)
+        }
+        None => match var_name(t, i)? {
+            (name, j) if kw(t, j, "FROM") && kw(t, j + 1, "CURRENT") && t.len() == j + 2 => {
+                (name, scope)
             }
-            _ => return unparsable(),
+            _ => return None,
         },
     };
-    session(SessionChange::Set {
+    Some(session(SessionChange::Set {
         name,
         scope,
         statement,
-    })
+    }))
 }
 
-fn reset(t: &Toks) -> Kind {
-    if kw(t, 1, "ALL") && t.len() == 2 {
-        return session(SessionChange::ResetAll);
+fn reset(t: &Toks) -> Option<SessionChange> {
+    let words = |words: &[&str]| words.iter().enumerate().all(|(k, w)| kw(t, 1 + k, w));
+    if words(&["ALL"]) && t.len() == 2 {
+        return Some(SessionChange::ResetAll);
     }
-    let named = if kw(t, 1, "TIME") && kw(t, 2, "ZONE") {
-        Some(("timezone".to_owned(), 3))
-    } else if kw(t, 1, "SESSION") && kw(t, 2, "AUTHORIZATION") {
-        Some(("session_authorization".to_owned(), 3))
-    } else if kw(t, 1, "TRANSACTION") && kw(t, 2, "ISOLATION") && kw(t, 3, "LEVEL") {
-        Some(("transaction_isolation".to_owned(), 4))
+    let (name, end) = if words(&["TIME", "ZONE"]) {
+        ("timezone".into(), 3)
+    } else if words(&["SESSION", "AUTHORIZATION"]) {
+        ("session_authorization".into(), 3)
+    } else if words(&["TRANSACTION", "ISOLATION", "LEVEL"]) {
+        ("transaction_isolation".into(), 4)
     } else {
-        var_name(t, 1)
+        var_name(t, 1)?
     };
-    match named {
-        Some((name, end)) if end == t.len() => session(SessionChange::Reset { name }),
-        _ => unparsable(),
-    }
+    (end == t.len()).then_some(SessionChange::Reset { name })
 }
 
-fn discard(t: &Toks) -> Kind {
-    let target = if kw(t, 1, "ALL") {
-        DiscardTarget::All
-    } else if kw(t, 1, "PLANS") {
-        DiscardTarget::Plans
-    } else if kw(t, 1, "SEQUENCES") {
-        DiscardTarget::Sequences
-    } else if kw_any(t, 1, &["TEMP", "TEMPORARY"]) {
-        DiscardTarget::Temp
-    } else {
-        return unparsable();
+fn discard(t: &Toks) -> Option<DiscardTarget> {
+    let target = match tok(t, 1)? {
+        Token::Word(w) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
+        _ => return None,
     };
-    if t.len() == 2 {
-        session(SessionChange::Discard(target))
-    } else {
-        unparsable()
-    }
-}
-
-fn deallocate(t: &Toks) -> Kind {
-    let i = if kw(t, 1, "PREPARE") { 2 } else { 1 };
-    match (kw(t, i, "ALL"), ident(t, i), t.len() == i + 1) {
-        (true, _, true) => session(SessionChange::Deallocate { name: None }),
-        (false, Some(name), true) => session(SessionChange::Deallocate { name: Some(name) }),
-        _ => unparsable(),
-    }
+    let target = match target.as_str() {
+        "ALL" => DiscardTarget::All,
+        "PLANS" => DiscardTarget::Plans,
+        "SEQUENCES" => DiscardTarget::Sequences,
+        "TEMP" | "TEMPORARY" => DiscardTarget::Temp,
+        _ => return None,
+    };
+    (t.len() == 2).then_some(target)
 }
 
 /// `CREATE [OR REPLACE] [GLOBAL|LOCAL] TEMP|TEMPORARY ...`, or any object
@@ -1131,8 +1077,11 @@ fn creates_temp(t: &Toks) -> bool {
 }
 
 fn in_pg_temp(t: &Toks, i: usize) -> bool {
-    matches!(tok(t, i), Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("pg_temp"))
-        && is(t, i + 1, &Token::Period)
+    let schema = match tok(t, i) {
+        Some(Token::Word(w)) => w.value.eq_ignore_ascii_case("pg_temp"),
+        _ => false,
+    };
+    schema && is(t, i + 1, &Token::Period)
 }
 
 // ---------------------------------------------------------------------------
@@ -1155,9 +1104,10 @@ fn function_effect(cx: &Context, t: &Toks) -> Option<Effect> {
         let Some(Token::Word(w)) = tok(t, i) else {
             continue;
         };
-        let called = is(t, i + 1, &Token::LParen);
-        let attribute = !called && i > 0 && is(t, i - 1, &Token::Period);
-        if !called && !(attribute && !cx.extra_write_functions.is_empty()) {
+        let called = lparen(t, i + 1);
+        let attribute =
+            i > 0 && is(t, i - 1, &Token::Period) && !cx.extra_write_functions.is_empty();
+        if !called && !attribute {
             continue;
         }
         let name = w.value.to_ascii_lowercase();
@@ -1261,9 +1211,20 @@ fn is(t: &Toks, i: usize, token: &Token) -> bool {
     tok(t, i) == Some(token)
 }
 
+fn lparen(t: &Toks, i: usize) -> bool {
+    is(t, i, &Token::LParen)
+}
+
 /// An unquoted keyword (quoting makes a keyword an identifier).
+fn is_keyword(token: &Token, keyword: &str) -> bool {
+    match token {
+        Token::Word(w) => w.quote_style.is_none() && w.value.eq_ignore_ascii_case(keyword),
+        _ => false,
+    }
+}
+
 fn kw(t: &Toks, i: usize, keyword: &str) -> bool {
-    matches!(tok(t, i), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(keyword))
+    tok(t, i).is_some_and(|token| is_keyword(token, keyword))
 }
 
 fn kw_any(t: &Toks, i: usize, keywords: &[&str]) -> bool {
@@ -1277,6 +1238,25 @@ fn ident(t: &Toks, i: usize) -> Option<String> {
         Token::Word(w) => Some(w.value.to_ascii_lowercase()),
         _ => None,
     }
+}
+
+/// An identifier that ends the statement.
+fn final_ident(t: &Toks, i: usize) -> Option<String> {
+    ident(t, i).filter(|_| t.len() == i + 1)
+}
+
+/// `ALL` (`None`) or a name, ending the statement.
+fn name_or_all(t: &Toks, i: usize) -> Option<Option<String>> {
+    if kw(t, i, "ALL") && t.len() == i + 1 {
+        Some(None)
+    } else {
+        final_ident(t, i).map(Some)
+    }
+}
+
+/// A string literal that ends the statement.
+fn final_string(t: &Toks, i: usize) -> Option<String> {
+    string_lit(t, i).filter(|_| t.len() == i + 1)
 }
 
 fn string_lit(t: &Toks, i: usize) -> Option<String> {
@@ -1315,11 +1295,14 @@ fn qualified_name_end(t: &Toks, i: usize) -> Option<usize> {
 }
 
 fn starts_query(t: &Toks, i: usize) -> bool {
-    kw_any(t, i, &["SELECT", "WITH", "VALUES", "TABLE"]) || is(t, i, &Token::LParen)
+    kw_any(t, i, &["SELECT", "WITH", "VALUES", "TABLE"]) || lparen(t, i)
 }
 
 /// The index of the `)` closing the `(` at `open`.
 fn matching_paren(t: &Toks, open: usize) -> Option<usize> {
+    if !lparen(t, open) {
+        return None;
+    }
     let mut depth = 0usize;
     for (i, lexeme) in t.iter().enumerate().skip(open) {
         match lexeme.token.token {
@@ -1349,4 +1332,606 @@ fn split_commas<'t, 'a>(t: &'t Toks<'a>) -> Vec<&'t Toks<'a>> {
     }
     parts.push(&t[start..]);
     parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Expected verdicts. `Set`, `Defaults` and `Prepare` carry the
+    /// statement text, taken here from the corpus entry itself.
+    enum X {
+        K(Kind),
+        Set(&'static str, SetScope),
+        Defaults(Option<bool>),
+        Prepare(&'static str, Kind),
+    }
+
+    fn r(reason: &'static str) -> X {
+        X::K(read(reason))
+    }
+    fn w(reason: &'static str) -> X {
+        X::K(write(reason))
+    }
+    fn tx(control: TxControl) -> X {
+        X::K(Kind::Transaction(control))
+    }
+    fn begin(read_only: Option<bool>) -> X {
+        tx(TxControl::Begin { read_only })
+    }
+    fn s(change: SessionChange) -> X {
+        X::K(session(change))
+    }
+    fn pinned(reason: PinReason) -> X {
+        X::K(pin(reason))
+    }
+    fn name(n: &str) -> String {
+        n.to_owned()
+    }
+    fn some(n: &str) -> Option<String> {
+        Some(n.to_owned())
+    }
+    fn set(n: &'static str) -> X {
+        X::Set(n, SetScope::Session)
+    }
+
+    const EXTRA: [&str; 2] = ["app.mark_seen", "Touch_Session"];
+
+    fn extras() -> Vec<String> {
+        EXTRA.iter().map(|f| f.to_string()).collect()
+    }
+
+    #[rustfmt::skip]
+    fn corpus() -> Vec<(&'static str, X)> {
+        use PinReason::*;
+        use SessionChange as SC;
+        use TxControl as TC;
+        vec![
+            // --- reads: plain, pgbench, ORMs, introspection
+            ("SELECT 1", r("select")),
+            ("select 1;", r("select")),
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = $1", r("select")),
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = 4711;", r("select")),
+            ("VALUES (1, 'a'), (2, 'b')", r("values")),
+            ("TABLE pgbench_branches", r("table")),
+            ("TABLE ONLY public.rides *", r("table")),
+            ("(SELECT 1) UNION ALL (SELECT 2)", r("select")),
+            ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 10) SELECT * FROM r", r("with")),
+            ("WITH x AS MATERIALIZED (SELECT 1) SELECT * FROM x", r("with")),
+            ("WITH x AS (SELECT id FROM t) SELECT * FROM x ORDER BY id", r("with")),
+            (r#"SELECT "users"."id", "users"."email" FROM "users" WHERE "users"."email" ILIKE $1 LIMIT $2"#, r("select")),
+            (r#"SELECT "posts".* FROM "posts" WHERE "posts"."author_id" = ANY($1) ORDER BY "posts"."created_at" DESC"#, r("select")),
+            (r#"SELECT "t0"."id", "t0"."email" FROM "public"."User" AS "t0" WHERE ("t0"."email" = $1 AND 1=1) LIMIT $2 OFFSET $3"#, r("select")),
+            (r#"SELECT "schema_migrations"."version" FROM "schema_migrations" ORDER BY "schema_migrations"."version" ASC"#, r("select")),
+            (r#"SELECT COUNT(*) AS "count" FROM "rides" WHERE "rides"."deleted_at" IS NULL"#, r("select")),
+            ("SELECT data->>'name' AS name FROM docs WHERE data @> '{\"tags\": [\"a\"]}'::jsonb", r("select")),
+            ("SELECT data #>> '{a,b}', data -> 'c' FROM docs WHERE data ? 'k'", r("select")),
+            ("SELECT id, row_number() OVER (PARTITION BY user_id ORDER BY created_at DESC) AS rn FROM rides", r("select")),
+            ("SELECT sum(distance) OVER w FROM rides WINDOW w AS (ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)", r("select")),
+            ("SELECT u.id, last.* FROM users u, LATERAL (SELECT * FROM rides r WHERE r.user_id = u.id ORDER BY id DESC LIMIT 1) last", r("select")),
+            ("SELECT * FROM generate_series(1, 10) AS g(i)", r("select")),
+            ("SELECT d::date FROM generate_series(now() - interval '7 days', now(), '1 day') d", r("select")),
+            ("SELECT count(*) FILTER (WHERE distance > 10) FROM rides", r("select")),
+            ("SELECT DISTINCT ON (user_id) user_id, id FROM rides ORDER BY user_id, id DESC", r("select")),
+            ("SELECT * FROM t WHERE tags && ARRAY['a']::text[]", r("select")),
+            ("SELECT to_tsvector('english', body) @@ to_tsquery('cat') FROM docs", r("select")),
+            ("SELECT now() AT TIME ZONE 'UTC', EXTRACT(EPOCH FROM now())", r("select")),
+            ("SELECT substring(name from 1 for 3) FROM t", r("select")),
+            ("SELECT * FROM t WHERE (created_at, id) > ($1, $2) ORDER BY created_at, id LIMIT 50", r("select")),
+            ("SELECT EXISTS (SELECT 1 FROM users WHERE email = $1)", r("select")),
+            ("SELECT coalesce(sum(distance), 0) FROM rides WHERE user_id = $1", r("select")),
+            ("SELECT a, count(*) FROM t GROUP BY a HAVING count(*) > 1", r("select")),
+            ("SELECT json_agg(x) FROM (SELECT * FROM t LIMIT 10) x", r("select")),
+            ("SELECT * FROM t1 JOIN t2 USING (id) WHERE t1.name ILIKE '%' || $1 || '%'", r("select")),
+            ("SELECT 1 AS \"select\", 2 AS \"delete\"", r("select")),
+            ("SELECT gen_random_uuid(), random(), clock_timestamp(), version()", r("select")),
+            ("SELECT pg_sleep(0.1)", r("select")),
+            ("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()", r("select")),
+            ("SELECT current_setting('search_path'), current_user, current_database()", r("select")),
+            ("SELECT txid_current_if_assigned()", r("select")),
+            ("SELECT t.oid, t.typname FROM pg_type t WHERE t.typname = ANY($1)", r("select")),
+            ("SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relname OPERATOR(pg_catalog.~) '^(rides)$' COLLATE pg_catalog.default AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 2, 3", r("select")),
+            ("SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid, true) FROM pg_catalog.pg_attrdef d WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum AND a.atthasdef), a.attnotnull FROM pg_catalog.pg_attribute a WHERE a.attrelid = '16384' AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum", r("select")),
+            ("SELECT n.nspname as \"Schema\", c.relname as \"Name\", CASE c.relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' END as \"Type\", pg_catalog.pg_get_userbyid(c.relowner) as \"Owner\" FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','v','m','S','f','') AND n.nspname <> 'pg_catalog' AND n.nspname !~ '^pg_toast' AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 1,2", r("select")),
+            (r#"SELECT d.datname as "Name", pg_catalog.pg_get_userbyid(d.datdba) as "Owner", pg_catalog.array_to_string(d.datacl, E'\n') AS "Access privileges" FROM pg_catalog.pg_database d ORDER BY 1;"#, r("select")),
+            ("SELECT r.rolname, ARRAY(SELECT b.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid) as memberof FROM pg_catalog.pg_roles r WHERE r.rolname !~ '^pg_' ORDER BY 1", r("select")),
+            ("SELECT typinput='pg_catalog.array_in'::regproc as is_array, typtype, typname, pg_type.oid FROM pg_catalog.pg_type LEFT JOIN (select ns.oid as nspoid, ns.nspname, r.r from pg_namespace as ns join ( select s.r, (current_schemas(false))[s.r] as nspname from generate_series(1, array_upper(current_schemas(false), 1)) as s(r) ) as r using ( nspname ) ) as sp ON sp.nspoid = typnamespace WHERE typname = $1 ORDER BY sp.r, pg_type.oid DESC", r("select")),
+            ("SELECT t.typname, t.typtype, t.typelem, r.rngsubtype, t.typbasetype, n.nspname, t.typrelid FROM pg_catalog.pg_type t LEFT OUTER JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid INNER JOIN pg_catalog.pg_namespace n ON t.typnamespace = n.oid WHERE t.oid = $1", r("select")),
+            ("SELECT enumlabel FROM pg_catalog.pg_enum WHERE enumtypid = $1 ORDER BY enumsortorder", r("select")),
+            ("SELECT slot_name, confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1", r("select")),
+            ("select count(*) from pgbench_accounts where aid between $1 and $2", r("select")),
+            ("SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY latency) FROM requests", r("select")),
+            ("SELECT id FROM t WHERE y <> ALL($1::int[]) ORDER BY id FETCH FIRST 10 ROWS ONLY", r("select")),
+            ("SHOW search_path", r("show")),
+            ("SHOW ALL", r("show")),
+            ("SHOW TRANSACTION ISOLATION LEVEL", r("show")),
+            ("show time zone", r("show")),
+            ("EXPLAIN SELECT * FROM rides", r("explain")),
+            ("EXPLAIN INSERT INTO rides (distance) VALUES (1)", r("explain")),
+            ("EXPLAIN SELECT nextval('s')", r("explain")),
+            ("EXPLAIN VERBOSE DELETE FROM t", r("explain")),
+            ("EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM rides", r("explain analyze")),
+            ("EXPLAIN ANALYZE SELECT count(*) FROM rides", r("explain analyze")),
+            ("EXPLAIN ANALYSE VERBOSE SELECT 1", r("explain analyze")),
+            ("EXPLAIN (ANALYZE false) DELETE FROM t", r("explain")),
+            ("EXPLAIN (ANALYZE off, FORMAT JSON) UPDATE t SET a = 1", r("explain")),
+            ("EXPLAIN (FORMAT JSON, COSTS 0) SELECT 1", r("explain")),
+            ("COPY rides TO STDOUT", r("copy to stdout")),
+            ("COPY public.rides (id, distance) TO STDOUT WITH (FORMAT csv, HEADER)", r("copy to stdout")),
+            ("COPY (SELECT * FROM rides WHERE distance > 1) TO STDOUT", r("copy to stdout")),
+            ("COPY BINARY rides TO STDOUT", r("copy to stdout")),
+            ("FETCH 10 FROM c", r("fetch")),
+            ("MOVE NEXT IN c", r("fetch")),
+            // --- traps: nothing in strings, comments or quotes counts
+            ("SELECT 'nextval(1)'", r("select")),
+            ("SELECT \"nextval\" FROM t", r("select")),
+            ("SELECT nextval_count FROM stats", r("select")),
+            ("SELECT 1 -- ; DELETE FROM t", r("select")),
+            ("/* DELETE */ SELECT 1", r("select")),
+            ("SELECT 1 /* nested /* DELETE FROM t; */ still a comment */", r("select")),
+            ("SELECT $$ nextval('s'); DELETE FROM t $$", r("select")),
+            ("SELECT $fn$ ; DELETE FROM t; $fn$ AS body", r("select")),
+            ("SELECT E'it\\'s nextval(1); DELETE'", r("select")),
+            ("SELECT \"for update\", \"into\" FROM t", r("select")),
+            ("SELECT lower('LO_CREATE(1)') FROM t", r("select")),
+            ("SELECT c.mark_seen_at FROM customers c", r("select")),
+            // --- writes by first keyword
+            ("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)", w("insert")),
+            ("UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2", w("update")),
+            ("UPDATE pgbench_tellers SET tbalance = tbalance + 12 WHERE tid = 3;", w("update")),
+            (r#"INSERT INTO "rides" ("user_id", "distance") VALUES ($1, $2) RETURNING "id""#, w("insert")),
+            ("INSERT INTO users (email, name) VALUES ($1, $2) ON CONFLICT (email) DO UPDATE SET name = EXCLUDED.name RETURNING *", w("insert")),
+            ("INSERT INTO idempotency_keys (key) VALUES ($1) ON CONFLICT DO NOTHING", w("insert")),
+            ("DELETE FROM sessions WHERE expires_at < now()", w("delete")),
+            ("MERGE INTO accounts a USING staged s ON a.id = s.id WHEN MATCHED THEN UPDATE SET balance = s.balance", w("merge")),
+            ("create table pgbench_history(tid int,bid int,aid    int,delta int,mtime timestamp,filler char(22))", w("ddl")),
+            ("drop table if exists pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers", w("ddl")),
+            ("alter table pgbench_branches add primary key (bid)", w("ddl")),
+            ("copy pgbench_accounts from stdin with (freeze on)", w("copy from")),
+            ("vacuum analyze pgbench_branches", w("vacuum")),
+            ("truncate pgbench_history", w("truncate")),
+            ("CREATE INDEX CONCURRENTLY rides_user_idx ON rides (user_id)", w("ddl")),
+            ("CREATE EXTENSION IF NOT EXISTS pgcrypto", w("ddl")),
+            ("CREATE MATERIALIZED VIEW mv AS SELECT 1", w("ddl")),
+            ("CREATE UNLOGGED TABLE cache (k text)", w("ddl")),
+            ("CREATE FUNCTION add(a int, b int) RETURNS int AS $$ SELECT a + b $$ LANGUAGE sql", w("ddl")),
+            ("CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT CASE WHEN true THEN 2 END; END", w("ddl")),
+            ("CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO u VALUES (1); INSERT INTO v VALUES (2))", w("ddl")),
+            ("COMMENT ON TABLE rides IS 'rides; DELETE'", w("ddl")),
+            ("REFRESH MATERIALIZED VIEW CONCURRENTLY mv", w("refresh materialized view")),
+            ("GRANT SELECT ON rides TO reader", w("grant")),
+            ("REVOKE ALL ON rides FROM PUBLIC", w("revoke")),
+            ("CALL settle_charges(42)", w("call")),
+            ("DO $$ BEGIN PERFORM 1; END $$", w("do")),
+            ("DO LANGUAGE plpgsql $body$ BEGIN RAISE NOTICE 'x'; END $body$", w("do")),
+            ("ANALYZE rides", w("analyze")),
+            ("CLUSTER rides USING rides_pkey", w("cluster")),
+            ("REINDEX TABLE rides", w("reindex")),
+            ("CHECKPOINT", w("checkpoint")),
+            ("LOCK TABLE rides IN ACCESS EXCLUSIVE MODE", w("lock")),
+            ("NOTIFY rides, 'hello'", w("notify")),
+            ("COPY rides (id, distance) FROM STDIN WITH (FORMAT csv)", w("copy from")),
+            ("COPY rides TO '/tmp/rides.csv'", w("copy to file")),
+            ("COPY rides TO PROGRAM 'gzip > /tmp/rides.gz'", w("copy to program")),
+            ("COPY (INSERT INTO t VALUES (1) RETURNING *) TO STDOUT", w("insert")),
+            ("COPY (SELECT nextval('s')) TO STDOUT", w("writing function nextval")),
+            // --- reads that write
+            ("WITH gone AS (DELETE FROM t WHERE id = $1 RETURNING *) SELECT * FROM gone", w("data-modifying CTE")),
+            ("WITH moved AS (DELETE FROM staged_jobs WHERE id IN (SELECT id FROM staged_jobs LIMIT 100 FOR UPDATE SKIP LOCKED) RETURNING *) INSERT INTO jobs SELECT * FROM moved", w("data-modifying CTE")),
+            ("WITH u AS NOT MATERIALIZED (UPDATE t SET a = 1 RETURNING id) SELECT count(*) FROM u", w("data-modifying CTE")),
+            ("WITH x AS (SELECT 1 AS v) INSERT INTO t SELECT v FROM x", w("insert")),
+            ("WITH x AS (SELECT id FROM t) UPDATE t SET a = 1 FROM x WHERE t.id = x.id", w("update")),
+            ("WITH x AS (SELECT 1) DELETE FROM t", w("delete")),
+            ("SELECT * FROM rides WHERE id = $1 FOR UPDATE", w("for update")),
+            ("SELECT * FROM jobs ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", w("for update")),
+            ("SELECT * FROM t FOR NO KEY UPDATE OF t NOWAIT", w("for update")),
+            ("SELECT * FROM t FOR SHARE", w("for share")),
+            ("select * from t for key share", w("for share")),
+            ("SELECT 1 FROM t WHERE a IN (SELECT a FROM u FOR SHARE)", w("for share")),
+            ("SELECT * INTO backup FROM rides", w("select into")),
+            ("SELECT nextval('rides_id_seq')", w("writing function nextval")),
+            ("SELECT pg_catalog.nextval('s')", w("writing function nextval")),
+            ("SELECT NEXTVAL ('s')", w("writing function nextval")),
+            ("SELECT \"nextval\"('s')", w("writing function nextval")),
+            ("SELECT setval('s', 42)", w("writing function setval")),
+            ("SELECT currval('s')", w("writing function currval")),
+            ("SELECT lastval()", w("writing function lastval")),
+            ("SELECT id FROM t WHERE id = nextval('s')", w("writing function nextval")),
+            ("SELECT * FROM t WHERE id IN (SELECT nextval('s'))", w("writing function nextval")),
+            ("WITH s AS (SELECT nextval('s') AS v) SELECT v FROM s", w("writing function nextval")),
+            ("SELECT * FROM nextval('s')", w("writing function nextval")),
+            ("VALUES (nextval('s'))", w("writing function nextval")),
+            ("SELECT pg_advisory_xact_lock(42)", w("advisory lock function")),
+            ("SELECT pg_try_advisory_xact_lock(1, 2)", w("advisory lock function")),
+            ("SELECT pg_advisory_unlock(42)", w("advisory lock function")),
+            ("SELECT pg_advisory_unlock_all()", w("advisory lock function")),
+            ("SELECT pg_notify('rides', '{\"id\": 1}')", w("writing function pg_notify")),
+            ("SELECT set_config('app.tenant', $1, true)", w("writing function set_config")),
+            ("SELECT txid_current()", w("writing function txid_current")),
+            ("SELECT pg_current_xact_id()", w("writing function pg_current_xact_id")),
+            ("SELECT * FROM pg_logical_slot_get_changes('cdc', NULL, 100)", w("replication function")),
+            ("SELECT * FROM pg_logical_slot_peek_changes('cdc', NULL, NULL, 'include-xids', '0')", w("replication function")),
+            ("SELECT data FROM pg_logical_slot_get_binary_changes('cdc', NULL, NULL)", w("replication function")),
+            ("SELECT * FROM pg_create_logical_replication_slot('cdc', 'test_decoding')", w("replication function")),
+            ("SELECT pg_drop_replication_slot('cdc')", w("replication function")),
+            ("SELECT pg_replication_slot_advance('cdc', '0/1000')", w("replication function")),
+            ("SELECT lo_create(0)", w("large object function")),
+            ("SELECT lo_import('/tmp/x')", w("large object function")),
+            ("SELECT lo_unlink(16400)", w("large object function")),
+            ("SELECT lowrite(lo_open(16400, 131072), 'data')", w("large object function")),
+            ("SELECT pg_switch_wal()", w("wal control function")),
+            ("SELECT pg_cancel_backend(123)", w("backend signal function")),
+            ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'x'", w("backend signal function")),
+            ("SELECT pg_reload_conf()", w("server control function")),
+            ("SELECT pg_stat_reset()", w("statistics reset function")),
+            ("SELECT pg_stat_reset_shared('bgwriter')", w("statistics reset function")),
+            ("SELECT dblink_exec('dbname=other', 'DELETE FROM t')", w("dblink function")),
+            ("SELECT pg_current_wal_lsn()", w("primary-only function")),
+            ("SELECT app.mark_seen($1)", w("configured writing function")),
+            ("SELECT MARK_SEEN(1)", w("configured writing function")),
+            ("SELECT c.mark_seen FROM customers c", w("configured writing function")),
+            ("SELECT id FROM sessions WHERE touch_session(id)", w("configured writing function")),
+            ("EXPLAIN ANALYZE DELETE FROM t", w("explain analyze of write")),
+            ("EXPLAIN (ANALYZE, COSTS off) INSERT INTO t VALUES (1)", w("explain analyze of write")),
+            ("EXPLAIN (ANALYZE) SELECT nextval('s')", w("explain analyze of write")),
+            ("EXPLAIN ANALYZE SELECT * FROM t FOR UPDATE", w("explain analyze of write")),
+            // --- fail safe: what cannot be parsed goes to the primary
+            ("SELEC 1", w("unparsable")),
+            ("SELECT (1", w("unparsable")),
+            ("SELECT 'unterminated", w("unparsable")),
+            ("\"SELECT\" 1", w("unparsable")),
+            ("EXPLAIN", w("unparsable")),
+            // Valid PostgreSQL reads that sqlparser 0.59 rejects.
+            ("SELECT * FROM ROWS FROM (generate_series(1, 2), generate_series(1, 3))", w("unparsable")),
+            ("SELECT 1 FROM t FOR READ ONLY", w("unparsable")),
+            ("SELECT $1::text COLLATE \"C\"", w("unparsable")),
+            ("SELECT * FROM t WHERE a BETWEEN SYMMETRIC 1 AND 2", w("unparsable")),
+            ("SELECT (x).* FROM t", w("unparsable")),
+            ("SELECT xmlelement(name foo)", w("unparsable")),
+            ("TABLE t ORDER BY 1", w("unparsable")),
+            // --- transaction control
+            ("BEGIN", begin(None)),
+            ("begin;", begin(None)),
+            ("BEGIN WORK", begin(None)),
+            ("BEGIN READ ONLY", begin(Some(true))),
+            ("BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY, DEFERRABLE", begin(Some(true))),
+            ("BEGIN ISOLATION LEVEL SERIALIZABLE", begin(None)),
+            ("BEGIN READ ONLY, READ WRITE", begin(Some(false))),
+            ("START TRANSACTION READ WRITE", begin(Some(false))),
+            ("START TRANSACTION ISOLATION LEVEL READ COMMITTED READ ONLY", begin(Some(true))),
+            ("BEGIN ISOLATION LEVEL BOGUS", w("unparsable")),
+            ("BEGIN READ", w("unparsable")),
+            ("COMMIT", tx(TC::Commit { chain: false })),
+            ("END TRANSACTION", tx(TC::Commit { chain: false })),
+            ("COMMIT AND CHAIN", tx(TC::Commit { chain: true })),
+            ("COMMIT WORK AND NO CHAIN", tx(TC::Commit { chain: false })),
+            ("ROLLBACK", tx(TC::Rollback { chain: false })),
+            ("ABORT", tx(TC::Rollback { chain: false })),
+            ("ROLLBACK TRANSACTION AND CHAIN", tx(TC::Rollback { chain: true })),
+            ("SAVEPOINT active_record_1", tx(TC::Savepoint { name: name("active_record_1") })),
+            ("SAVEPOINT \"MySp\"", tx(TC::Savepoint { name: name("MySp") })),
+            ("RELEASE SAVEPOINT Active_Record_1", tx(TC::ReleaseSavepoint { name: name("active_record_1") })),
+            ("RELEASE sp", tx(TC::ReleaseSavepoint { name: name("sp") })),
+            ("ROLLBACK TO SAVEPOINT active_record_1", tx(TC::RollbackToSavepoint { name: name("active_record_1") })),
+            ("ROLLBACK WORK TO sp", tx(TC::RollbackToSavepoint { name: name("sp") })),
+            ("PREPARE TRANSACTION 'tx-1'", tx(TC::PrepareTransaction { gid: name("tx-1") })),
+            ("COMMIT PREPARED 'tx-1'", tx(TC::CommitPrepared { gid: name("tx-1") })),
+            ("ROLLBACK PREPARED 'tx-1'", tx(TC::RollbackPrepared { gid: name("tx-1") })),
+            ("SET TRANSACTION READ ONLY", tx(TC::SetTransaction { read_only: Some(true) })),
+            ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", tx(TC::SetTransaction { read_only: None })),
+            ("SET LOCAL TRANSACTION READ WRITE", tx(TC::SetTransaction { read_only: Some(false) })),
+            ("SET TRANSACTION SNAPSHOT '00000003-0000001B-1'", tx(TC::SetTransaction { read_only: None })),
+            ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", X::Defaults(Some(true))),
+            ("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", X::Defaults(None)),
+            // --- session state
+            ("SET search_path TO app, public", set("search_path")),
+            ("SET search_path = \"$user\", public", set("search_path")),
+            ("SET SESSION statement_timeout = '5s'", set("statement_timeout")),
+            ("SET LOCAL statement_timeout = 0", X::Set("statement_timeout", SetScope::Local)),
+            ("SET TIME ZONE 'UTC'", set("timezone")),
+            ("SET TIME ZONE INTERVAL '-08:00' HOUR TO MINUTE", set("timezone")),
+            ("SET timezone = 'Europe/Berlin'", set("timezone")),
+            ("SET ROLE app_reader", set("role")),
+            ("SET role TO 'app_reader'", set("role")),
+            ("SET SESSION AUTHORIZATION 'alice'", set("session_authorization")),
+            ("SET SESSION AUTHORIZATION DEFAULT", set("session_authorization")),
+            ("SET NAMES 'UTF8'", set("client_encoding")),
+            ("SET SCHEMA 'app'", set("search_path")),
+            ("SET XML OPTION DOCUMENT", set("xmloption")),
+            ("SET application_name = 'psql'", set("application_name")),
+            ("SET extra_float_digits = 3", set("extra_float_digits")),
+            ("SET DateStyle = ISO", set("datestyle")),
+            ("SET \"Application_Name\" TO 'x'", set("application_name")),
+            ("SET causeway.client_id = 'api-1'", set("causeway.client_id")),
+            ("SET causeway.min_lsn = '0/3000148'", set("causeway.min_lsn")),
+            ("SET work_mem FROM CURRENT", set("work_mem")),
+            ("SET statement_timeout TO DEFAULT", set("statement_timeout")),
+            ("SET CONSTRAINTS ALL DEFERRED", X::Set("constraints", SetScope::Local)),
+            ("SET search_path", w("unparsable")),
+            ("SET TIME ZONE", w("unparsable")),
+            ("RESET search_path", s(SC::Reset { name: name("search_path") })),
+            ("RESET ALL", s(SC::ResetAll)),
+            ("RESET TIME ZONE", s(SC::Reset { name: name("timezone") })),
+            ("RESET ROLE", s(SC::Reset { name: name("role") })),
+            ("RESET SESSION AUTHORIZATION", s(SC::Reset { name: name("session_authorization") })),
+            ("RESET causeway.min_lsn", s(SC::Reset { name: name("causeway.min_lsn") })),
+            ("PREPARE get_ride (bigint) AS SELECT * FROM rides WHERE id = $1", X::Prepare("get_ride", read("select"))),
+            ("PREPARE ins AS INSERT INTO t VALUES ($1)", X::Prepare("ins", write("insert"))),
+            ("PREPARE \"Q1\" AS SELECT nextval('s')", X::Prepare("Q1", write("writing function nextval"))),
+            ("PREPARE transaction AS SELECT 1", X::Prepare("transaction", read("select"))),
+            ("EXECUTE get_ride(42)", X::K(Kind::Execute { name: name("get_ride") })),
+            ("EXECUTE Q1", X::K(Kind::Execute { name: name("q1") })),
+            ("EXECUTE get_ride(nextval('s'))", w("writing function nextval")),
+            ("DEALLOCATE get_ride", s(SC::Deallocate { name: some("get_ride") })),
+            ("DEALLOCATE PREPARE \"Q1\"", s(SC::Deallocate { name: some("Q1") })),
+            ("DEALLOCATE ALL", s(SC::Deallocate { name: None })),
+            ("DISCARD ALL", s(SC::Discard(DiscardTarget::All))),
+            ("DISCARD PLANS", s(SC::Discard(DiscardTarget::Plans))),
+            ("DISCARD SEQUENCES", s(SC::Discard(DiscardTarget::Sequences))),
+            ("DISCARD TEMPORARY", s(SC::Discard(DiscardTarget::Temp))),
+            ("LISTEN rides", pinned(Listen { channel: name("rides") })),
+            ("LISTEN \"Rides\"", pinned(Listen { channel: name("Rides") })),
+            ("UNLISTEN rides", s(SC::Unlisten { channel: some("rides") })),
+            ("UNLISTEN *", s(SC::Unlisten { channel: None })),
+            ("LOAD 'auto_explain'", pinned(Load)),
+            ("CREATE TEMP TABLE scratch (a int)", pinned(TempTable)),
+            ("CREATE TEMPORARY TABLE scratch AS SELECT 1", pinned(TempTable)),
+            ("CREATE LOCAL TEMP TABLE scratch (a int)", pinned(TempTable)),
+            ("CREATE GLOBAL TEMPORARY TABLE scratch (a int)", pinned(TempTable)),
+            ("CREATE OR REPLACE TEMP VIEW v AS SELECT 1", pinned(TempTable)),
+            ("CREATE TEMP SEQUENCE s", pinned(TempTable)),
+            ("CREATE TABLE pg_temp.scratch (a int)", pinned(TempTable)),
+            ("SELECT * INTO TEMP scratch FROM rides", pinned(TempTable)),
+            ("SELECT * INTO LOCAL TEMPORARY scratch FROM rides", pinned(TempTable)),
+            ("DECLARE c CURSOR WITH HOLD FOR SELECT * FROM rides", pinned(CursorWithHold { name: name("c") })),
+            ("DECLARE c NO SCROLL CURSOR WITHOUT HOLD FOR SELECT 1", r("declare cursor")),
+            ("DECLARE c BINARY CURSOR FOR SELECT * FROM t FOR UPDATE", w("for update")),
+            ("DECLARE c CURSOR FOR SELECT nextval('s')", w("writing function nextval")),
+            ("CLOSE c", s(SC::CloseCursor { name: some("c") })),
+            ("CLOSE ALL", s(SC::CloseCursor { name: None })),
+            ("SELECT pg_advisory_lock(42)", pinned(AdvisoryLock)),
+            ("SELECT pg_try_advisory_lock(hashtext($1))", pinned(AdvisoryLock)),
+            ("SELECT pg_catalog.pg_advisory_lock_shared(1)", pinned(AdvisoryLock)),
+            ("SELECT nextval('s'), pg_advisory_lock(1)", pinned(AdvisoryLock)),
+            ("INSERT INTO locks SELECT pg_advisory_lock(1)", pinned(AdvisoryLock)),
+            ("EXPLAIN ANALYZE SELECT pg_advisory_lock(1)", pinned(AdvisoryLock)),
+            ("SELECT set_config('search_path', 'tenant_1', false)", pinned(SetConfig)),
+            ("SELECT set_config('app.tenant', $1, $2)", pinned(SetConfig)),
+            ("CREATE TABLE pg_advisory_lock_log (a int)", w("ddl")),
+        ]
+    }
+
+    /// The statement text as the classifier should report it.
+    fn statement_text(sql: &str) -> String {
+        sql.trim().trim_end_matches(';').trim_end().to_owned()
+    }
+
+    #[test]
+    fn corpus_verdicts() {
+        let extras = extras();
+        let corpus = corpus();
+        assert!(corpus.len() >= 150, "corpus has {} entries", corpus.len());
+        let mut failures = Vec::new();
+        for (sql, expected) in corpus {
+            let statement = statement_text(sql);
+            let expected = match expected {
+                X::K(kind) => kind,
+                X::Set(name, scope) => session(SessionChange::Set {
+                    name: name.to_owned(),
+                    scope,
+                    statement,
+                }),
+                X::Defaults(read_only) => session(SessionChange::TransactionDefaults {
+                    read_only,
+                    statement,
+                }),
+                X::Prepare(name, inner) => session(SessionChange::Prepare {
+                    name: name.to_owned(),
+                    inner: Box::new(inner),
+                    statement,
+                }),
+            };
+            let got = classify(sql, &extras);
+            if got.kind != expected || got.statements.len() != 1 {
+                failures.push(format!(
+                    "{sql}\n   expected {expected:?}\n   got      {:?} ({} statements)",
+                    got.kind,
+                    got.statements.len()
+                ));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} mismatches:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+
+    fn kinds(sql: &str) -> Vec<Kind> {
+        classify(sql, &[])
+            .statements
+            .into_iter()
+            .map(|s| s.kind)
+            .collect()
+    }
+
+    #[test]
+    fn multi_statement_texts_show_every_statement() {
+        let c = classify("INSERT INTO t VALUES (1); SELECT * FROM t", &[]);
+        assert_eq!(c.kind, write("insert"));
+        assert_eq!(
+            kinds("INSERT INTO t VALUES (1); SELECT * FROM t"),
+            vec![write("insert"), read("select")]
+        );
+
+        let c = classify("BEGIN; SELECT 1; COMMIT;", &[]);
+        assert_eq!(c.kind, write("multi-statement"));
+        let begin = Kind::Transaction(TxControl::Begin { read_only: None });
+        let commit = Kind::Transaction(TxControl::Commit { chain: false });
+        assert_eq!(
+            kinds("BEGIN; SELECT 1; COMMIT;"),
+            vec![begin, read("select"), commit]
+        );
+
+        assert_eq!(
+            classify("SELECT 1; SELECT 2", &[]).kind,
+            read("multi-statement read")
+        );
+        assert_eq!(
+            classify("SELECT 1; LISTEN x; DELETE FROM t", &[]).kind,
+            pin(PinReason::Listen {
+                channel: "x".into()
+            })
+        );
+        assert_eq!(
+            kinds("SELECT 'a;b'; SELECT $$;$$"),
+            vec![read("select"), read("select")]
+        );
+        // Standard-conforming strings: the backslash does not escape the quote.
+        assert_eq!(
+            kinds("SELECT 'C:\\'; DELETE FROM t"),
+            vec![read("select"), write("delete")]
+        );
+        assert_eq!(
+            classify("SELECT 'C:\\'; DELETE FROM t", &[]).kind,
+            write("delete")
+        );
+        assert_eq!(kinds(";; SELECT 1 ;;"), vec![read("select")]);
+        // The server's lexer: `e''` escapes, comments nest, `#` is an operator.
+        assert_eq!(
+            kinds("SELECT e'a\\'; DELETE FROM t; --'"),
+            vec![read("select")]
+        );
+        assert_eq!(
+            kinds("SELECT 1 /* /* */ ; DELETE FROM t */"),
+            vec![read("select")]
+        );
+        assert_eq!(kinds("SELECT $a$ $b$; DELETE $a$"), vec![read("select")]);
+        assert_eq!(
+            kinds("SELECT 5 # 3; DELETE FROM t"),
+            vec![read("select"), write("delete")]
+        );
+        assert_eq!(
+            kinds(
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END; SELECT 2"
+            ),
+            vec![write("ddl"), read("select")]
+        );
+        assert_eq!(
+            kinds("CREATE FUNCTION begin() RETURNS int LANGUAGE sql AS 'select 1'; COMMIT"),
+            vec![
+                write("ddl"),
+                Kind::Transaction(TxControl::Commit { chain: false })
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_texts_are_empty_reads() {
+        for sql in ["", "   ", ";", "/* only a comment */", "-- just this\n"] {
+            let c = classify(sql, &[]);
+            assert_eq!(c.kind, read("empty"), "{sql:?}");
+            assert!(c.statements.is_empty(), "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn spans_and_replay_text_are_exact() {
+        let sql = concat!(
+            "  /* causeway: primary */ SET LOCAL statement_timeout = 0 ;",
+            " SELECT 'é' -- tail\n; RESET ALL"
+        );
+        let c = classify(sql, &[]);
+        let texts: Vec<&str> = c.statements.iter().map(|s| &sql[s.span.clone()]).collect();
+        assert_eq!(
+            texts,
+            vec!["SET LOCAL statement_timeout = 0", "SELECT 'é'", "RESET ALL"]
+        );
+        let expected = SessionChange::Set {
+            name: "statement_timeout".into(),
+            scope: SetScope::Local,
+            statement: "SET LOCAL statement_timeout = 0".into(),
+        };
+        assert_eq!(c.statements[0].kind, session(expected));
+
+        let sql = "SELECT 1;\r\nSET search_path TO \"Ünïcode\", public;";
+        let c = classify(sql, &[]);
+        let expected = SessionChange::Set {
+            name: "search_path".into(),
+            scope: SetScope::Session,
+            statement: "SET search_path TO \"Ünïcode\", public".into(),
+        };
+        assert_eq!(c.statements.len(), 2);
+        assert_eq!(c.statements[1].kind, session(expected));
+    }
+
+    #[test]
+    fn hints() {
+        let hint = |sql: &str| classify(sql, &[]).hint;
+        assert_eq!(
+            hint("/* causeway: primary */ SELECT 1"),
+            Some(Hint::Primary)
+        );
+        assert_eq!(
+            hint("/*causeway:replica*/INSERT INTO t VALUES (1)"),
+            Some(Hint::Replica)
+        );
+        assert_eq!(
+            hint("\n  /*  CauseWay :  PRIMARY  */\nSELECT 1"),
+            Some(Hint::Primary)
+        );
+        assert_eq!(
+            hint("/* app=web */ /* causeway: replica */ SELECT 1"),
+            Some(Hint::Replica)
+        );
+        assert_eq!(hint("/* causeway: nonsense */ SELECT 1"), None);
+        assert_eq!(hint("/* causeway primary */ SELECT 1"), None);
+        assert_eq!(hint("SELECT /* causeway: primary */ 1"), None);
+        assert_eq!(hint("-- causeway: primary\nSELECT 1"), None);
+        assert_eq!(hint("SELECT 1"), None);
+        // The hint does not change the verdict; the router weighs it.
+        let c = classify("/* causeway: replica */ INSERT INTO t VALUES (1)", &[]);
+        assert_eq!((c.kind, c.hint), (write("insert"), Some(Hint::Replica)));
+
+        let c = classify(
+            "/* causeway: primary */ SELECT 1; /* causeway: replica */ SELECT 2; SELECT 3",
+            &[],
+        );
+        let hints: Vec<Option<Hint>> = c.statements.iter().map(|s| s.hint).collect();
+        assert_eq!(hints, vec![Some(Hint::Primary), Some(Hint::Replica), None]);
+        assert_eq!(c.hint, Some(Hint::Primary));
+    }
+
+    #[test]
+    fn cache_returns_the_same_verdict_and_stays_bounded() {
+        let cache = ClassifyCache::new(4, vec!["mark_seen".into()]);
+        let first = cache.get_or_classify("SELECT mark_seen(1)");
+        let again = cache.get_or_classify("SELECT mark_seen(1)");
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(first.kind, write("configured writing function"));
+        assert_eq!(cache.len(), 1);
+
+        for n in 0..20 {
+            let sql = format!("SELECT {n}");
+            assert_eq!(cache.get_or_classify(&sql).kind, read("select"));
+            assert!(cache.len() <= 4, "{} entries after {sql}", cache.len());
+        }
+        assert!(!cache.is_empty());
+
+        let disabled = ClassifyCache::new(0, Vec::new());
+        assert_eq!(
+            disabled.get_or_classify("BEGIN").kind,
+            Kind::Transaction(TxControl::Begin { read_only: None })
+        );
+        assert!(disabled.is_empty());
+
+        let huge = format!(
+            "SELECT {}",
+            "1 + ".repeat(ClassifyCache::MAX_CACHED_SQL_BYTES / 4) + "1"
+        );
+        let cache = ClassifyCache::new(4, Vec::new());
+        assert_eq!(cache.get_or_classify(&huge).kind, read("select"));
+        assert!(cache.is_empty());
+    }
 }

@@ -199,6 +199,7 @@ mod tests {
             lag_bytes,
             lag_seconds: 0.0,
             polled_at: None,
+            behind_since: None,
             last_error: None,
         }
     }

@@ -26,6 +26,18 @@ impl Session {
             let in_block = self.tx_status != b'I'
                 || self.open_batch.is_some()
                 || self.deferred_begin.is_some();
+            if unit.local.is_some() {
+                // Answered here, in order: wait until the server has
+                // answered everything before it.
+                if !self.pending.is_empty() || self.open_batch.is_some() {
+                    return Ok(());
+                }
+                let Some(unit) = self.queued.pop_front() else {
+                    break;
+                };
+                self.answer_local(&unit);
+                continue;
+            }
             let (server, reason) = if self.deferred_begin.is_some() && current.is_none() {
                 // The held-back BEGIN goes where its first statement goes.
                 if unit.facts.set_tx_read_only && !unit.facts.writes() {
@@ -99,9 +111,61 @@ impl Session {
         self.tx_status = b'T';
     }
 
+    /// Answers a `causeway.*` statement without any server.
+    fn answer_local(&mut self, unit: &Unit) {
+        use super::local::{Answer, Local};
+        let Some(local) = &unit.local else { return };
+        let answer = match local {
+            Local::ClientId(id) => {
+                self.client_id = id.clone();
+                Answer::Set
+            }
+            Local::MinLsn(None) => Answer::Set,
+            Local::MinLsn(Some(Ok(lsn))) => {
+                if self.causal.is_none_or(|c| c < *lsn) {
+                    self.causal = Some(*lsn);
+                }
+                if let Some(key) = self.causal_key() {
+                    self.proxy.causal.advance(&key, *lsn);
+                }
+                Answer::Set
+            }
+            Local::MinLsn(Some(Err(e))) => Answer::Error {
+                code: "22023",
+                message: format!("invalid value for parameter \"causeway.min_lsn\": {e}"),
+            },
+            Local::Show(name) => match name.as_str() {
+                "lsn" => Answer::Show {
+                    name: "causeway.lsn".into(),
+                    value: self.effective_causal().unwrap_or_default().to_string(),
+                },
+                "client_id" => Answer::Show {
+                    name: "causeway.client_id".into(),
+                    value: self.client_id.clone().unwrap_or_default(),
+                },
+                "min_lsn" => Answer::Show {
+                    name: "causeway.min_lsn".into(),
+                    value: self.causal.unwrap_or_default().to_string(),
+                },
+                other => Answer::Error {
+                    code: "42704",
+                    message: format!("unrecognized configuration parameter \"causeway.{other}\""),
+                },
+            },
+            Local::Unknown(name) => Answer::Error {
+                code: "42704",
+                message: format!("unrecognized configuration parameter \"{name}\""),
+            },
+        };
+        super::local::respond(&mut self.to_client, &unit.bytes, &answer, self.tx_status);
+    }
+
     /// Fails a read for which no replica is fresh under `on_stale = "error"`.
     fn refuse_stale(&mut self, unit: &Unit) {
-        let causal = self.causal.map(|l| l.to_string()).unwrap_or_default();
+        let causal = self
+            .effective_causal()
+            .map(|l| l.to_string())
+            .unwrap_or_default();
         let text = format!(
             "causeway: no replica has replayed this session's writes (causal LSN {causal}) within {} ms",
             self.proxy.policy.max_wait.as_millis()
@@ -121,7 +185,7 @@ impl Session {
 
     /// Routes a unit at rest. `None`: refuse it (stale, `on_stale = "error"`).
     async fn route(&self, unit: &Unit) -> Result<Option<(Server, Reason)>, End> {
-        let decision = router::decide(&unit.facts, self.pinned.is_some(), self.causal);
+        let decision = router::decide(&unit.facts, self.pinned.is_some(), self.effective_causal());
         let (any_replica, read_only_block) = match decision {
             Decision::Primary(reason) => return Ok(Some((Server::Primary, reason))),
             Decision::Replica {
@@ -153,7 +217,7 @@ impl Session {
     async fn choose_replica(&self, read_only_block: bool) -> Result<Option<(Server, Reason)>, End> {
         let proxy = self.proxy.clone();
         let policy = proxy.policy;
-        let causal = self.causal;
+        let causal = self.effective_causal();
         let spread = proxy.spread.fetch_add(1, Ordering::Relaxed);
         let label = |reason| {
             if read_only_block {

@@ -13,6 +13,7 @@
 //! as bytes; only headers and a few bodies are read.
 
 mod dispatch;
+mod local;
 mod responses;
 pub mod state;
 pub mod units;
@@ -124,8 +125,14 @@ struct Session {
     pinned: Option<&'static str>,
     /// The answer to the last LSN query, until its ReadyForQuery.
     lsn_answer: Option<Lsn>,
+    /// A write's ReadyForQuery, passed on once its commit LSN is known.
+    ready_after_lsn: Option<BytesMut>,
     /// How this client's server connections log in.
     login: Login,
+    /// The login role, for `causal_scope = "user"`.
+    user: String,
+    /// `causeway.client_id`, naming the client across connections.
+    client_id: Option<String>,
     cancel: CancelKey,
     draining: bool,
 }
@@ -139,11 +146,29 @@ pub async fn run(
 ) {
     let cancel = proxy.cancels.register();
     let mut state = SessionState::default();
+    let mut client_id = None;
+    let mut min_lsn = None;
     for (name, value) in &ready.settings {
-        state.settings.insert(
-            name.to_ascii_lowercase(),
-            state::startup_setting_sql(name, value),
-        );
+        let name = name.to_ascii_lowercase();
+        match name.as_str() {
+            "causeway.client_id" => client_id = Some(value.clone()).filter(|v| !v.is_empty()),
+            "causeway.min_lsn" => match value.parse::<Lsn>() {
+                Ok(lsn) => min_lsn = Some(lsn),
+                Err(e) => {
+                    let message = format!("invalid value for parameter \"causeway.min_lsn\": {e}");
+                    let fatal = super::LoginError::Fatal {
+                        code: "22023".into(),
+                        message,
+                    };
+                    refuse(&mut io, fatal).await;
+                    return;
+                }
+            },
+            _ => {
+                let sql = state::startup_setting_sql(&name, value);
+                state.settings.insert(name, sql);
+            }
+        }
     }
     // The greeting comes from a primary connection, which also proves the
     // database and login work before the client is told it is in.
@@ -213,10 +238,13 @@ pub async fn run(
         held: BytesMut::new(),
         server_fatal: false,
         state,
-        causal: None,
+        causal: min_lsn,
         commit_awaiting_lsn: false,
         lsn_answer: None,
+        ready_after_lsn: None,
         login: ready.login.clone(),
+        user: ready.params.user().unwrap_or_default().to_string(),
+        client_id,
         pinned: None,
         cancel,
         draining: *shutdown.borrow(),
@@ -269,6 +297,29 @@ impl Session {
             && self.client_streaming == 0
             && self.server_streaming == 0
             && self.to_server.is_empty()
+    }
+
+    /// Where connections of the same client share their causal LSN.
+    fn causal_key(&self) -> Option<String> {
+        match self.proxy.config.routing.causal_scope {
+            crate::config::CausalScope::Session => None,
+            crate::config::CausalScope::ClientId => {
+                self.client_id.as_ref().map(|id| format!("id:{id}"))
+            }
+            crate::config::CausalScope::User => Some(format!("user:{}", self.user)),
+        }
+    }
+
+    /// The LSN a replica must have replayed before it may serve this
+    /// session's reads: its own writes, and those of its client.
+    fn effective_causal(&self) -> Option<Lsn> {
+        let shared = self
+            .causal_key()
+            .and_then(|key| self.proxy.causal.get(&key));
+        match (self.causal, shared) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn set_cancel_target(&self) {

@@ -228,11 +228,10 @@ impl Session {
             }
             Some(Expect::Client(inflight)) => {
                 inflight.note(tag, message);
-                self.pass_on(message);
-                if tag == b'Z' {
-                    if let Some(Expect::Client(inflight)) = self.pending.pop_front() {
-                        self.finish_unit(*inflight, message[5]);
-                    }
+                if tag != b'Z' {
+                    self.pass_on(message);
+                } else if let Some(Expect::Client(inflight)) = self.pending.pop_front() {
+                    self.finish_unit(*inflight, message);
                 }
             }
             None => {
@@ -248,7 +247,8 @@ impl Session {
 
     /// A client unit is answered: re-run it if a replica refused it, else
     /// pass its answers on and apply what it changed.
-    fn finish_unit(&mut self, mut inflight: InFlight, status: u8) {
+    fn finish_unit(&mut self, mut inflight: InFlight, ready: &[u8]) {
+        let status = ready[5];
         if inflight.refused {
             self.held.clear();
             if let Some(mut unit) = inflight.retry.take() {
@@ -279,27 +279,50 @@ impl Session {
         if status == b'I' {
             self.tx_wrote = false;
         }
-        if committed_write {
-            self.commit_awaiting_lsn = true;
-            if !matches!(self.pending.front(), Some(Expect::Internal(Internal::Lsn))) {
-                // It committed where we did not expect it to (a procedure
-                // that commits, say): ask now, one round trip late.
-                self.pending.push_back(Expect::Internal(Internal::Lsn));
-                messages::query(&mut self.to_server, super::dispatch::LSN_QUERY);
-            }
+        if !committed_write {
+            self.to_client.extend_from_slice(ready);
+            return;
+        }
+        self.commit_awaiting_lsn = true;
+        if matches!(self.pending.front(), Some(Expect::Internal(Internal::Lsn))) {
+            // The client hears "ready" only once its commit LSN is known, so
+            // a read it then sends on any connection of the same client is
+            // routed knowing the write. The LSN query was pipelined right
+            // behind the write: this waits microseconds, not a round trip.
+            self.ready_after_lsn = Some(BytesMut::from(ready));
+        } else {
+            // It committed where we did not expect it to (a procedure that
+            // commits, say): ask now, one round trip late.
+            self.to_client.extend_from_slice(ready);
+            self.pending.push_back(Expect::Internal(Internal::Lsn));
+            messages::query(&mut self.to_server, super::dispatch::LSN_QUERY);
         }
     }
 
     fn lsn_arrived(&mut self) {
+        self.record_lsn();
+        if let Some(ready) = self.ready_after_lsn.take() {
+            self.to_client.extend_from_slice(&ready);
+        }
+    }
+
+    fn record_lsn(&mut self) {
         let lsn = self.lsn_answer.take();
         if !std::mem::take(&mut self.commit_awaiting_lsn) {
             return;
         }
-        if let Some(lsn) = lsn {
-            if self.causal.is_none_or(|c| c < lsn) {
-                self.causal = Some(lsn);
-            }
+        let Some(lsn) = lsn else {
+            return;
+        };
+        if self.causal.is_none_or(|c| c < lsn) {
+            self.causal = Some(lsn);
         }
+        if let Some(key) = self.causal_key() {
+            self.proxy.causal.advance(&key, lsn);
+        }
+        // The causal token, for the client to carry to other connections
+        // or proxies (`SET causeway.min_lsn`).
+        messages::parameter_status(&mut self.to_client, "causeway.lsn", &lsn.to_string());
     }
 
     /// Applies a finished unit's changes to the session and to the mirror

@@ -35,6 +35,8 @@ pub struct Unit {
     pub closes: Vec<String>,
     /// A route forced on it (a retry on the primary).
     pub retried: bool,
+    /// A `causeway.*` statement the proxy answers itself.
+    pub local: Option<super::local::Local>,
 }
 
 impl Unit {
@@ -132,6 +134,7 @@ impl UnitBuilder {
                         && !facts.ends_tx
                         && is_lone_begin(sql);
                     let mut unit = Unit {
+                        local: super::local::parse(sql),
                         bytes: message.freeze(),
                         synced: true,
                         lone_begin,
@@ -207,6 +210,11 @@ fn extended_message(
             let sql = cstr(rest);
             let facts = source.facts(sql);
             unit.facts.merge(&facts);
+            if unit.parses.is_empty() {
+                unit.local = super::local::parse(sql);
+            } else {
+                unit.local = None;
+            }
             let mut message = BytesMut::with_capacity(body.len() + 5);
             message.extend_from_slice(b"P");
             message.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
