@@ -32,6 +32,26 @@ pub struct Config {
     pub users: Vec<UserSection>,
     #[serde(default)]
     pub routing: RoutingSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// The HTTP endpoint for Prometheus and health checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    pub enabled: bool,
+    /// Serves `/metrics`, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
+        }
+    }
 }
 
 /// Which connections share one causal LSN.

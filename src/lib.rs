@@ -9,6 +9,7 @@ pub mod cancel;
 pub mod causal;
 pub mod config;
 pub mod frontend;
+pub mod http;
 pub mod lsn;
 pub mod metrics;
 pub mod protocol;

@@ -67,8 +67,31 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     tracing::info!(%listen, primary = %config.primary.name, replicas = config.replicas.len(), "causeway listening");
+    let metrics = config.metrics.clone();
+    let handle = if metrics.enabled {
+        causeway::http::install_recorder()
+    } else {
+        None
+    };
     let proxy = Arc::new(Proxy::new(config));
     proxy.start_monitor();
+    if let Some(handle) = handle {
+        let listen = metrics.listen;
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("causeway: cannot listen on {listen} (metrics.listen): {e}");
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!(%listen, "metrics on http://{listen}/metrics");
+        let endpoint = proxy.clone();
+        tokio::spawn(async move {
+            if let Err(e) = causeway::http::serve(endpoint, handle, listener).await {
+                tracing::error!(%listen, error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_stop_signal().await;

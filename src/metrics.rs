@@ -1,9 +1,13 @@
 //! The proxy's metrics, named once here so every call site uses the same
-//! names and labels. Labels are bounded: server names and fixed reasons,
-//! never SQL text or client ids.
+//! names and labels. Labels are bounded: server names, fixed reasons,
+//! SQLSTATE classes; never SQL text or client ids.
+//!
+//! Recorded through the `metrics` facade; [`crate::http`] serves them in
+//! the Prometheus text format.
 
 use std::time::Duration;
 
+use crate::replicas::Positions;
 use crate::router::Reason;
 
 /// A unit was sent to a server.
@@ -18,12 +22,18 @@ pub fn routed(server: &str, primary: bool, reason: Reason) {
     .increment(1);
 }
 
+/// A unit was answered, `elapsed` after it was sent.
+pub fn answered(primary: bool, elapsed: Duration) {
+    let route = if primary { "primary" } else { "replica" };
+    metrics::histogram!("causeway_statement_duration_seconds", "route" => route)
+        .record(elapsed.as_secs_f64());
+}
+
 /// A read waited for a replica to catch up.
 pub fn waited(elapsed: Duration, caught_up: bool) {
     metrics::histogram!("causeway_read_wait_seconds").record(elapsed.as_secs_f64());
-    if !caught_up {
-        metrics::counter!("causeway_read_wait_timeouts_total").increment(1);
-    }
+    let outcome = if caught_up { "caught_up" } else { "gave_up" };
+    metrics::counter!("causeway_read_waits_total", "outcome" => outcome).increment(1);
 }
 
 /// A read was re-run elsewhere after a replica refused it or failed.
@@ -34,4 +44,65 @@ pub fn retried(server: &str, why: &'static str) {
 /// A read was refused because no replica was fresh (`on_stale = "error"`).
 pub fn stale_refused() {
     metrics::counter!("causeway_stale_reads_refused_total").increment(1);
+}
+
+/// An ErrorResponse went to a client; labelled by SQLSTATE class.
+pub fn error_sent(sqlstate: &[u8]) {
+    let class = match sqlstate.get(..2).and_then(|c| std::str::from_utf8(c).ok()) {
+        Some(c) if c.bytes().all(|b| b.is_ascii_alphanumeric()) => c.to_string(),
+        _ => "unknown".to_string(),
+    };
+    metrics::counter!("causeway_errors_total", "class" => class).increment(1);
+}
+
+/// A client connected (+1) or left (-1).
+pub fn client_connected() {
+    metrics::gauge!("causeway_client_connections").increment(1.0);
+    metrics::counter!("causeway_client_connections_total").increment(1);
+}
+
+pub fn client_disconnected() {
+    metrics::gauge!("causeway_client_connections").decrement(1.0);
+}
+
+pub fn auth_failed() {
+    metrics::counter!("causeway_client_auth_failures_total").increment(1);
+}
+
+/// Time a client waited for a server connection from a pool.
+pub fn pool_wait(server: &str, elapsed: Duration) {
+    metrics::histogram!("causeway_pool_wait_seconds", "server" => server.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+/// Server connections per server and state, summed over a pool's databases and users.
+pub fn server_connections(server: &str, in_use: usize, idle: usize) {
+    metrics::gauge!("causeway_server_connections", "server" => server.to_string(), "state" => "in_use").set(in_use as f64);
+    metrics::gauge!("causeway_server_connections", "server" => server.to_string(), "state" => "idle").set(idle as f64);
+}
+
+/// Publishes the monitor's view of every server.
+pub fn positions(positions: &Positions) {
+    metrics::gauge!("causeway_primary_lsn_bytes").set(positions.primary_lsn.0 as f64);
+    metrics::gauge!("causeway_primary_up").set(if positions.primary_healthy { 1.0 } else { 0.0 });
+    for r in &positions.replicas {
+        let server = r.name.clone();
+        metrics::gauge!("causeway_replica_replayed_lsn_bytes", "server" => server.clone())
+            .set(r.replayed.0 as f64);
+        metrics::gauge!("causeway_replica_lag_bytes", "server" => server.clone())
+            .set(r.lag_bytes as f64);
+        metrics::gauge!("causeway_replica_lag_seconds", "server" => server.clone())
+            .set(r.lag_seconds);
+        metrics::gauge!("causeway_replica_healthy", "server" => server).set(if r.healthy {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}
+
+/// A poll of a server failed.
+pub fn poll_error(server: &str) {
+    metrics::counter!("causeway_replica_poll_errors_total", "server" => server.to_string())
+        .increment(1);
 }

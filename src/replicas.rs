@@ -201,6 +201,7 @@ impl Monitor {
             let client = match connect(&target, &login).await {
                 Ok(client) => client,
                 Err(e) => {
+                    crate::metrics::poll_error(&target.name);
                     self.mark_unhealthy(index, &e.to_string());
                     backoff.sleep().await;
                     continue;
@@ -216,6 +217,7 @@ impl Monitor {
                 let rows = match polled {
                     Ok(rows) => rows,
                     Err(e) => {
+                        crate::metrics::poll_error(&target.name);
                         self.mark_unhealthy(index, &e.to_string());
                         break;
                     }

@@ -144,6 +144,19 @@ impl Proxy {
         }
     }
 
+    /// Sets the server-connection gauges from the pools.
+    pub fn publish_pool_metrics(&self) {
+        let mut per_server: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+        for (server, _, _, in_use, idle) in self.pools.counts() {
+            let entry = per_server.entry(server).or_default();
+            entry.0 += in_use;
+            entry.1 += idle;
+        }
+        for (server, (in_use, idle)) in per_server {
+            crate::metrics::server_connections(&server, in_use, idle);
+        }
+    }
+
     /// Starts the background tasks that watch the servers.
     pub fn start_monitor(&self) {
         self.monitor.spawn(

@@ -238,6 +238,7 @@ async fn read_password_message(io: &mut ClientIo) -> Result<BytesMut, LoginError
 }
 
 fn auth_failed(user: &str, method: AuthMethod) -> LoginError {
+    crate::metrics::auth_failed();
     let message = match method {
         AuthMethod::Trust => format!("role \"{user}\" does not exist"),
         _ => format!("password authentication failed for user \"{user}\""),

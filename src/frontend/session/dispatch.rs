@@ -383,7 +383,10 @@ impl Session {
             },
         };
         let pool = self.proxy.pools.get(&target, &self.login);
-        match pool.checkout().await {
+        let asked = std::time::Instant::now();
+        let checked_out = pool.checkout().await;
+        crate::metrics::pool_wait(&target.name, asked.elapsed());
+        match checked_out {
             Ok(lease) => {
                 self.current = Some(Attached { server, lease });
                 self.set_cancel_target();

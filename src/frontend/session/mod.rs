@@ -135,6 +135,8 @@ struct Session {
     client_id: Option<String>,
     cancel: CancelKey,
     draining: bool,
+    bytes_received: metrics::Counter,
+    bytes_sent: metrics::Counter,
 }
 
 /// Runs a logged-in client's session to its end.
@@ -248,10 +250,14 @@ pub async fn run(
         pinned: None,
         cancel,
         draining: *shutdown.borrow(),
+        bytes_received: metrics::counter!("causeway_client_bytes_received_total"),
+        bytes_sent: metrics::counter!("causeway_client_bytes_sent_total"),
     };
     session.set_cancel_target();
+    crate::metrics::client_connected();
     let end = session.relay(&mut shutdown).await;
     session.finish(end).await;
+    crate::metrics::client_disconnected();
 }
 
 async fn read_opt(half: Option<(ReadHalf<'_>, &mut BytesMut)>) -> io::Result<usize> {
@@ -371,7 +377,10 @@ impl Session {
             };
             match event {
                 Event::ServerWrote(Ok(n)) => advance(&mut self.to_server, n),
-                Event::ClientWrote(Ok(n)) => advance(&mut self.to_client, n),
+                Event::ClientWrote(Ok(n)) => {
+                    self.bytes_sent.increment(n as u64);
+                    advance(&mut self.to_client, n)
+                }
                 Event::ServerWrote(Err(e)) => {
                     if let Err(end) = self.server_failed(e.to_string()) {
                         return end;
@@ -398,7 +407,10 @@ impl Session {
                     }
                 }
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return End::ClientLeft,
-                Event::ClientRead(Ok(_)) => match self.handle_client_bytes() {
+                Event::ClientRead(Ok(n)) => match {
+                    self.bytes_received.increment(n as u64);
+                    self.handle_client_bytes()
+                } {
                     Ok(true) => {}
                     Ok(false) => return End::ClientLeft,
                     Err(e) => return End::ClientProtocol(e),

@@ -61,6 +61,7 @@ pub struct InFlight {
     pub saw_rollback: bool,
     pub parse_completes: usize,
     pub close_completes: usize,
+    pub sent_at: std::time::Instant,
 }
 
 impl InFlight {
@@ -81,6 +82,7 @@ impl InFlight {
             saw_rollback: false,
             parse_completes: 0,
             close_completes: 0,
+            sent_at: std::time::Instant::now(),
         }
     }
 
@@ -101,6 +103,7 @@ impl InFlight {
         self.parse_completes += earlier.parse_completes;
         self.close_completes += earlier.close_completes;
         self.started_at_rest = earlier.started_at_rest;
+        self.sent_at = earlier.sent_at;
     }
 
     fn note(&mut self, tag: u8, message: &[u8]) {
@@ -109,9 +112,12 @@ impl InFlight {
             b'3' => self.close_completes += 1,
             b'E' => {
                 self.saw_error = true;
+                let fields = messages::parse_error_fields(&message[5..]);
                 if self.retry.is_some() && !self.refused {
-                    let fields = messages::parse_error_fields(&message[5..]);
                     self.refused = REPLICA_REFUSALS.contains(&fields.code.as_str());
+                }
+                if !self.refused {
+                    crate::metrics::error_sent(fields.code.as_bytes());
                 }
             }
             b'C' => {
@@ -268,6 +274,10 @@ impl Session {
             self.to_client.extend_from_slice(&self.held);
             self.held.clear();
         }
+        crate::metrics::answered(
+            inflight.server == Server::Primary,
+            inflight.sent_at.elapsed(),
+        );
         self.tx_status = status;
         self.apply_effects(&inflight, status);
         let wrote = inflight.tx_wrote || self.tx_wrote;

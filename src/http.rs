@@ -1,0 +1,72 @@
+//! The proxy's HTTP side: `/metrics` (Prometheus text format), `/healthz`
+//! (the process is up) and `/readyz` (the primary answers the monitor).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::server::Proxy;
+
+/// Installs the Prometheus recorder for this process. Call once, before
+/// anything records; a second call (tests) gets `None`.
+pub fn install_recorder() -> Option<PrometheusHandle> {
+    let buckets = [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0, 2.5, 5.0,
+    ];
+    PrometheusBuilder::new()
+        .set_buckets(&buckets)
+        .ok()?
+        .install_recorder()
+        .ok()
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    proxy: Arc<Proxy>,
+    handle: PrometheusHandle,
+}
+
+/// Serves the endpoints on `listener` until the process ends.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    handle: PrometheusHandle,
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<()> {
+    // Keep the server-connection gauges and recorder housekeeping current.
+    let refresher = proxy.clone();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            refresher.publish_pool_metrics();
+            crate::metrics::positions(&refresher.monitor.positions());
+            upkeep.run_upkeep();
+        }
+    });
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(Endpoint { proxy, handle });
+    axum::serve(listener, app).await
+}
+
+async fn metrics(State(endpoint): State<Endpoint>) -> String {
+    endpoint.proxy.publish_pool_metrics();
+    crate::metrics::positions(&endpoint.proxy.monitor.positions());
+    endpoint.handle.render()
+}
+
+async fn ready(State(endpoint): State<Endpoint>) -> (StatusCode, &'static str) {
+    if endpoint.proxy.monitor.with_positions(|p| p.primary_healthy) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "primary unreachable\n")
+    }
+}
