@@ -407,14 +407,14 @@ impl Session {
                     }
                 }
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return End::ClientLeft,
-                Event::ClientRead(Ok(n)) => match {
+                Event::ClientRead(Ok(n)) => {
                     self.bytes_received.increment(n as u64);
-                    self.handle_client_bytes()
-                } {
-                    Ok(true) => {}
-                    Ok(false) => return End::ClientLeft,
-                    Err(e) => return End::ClientProtocol(e),
-                },
+                    match self.handle_client_bytes() {
+                        Ok(true) => {}
+                        Ok(false) => return End::ClientLeft,
+                        Err(e) => return End::ClientProtocol(e),
+                    }
+                }
                 Event::Shutdown => self.draining = true,
             }
         }
