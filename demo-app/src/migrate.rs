@@ -1,0 +1,144 @@
+//! `demo-app migrate`: the schema and the seed users, applied through
+//! causeway (DDL is a write, so it runs on the primary).
+//!
+//! Each migration runs in its own transaction under an advisory lock and is
+//! recorded in `demo_schema_migrations`, so running `migrate` again, or from
+//! several processes at once, changes nothing.
+
+use deadpool_postgres::Pool;
+
+use crate::error::Result;
+
+/// The customer id of the seed user whose card the payment service always declines.
+pub const DECLINED_CUSTOMER: &str = "cus_card_declined";
+
+/// The seeded users: `(email, payment customer id)`.
+pub const SEED_USERS: &[(&str, &str)] = &[
+    ("user@example.com", "cus_user"),
+    ("alice@example.com", "cus_alice"),
+    ("bob@example.com", "cus_bob"),
+    ("carol@example.com", "cus_carol"),
+    ("declined@example.com", DECLINED_CUSTOMER),
+];
+
+/// Arbitrary, fixed: the advisory lock migrations take.
+const MIGRATION_LOCK: i64 = 0x6361_7573_6577_6179; // "causeway"
+
+const SCHEMA: &str = r#"
+CREATE TABLE users (
+    id                 bigserial PRIMARY KEY,
+    email              text NOT NULL UNIQUE CHECK (char_length(email) <= 255),
+    stripe_customer_id text NOT NULL CHECK (char_length(stripe_customer_id) <= 50),
+    created_at         timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE idempotency_keys (
+    id              bigserial PRIMARY KEY,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    idempotency_key text NOT NULL CHECK (char_length(idempotency_key) <= 100),
+    last_run_at     timestamptz NOT NULL DEFAULT now(),
+    locked_at       timestamptz DEFAULT now(),
+    request_method  text NOT NULL CHECK (char_length(request_method) <= 10),
+    request_params  jsonb NOT NULL,
+    request_path    text NOT NULL CHECK (char_length(request_path) <= 100),
+    response_code   integer,
+    response_body   jsonb,
+    recovery_point  text NOT NULL CHECK (recovery_point IN
+                        ('started', 'ride_created', 'charge_created', 'finished')),
+    user_id         bigint NOT NULL REFERENCES users ON DELETE RESTRICT,
+    UNIQUE (user_id, idempotency_key)
+);
+CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
+
+CREATE TABLE rides (
+    id                 bigserial PRIMARY KEY,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    idempotency_key_id bigint UNIQUE REFERENCES idempotency_keys ON DELETE SET NULL,
+    distance           numeric(13, 3) NOT NULL CHECK (distance >= 0),
+    origin_lat         numeric(13, 10) NOT NULL,
+    origin_lon         numeric(13, 10) NOT NULL,
+    target_lat         numeric(13, 10) NOT NULL,
+    target_lon         numeric(13, 10) NOT NULL,
+    charge_id          text UNIQUE CHECK (char_length(charge_id) <= 50),
+    user_id            bigint NOT NULL REFERENCES users ON DELETE RESTRICT
+);
+CREATE INDEX rides_user_id ON rides (user_id);
+
+CREATE TABLE audit_records (
+    id            bigserial PRIMARY KEY,
+    action        text NOT NULL CHECK (char_length(action) <= 50),
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    data          jsonb NOT NULL,
+    origin_ip     inet NOT NULL,
+    resource_id   bigint NOT NULL,
+    resource_type text NOT NULL CHECK (char_length(resource_type) <= 50),
+    user_id       bigint NOT NULL REFERENCES users ON DELETE RESTRICT
+);
+
+CREATE TABLE staged_jobs (
+    id       bigserial PRIMARY KEY,
+    job_name text NOT NULL,
+    job_args jsonb NOT NULL
+);
+
+CREATE TABLE things (
+    id         bigint PRIMARY KEY,
+    color      text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+"#;
+
+const SEED_THINGS: &str = "INSERT INTO things (id, color) \
+     SELECT i, 'grey' FROM generate_series(1, 10) AS i ON CONFLICT DO NOTHING";
+
+/// Applies every migration not applied yet; returns how many it applied.
+pub async fn migrate(pool: &Pool) -> Result<usize> {
+    let mut client = pool.get().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS demo_schema_migrations (
+                 version    integer PRIMARY KEY,
+                 name       text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    let mut applied = 0;
+    for (version, name) in [(1, "schema"), (2, "seed users and things")] {
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM demo_schema_migrations WHERE version = $1",
+                &[&version],
+            )
+            .await?
+            .is_some();
+        if done {
+            continue;
+        }
+        match version {
+            1 => tx.batch_execute(SCHEMA).await?,
+            _ => {
+                for (email, customer) in SEED_USERS {
+                    tx.execute(
+                        "INSERT INTO users (email, stripe_customer_id) VALUES ($1, $2) \
+                         ON CONFLICT (email) DO NOTHING",
+                        &[email, customer],
+                    )
+                    .await?;
+                }
+                tx.batch_execute(SEED_THINGS).await?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO demo_schema_migrations (version, name) VALUES ($1, $2)",
+            &[&version, &name],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!("applied migration {version}: {name}");
+        applied += 1;
+    }
+    Ok(applied)
+}
