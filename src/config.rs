@@ -156,12 +156,15 @@ pub enum AuthMethod {
 pub struct AuthSection {
     /// How clients prove who they are, unless a user says otherwise.
     pub method: AuthMethod,
+    /// Users who may connect to the admin console (database `causeway`).
+    pub admin_users: Vec<String>,
 }
 
 impl Default for AuthSection {
     fn default() -> Self {
         AuthSection {
             method: AuthMethod::ScramSha256,
+            admin_users: Vec::new(),
         }
     }
 }

@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::server::Proxy;
+use crate::server::ProxyHandle;
 
 /// Installs the Prometheus recorder for this process. Call once, before
 /// anything records; a second call (tests) gets `None`.
@@ -28,13 +28,13 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
 
 #[derive(Clone)]
 struct Endpoint {
-    proxy: Arc<Proxy>,
+    proxy: Arc<ProxyHandle>,
     handle: PrometheusHandle,
 }
 
 /// Serves the endpoints on `listener` until the process ends.
 pub async fn serve(
-    proxy: Arc<Proxy>,
+    proxy: Arc<ProxyHandle>,
     handle: PrometheusHandle,
     listener: tokio::net::TcpListener,
 ) -> std::io::Result<()> {
@@ -44,8 +44,9 @@ pub async fn serve(
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            refresher.publish_pool_metrics();
-            crate::metrics::positions(&refresher.monitor.positions());
+            let current = refresher.get();
+            current.publish_pool_metrics();
+            crate::metrics::positions(&current.monitor.positions());
             upkeep.run_upkeep();
         }
     });
@@ -58,13 +59,19 @@ pub async fn serve(
 }
 
 async fn metrics(State(endpoint): State<Endpoint>) -> String {
-    endpoint.proxy.publish_pool_metrics();
-    crate::metrics::positions(&endpoint.proxy.monitor.positions());
+    let current = endpoint.proxy.get();
+    current.publish_pool_metrics();
+    crate::metrics::positions(&current.monitor.positions());
     endpoint.handle.render()
 }
 
 async fn ready(State(endpoint): State<Endpoint>) -> (StatusCode, &'static str) {
-    if endpoint.proxy.monitor.with_positions(|p| p.primary_healthy) {
+    if endpoint
+        .proxy
+        .get()
+        .monitor
+        .with_positions(|p| p.primary_healthy)
+    {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "primary unreachable\n")

@@ -4,6 +4,7 @@
 //! The layout follows the data: a client's bytes arrive in [`frontend`],
 //! are framed by [`protocol`], and go out to a server from [`backend`].
 
+pub mod admin;
 pub mod backend;
 pub mod cancel;
 pub mod causal;
@@ -16,3 +17,4 @@ pub mod protocol;
 pub mod replicas;
 pub mod router;
 pub mod server;
+pub mod stats;

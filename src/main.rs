@@ -9,7 +9,7 @@ use clap::Parser;
 use tokio::sync::watch;
 
 use causeway::config::Config;
-use causeway::server::{self, Proxy};
+use causeway::server::{self, Proxy, ProxyHandle};
 
 /// A PostgreSQL proxy with read-your-writes over streaming replicas.
 #[derive(Parser, Debug)]
@@ -54,10 +54,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, args.config))
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, config_path: PathBuf) -> ExitCode {
     let listen = config.proxy.listen;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
@@ -68,14 +68,15 @@ async fn run(config: Config) -> ExitCode {
     };
     tracing::info!(%listen, primary = %config.primary.name, replicas = config.replicas.len(), "causeway listening");
     let metrics = config.metrics.clone();
-    let handle = if metrics.enabled {
+    let recorder = if metrics.enabled {
         causeway::http::install_recorder()
     } else {
         None
     };
     let proxy = Arc::new(Proxy::new(config));
     proxy.start_monitor();
-    if let Some(handle) = handle {
+    let handle = ProxyHandle::new(proxy, Some(config_path));
+    if let Some(recorder) = recorder {
         let listen = metrics.listen;
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
@@ -85,20 +86,33 @@ async fn run(config: Config) -> ExitCode {
             }
         };
         tracing::info!(%listen, "metrics on http://{listen}/metrics");
-        let endpoint = proxy.clone();
+        let endpoint = handle.clone();
         tokio::spawn(async move {
-            if let Err(e) = causeway::http::serve(endpoint, handle, listener).await {
+            if let Err(e) = causeway::http::serve(endpoint, recorder, listener).await {
                 tracing::error!(%listen, error = %e, "metrics endpoint stopped");
             }
         });
     }
+    let reloader = handle.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match reloader.reload() {
+                Ok(done) => tracing::info!("SIGHUP: {done}"),
+                Err(e) => tracing::error!("SIGHUP: config not reloaded: {e}"),
+            }
+        }
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_stop_signal().await;
         tracing::info!("stop signal received");
         let _ = stop_tx.send(true);
     });
-    server::serve(proxy, listener, stop_rx).await;
+    server::serve(handle, listener, stop_rx).await;
     ExitCode::SUCCESS
 }
 

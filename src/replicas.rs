@@ -48,6 +48,8 @@ pub struct Monitor {
     waiters: AtomicUsize,
     urgent: Notify,
     poll_interval: Duration,
+    /// Ends the polling tasks (the proxy was reloaded or is gone).
+    stopped: watch::Sender<bool>,
 }
 
 /// Removes a waiter when dropped, however the wait ends.
@@ -84,6 +86,7 @@ impl Monitor {
             waiters: AtomicUsize::new(0),
             urgent: Notify::new(),
             poll_interval,
+            stopped: watch::Sender::new(false),
         })
     }
 
@@ -133,12 +136,27 @@ impl Monitor {
     ) {
         let monitor = self.clone();
         let primary_login = login.clone();
-        tokio::spawn(async move { monitor.watch_primary(primary, primary_login).await });
+        self.until_stopped(async move { monitor.watch_primary(primary, primary_login).await });
         for (index, replica) in replicas.into_iter().enumerate() {
             let monitor = self.clone();
             let login = login.clone();
-            tokio::spawn(async move { monitor.watch_replica(index, replica, login).await });
+            self.until_stopped(async move { monitor.watch_replica(index, replica, login).await });
         }
+    }
+
+    fn until_stopped(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut stopped = self.stopped.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = task => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+        });
+    }
+
+    /// Stops polling; the last positions stay readable.
+    pub fn stop(&self) {
+        self.stopped.send_replace(true);
     }
 
     /// Sleeps one poll interval, or much less while sessions wait.

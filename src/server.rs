@@ -5,8 +5,10 @@
 //! `shutdown_timeout_ms` stops waiting.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -25,6 +27,7 @@ use crate::protocol::messages::{self, Severity};
 use crate::replicas::Monitor;
 use crate::router::facts::FactsCache;
 use crate::router::Policy;
+use crate::stats::Stats;
 
 /// How one configured user logs in, with secrets derived once.
 #[derive(Debug, Clone)]
@@ -51,7 +54,15 @@ pub struct Proxy {
     pub spread: AtomicUsize,
     pub facts_cache: FactsCache,
     /// Causal LSNs shared by connections of one client.
-    pub causal: CausalMap,
+    pub causal: Arc<CausalMap>,
+    pub stats: Arc<Stats>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // The last session of a reloaded-away config is gone: stop its polling.
+        self.monitor.stop();
+    }
 }
 
 fn target(section: &ServerSection) -> ServerTarget {
@@ -64,6 +75,12 @@ fn target(section: &ServerSection) -> ServerTarget {
 
 impl Proxy {
     pub fn new(config: Config) -> Proxy {
+        Self::after(config, None)
+    }
+
+    /// A proxy for `config` that keeps what must outlive a reload from
+    /// `previous`: cancel keys, shared causal LSNs, client registry, counters.
+    pub fn after(config: Config, previous: Option<&Proxy>) -> Proxy {
         let users = config
             .users
             .iter()
@@ -107,14 +124,23 @@ impl Proxy {
             replicas,
             users,
             pools,
-            cancels: Arc::new(CancelRegistry::default()),
+            cancels: previous.map_or_else(
+                || Arc::new(CancelRegistry::default()),
+                |p| p.cancels.clone(),
+            ),
             policy,
             spread: AtomicUsize::new(0),
             facts_cache: FactsCache::new(routing.statement_cache_size),
-            causal: CausalMap::new(
-                Duration::from_millis(routing.client_lsn_ttl_ms),
-                routing.client_lsn_max_entries,
+            causal: previous.map_or_else(
+                || {
+                    Arc::new(CausalMap::new(
+                        Duration::from_millis(routing.client_lsn_ttl_ms),
+                        routing.client_lsn_max_entries,
+                    ))
+                },
+                |p| p.causal.clone(),
             ),
+            stats: previous.map_or_else(|| Arc::new(Stats::default()), |p| p.stats.clone()),
             config,
         }
     }
@@ -180,8 +206,58 @@ impl Proxy {
     }
 }
 
+/// The proxy in force, swapped whole by a reload: sessions that started
+/// before keep the proxy they started with, new ones get the new one.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    current: RwLock<Arc<Proxy>>,
+    config_path: Option<PathBuf>,
+}
+
+impl ProxyHandle {
+    pub fn new(proxy: Arc<Proxy>, config_path: Option<PathBuf>) -> Arc<ProxyHandle> {
+        Arc::new(ProxyHandle {
+            current: RwLock::new(proxy),
+            config_path,
+        })
+    }
+
+    pub fn get(&self) -> Arc<Proxy> {
+        match self.current.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the config file and swaps in a proxy built from it. Clients
+    /// stay connected; the listen address and client limit keep their
+    /// start-up values.
+    pub fn reload(&self) -> Result<String, String> {
+        let path = self
+            .config_path
+            .as_ref()
+            .ok_or_else(|| "this proxy was not started from a config file".to_string())?;
+        let config = Config::load(path).map_err(|e| e.to_string())?;
+        let old = self.get();
+        let replicas = config.replicas.len();
+        let fresh = Arc::new(Proxy::after(config, Some(&old)));
+        fresh.start_monitor();
+        match self.current.write() {
+            Ok(mut guard) => *guard = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        tracing::info!(path = %path.display(), replicas, "configuration reloaded");
+        Ok(format!("reloaded {} ({replicas} replicas)", path.display()))
+    }
+}
+
 /// Accepts clients until `stop` fires, then drains them.
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    handle: Arc<ProxyHandle>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let proxy = handle.get();
     let (drain_tx, drain_rx) = watch::channel(false);
     let client_slots = Arc::new(Semaphore::new(proxy.config.proxy.max_client_connections));
     let mut sessions = JoinSet::new();
@@ -207,10 +283,10 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Re
                     });
                     continue;
                 };
-                let proxy = proxy.clone();
+                let handle = handle.clone();
                 let drain = drain_rx.clone();
                 sessions.spawn(async move {
-                    frontend::serve(proxy, stream, drain).await;
+                    frontend::serve(handle, stream, drain).await;
                     drop(slot);
                 });
             }

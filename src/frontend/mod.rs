@@ -19,7 +19,7 @@ use crate::config::AuthMethod;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::startup::{self, StartupPacket, StartupParams};
 use crate::protocol::MAX_STARTUP_PACKET;
-use crate::server::Proxy;
+use crate::server::{Proxy, ProxyHandle};
 use auth::{ScramError, ScramExchange, ScramSecret};
 
 /// The client's socket during startup, with its read buffer.
@@ -56,7 +56,8 @@ impl From<std::io::Error> for LoginError {
 }
 
 /// Serves one client connection to the end.
-pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, shutdown: watch::Receiver<bool>) {
+pub async fn serve(handle: Arc<ProxyHandle>, stream: TcpStream, shutdown: watch::Receiver<bool>) {
+    let proxy = handle.get();
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
     let mut io = ClientIo {
@@ -82,6 +83,10 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, shutdown: watch::Receiv
         }
     };
     tracing::debug!(?peer, user = %ready.params.user().unwrap_or(""), "client logged in");
+    if ready.admin {
+        crate::admin::serve(handle, proxy, io, ready).await;
+        return;
+    }
     session::run(proxy, io, ready, shutdown).await;
 }
 
@@ -106,6 +111,9 @@ pub struct Ready {
     /// `-c name=value` settings from the `options` startup parameter and the
     /// other startup parameters a server must be told about.
     pub settings: Vec<(String, String)>,
+    /// Asked for the admin console (database `causeway`), and may use it.
+    pub admin: bool,
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// Startup parameters that are not settings to pass on to a server.
@@ -182,11 +190,20 @@ async fn login(proxy: &Proxy, io: &mut ClientIo) -> Result<Option<Ready>, LoginE
 
     authenticate(proxy, io, &user).await?;
 
+    let admin = database == crate::admin::ADMIN_DATABASE;
+    if admin && !proxy.config.auth.admin_users.contains(&user) {
+        return Err(LoginError::fatal(
+            "42501",
+            format!("permission denied: user \"{user}\" is not in [auth] admin_users of the causeway console"),
+        ));
+    }
     let login = proxy.server_login(&user, &database);
     Ok(Some(Ready {
         params,
         login,
         settings,
+        admin,
+        peer: io.stream.peer_addr().ok(),
     }))
 }
 

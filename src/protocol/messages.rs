@@ -142,26 +142,35 @@ pub fn parameter_description_empty(out: &mut BytesMut) {
     message(out, b't', |b| b.put_i16(0));
 }
 
-/// RowDescription of one text column.
-pub fn row_description_text(out: &mut BytesMut, column: &str) {
+/// RowDescription of text columns.
+pub fn row_description_text(out: &mut BytesMut, columns: &[&str]) {
     message(out, b'T', |b| {
-        b.put_i16(1);
-        cstr(b, column);
-        b.put_i32(0); // table oid
-        b.put_i16(0); // column number
-        b.put_i32(25); // text
-        b.put_i16(-1);
-        b.put_i32(-1);
-        b.put_i16(0); // text format
+        b.put_i16(columns.len() as i16);
+        for column in columns {
+            cstr(b, column);
+            b.put_i32(0); // table oid
+            b.put_i16(0); // column number
+            b.put_i32(25); // text
+            b.put_i16(-1);
+            b.put_i32(-1);
+            b.put_i16(0); // text format
+        }
     });
 }
 
-/// DataRow of one text value.
-pub fn data_row_text(out: &mut BytesMut, value: &str) {
+/// DataRow of text values (`None` is NULL).
+pub fn data_row_text(out: &mut BytesMut, values: &[Option<&str>]) {
     message(out, b'D', |b| {
-        b.put_i16(1);
-        b.put_i32(value.len() as i32);
-        b.put_slice(value.as_bytes());
+        b.put_i16(values.len() as i16);
+        for value in values {
+            match value {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v.as_bytes());
+                }
+                None => b.put_i32(-1),
+            }
+        }
     });
 }
 

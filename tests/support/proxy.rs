@@ -33,6 +33,9 @@ shutdown_timeout_ms = 2000
 name = "primary"
 port = {primary}
 
+[auth]
+admin_users = ["app"]
+
 [routing]
 monitor_user = "postgres"
 max_wait_ms = 200
@@ -91,7 +94,7 @@ impl TestProxy {
                 let port = listener.local_addr().expect("proxy address").port();
                 running.start_monitor();
                 let _ = port_tx.send(port);
-                server::serve(running, listener, stop_rx).await;
+                server::serve(server::ProxyHandle::new(running, None), listener, stop_rx).await;
             });
         });
         let port = port_rx

@@ -249,6 +249,10 @@ impl Session {
                     })
                     .await;
                 crate::metrics::waited(started.elapsed(), found.is_some());
+                proxy.stats.waits.fetch_add(1, Ordering::Relaxed);
+                if found.is_none() {
+                    proxy.stats.waits_gave_up.fetch_add(1, Ordering::Relaxed);
+                }
                 match (found, policy.on_stale) {
                     (Some((i, reason)), _) => Ok(Some((Server::Replica(i), label(reason)))),
                     (None, OnStale::Error) => Ok(None),
@@ -266,11 +270,25 @@ impl Session {
         } else {
             reason
         };
-        let Some(attached) = self.current.as_mut() else {
+        let Some(server_name) = self
+            .current
+            .as_ref()
+            .map(|a| a.lease.conn.server_name.clone())
+        else {
             return Err(End::ServerLost("no server attached".into()));
         };
-        let server_name = attached.lease.conn.server_name.clone();
         crate::metrics::routed(&server_name, server == Server::Primary, reason);
+        self.proxy
+            .stats
+            .routed(&server_name, server == Server::Primary, reason);
+        let causal = self.effective_causal();
+        let client_id = self.client_id.clone();
+        self.entry.update(|live| {
+            live.server = Some(server_name.clone());
+            live.units += 1;
+            live.causal = causal;
+            live.client_id = client_id;
+        });
         if tracing::enabled!(tracing::Level::DEBUG) {
             let session = self
                 .causal
@@ -298,6 +316,9 @@ impl Session {
             }
         }
         // Bring the connection up to date with the session.
+        let Some(attached) = self.current.as_mut() else {
+            return Err(End::ServerLost("no server attached".into()));
+        };
         let catchup = self
             .state
             .catch_up(&mut attached.lease.conn, &unit.needs(), &unit.creates());

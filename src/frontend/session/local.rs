@@ -120,9 +120,9 @@ pub fn respond(out: &mut BytesMut, unit_bytes: &[u8], answer: &Answer, tx_status
                 Answer::Set => messages::command_complete(out, "SET"),
                 Answer::Show { name, value } => {
                     if header.tag == b'Q' {
-                        messages::row_description_text(out, name);
+                        messages::row_description_text(out, &[name]);
                     }
-                    messages::data_row_text(out, value);
+                    messages::data_row_text(out, &[Some(value)]);
                     messages::command_complete(out, "SHOW");
                 }
                 Answer::Error { code, message } => {
@@ -138,7 +138,7 @@ pub fn respond(out: &mut BytesMut, unit_bytes: &[u8], answer: &Answer, tx_status
                     messages::parameter_description_empty(out);
                 }
                 match answer {
-                    Answer::Show { name, .. } => messages::row_description_text(out, name),
+                    Answer::Show { name, .. } => messages::row_description_text(out, &[name]),
                     _ => messages::simple_message(out, b'n'),
                 }
             }

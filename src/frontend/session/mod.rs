@@ -137,6 +137,8 @@ struct Session {
     draining: bool,
     bytes_received: metrics::Counter,
     bytes_sent: metrics::Counter,
+    /// This client in `SHOW CLIENTS`.
+    entry: crate::stats::ClientEntry,
 }
 
 /// Runs a logged-in client's session to its end.
@@ -216,6 +218,22 @@ pub async fn run(
         lease.give_back();
         return;
     }
+    let entry = proxy.stats.register(crate::stats::ClientInfo {
+        pid: cancel.pid,
+        user: ready.params.user().unwrap_or_default().to_string(),
+        database: ready.login.database.clone(),
+        addr: ready.peer,
+        application_name: ready
+            .params
+            .get("application_name")
+            .unwrap_or_default()
+            .to_string(),
+        connected_at: std::time::SystemTime::now(),
+        live: std::sync::Mutex::new(crate::stats::ClientLive {
+            client_id: client_id.clone(),
+            ..Default::default()
+        }),
+    });
     let mut session = Session {
         proxy,
         client: io.stream,
@@ -252,6 +270,7 @@ pub async fn run(
         draining: *shutdown.borrow(),
         bytes_received: metrics::counter!("causeway_client_bytes_received_total"),
         bytes_sent: metrics::counter!("causeway_client_bytes_sent_total"),
+        entry,
     };
     session.set_cancel_target();
     crate::metrics::client_connected();
@@ -490,6 +509,10 @@ impl Session {
         tracing::warn!(replica = %name, reason = %why, "replica failed during a read; re-running it elsewhere");
         self.proxy.monitor.report_failure(&name, &why);
         crate::metrics::retried(&name, "replica_lost");
+        self.proxy
+            .stats
+            .retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.pending.clear();
         self.held.clear();
         self.server_streaming = 0;

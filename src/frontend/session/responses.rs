@@ -265,6 +265,10 @@ impl Session {
                     .unwrap_or_default();
                 tracing::debug!(replica = %name, "replica refused a read; re-running it on the primary");
                 crate::metrics::retried(&name, "refused");
+                self.proxy
+                    .stats
+                    .retries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 unit.retried = true;
                 self.queued.push_front(unit);
             }

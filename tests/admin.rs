@@ -1,0 +1,202 @@
+//! The admin console (database `causeway`) and RELOAD, against a real
+//! cluster through the real `causeway` binary.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{config_text, connect, try_connect, TestCluster, APP_DB, APP_PASSWORD, APP_USER};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// A `causeway` process; killed when dropped.
+struct Running {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The test config with a fixed listen port and metrics off (tests run in parallel).
+fn config_for(cluster: &TestCluster, port: u16, replicas: usize) -> String {
+    let text = config_text(cluster).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    // Keep only the first `replicas` [[replicas]] tables.
+    let mut kept = String::new();
+    let mut seen = 0;
+    for block in text.split("\n[[replicas]]") {
+        if kept.is_empty() {
+            kept.push_str(block);
+        } else if seen < replicas {
+            kept.push_str("\n[[replicas]]");
+            kept.push_str(block);
+            seen += 1;
+        } else {
+            seen += 1;
+        }
+    }
+    kept.push_str("\n[metrics]\nenabled = false\n");
+    kept
+}
+
+fn start(config_path: &std::path::Path, port: u16) -> Running {
+    let child = Command::new(env!("CARGO_BIN_EXE_causeway"))
+        .arg("--config")
+        .arg(config_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("causeway starts");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "causeway did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Running { child, port }
+}
+
+async fn console(port: u16, sql: &str) -> Vec<Vec<Option<String>>> {
+    let client = connect(port, APP_USER, APP_PASSWORD, "causeway").await;
+    rows(&client, sql).await
+}
+
+async fn rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    client
+        .simple_query(sql)
+        .await
+        .expect("console command")
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until SHOW REPLICAS lists `count` healthy replicas.
+async fn wait_healthy(port: u16, count: usize) -> Vec<Vec<Option<String>>> {
+    let started = Instant::now();
+    loop {
+        let replicas = console(port, "SHOW REPLICAS").await;
+        let healthy = replicas
+            .iter()
+            .filter(|r| r[2].as_deref() == Some("true"))
+            .count();
+        if replicas.len() == count && healthy == count {
+            return replicas;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "replicas never healthy: {replicas:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_shows_live_replicas_clients_and_stats() {
+    let cluster = TestCluster::shared();
+    let dir = tempfile::tempdir().expect("dir");
+    let port = support::free_port();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config_for(cluster, port, 2)).expect("config");
+    let proxy = start(&path, port);
+    let replicas = wait_healthy(proxy.port, 2).await;
+    let primary_lsn = cluster.primary_lsn();
+    for (i, replica) in replicas.iter().enumerate() {
+        assert_eq!(replica[0].as_deref(), Some(format!("replica{i}").as_str()));
+        assert_eq!(
+            replica[1].as_deref(),
+            Some(format!("127.0.0.1:{}", cluster.replica_port(i)).as_str())
+        );
+        let replayed: support::Lsn = replica[3].as_deref().unwrap_or("").parse().expect("an LSN");
+        assert!(
+            replayed.0 > 0 && replayed <= primary_lsn,
+            "{replayed} vs {primary_lsn}"
+        );
+    }
+    let app = connect(proxy.port, APP_USER, APP_PASSWORD, APP_DB).await;
+    app.simple_query("SELECT 1").await.expect("a read");
+    let clients = console(proxy.port, "SHOW CLIENTS").await;
+    assert_eq!(clients.len(), 1, "the app client is listed: {clients:?}");
+    assert_eq!(clients[0][1].as_deref(), Some("app"));
+    let stats = console(proxy.port, "SHOW STATS").await;
+    let clients_total = stats
+        .iter()
+        .find(|r| r[0].as_deref() == Some("clients_total"))
+        .and_then(|r| r[1].clone());
+    assert_eq!(clients_total.as_deref(), Some("1"));
+    let version = console(proxy.port, "SHOW VERSION").await;
+    assert!(version[0][0]
+        .as_deref()
+        .unwrap_or("")
+        .starts_with("causeway "));
+    let servers = console(proxy.port, "show servers;").await;
+    assert!(!servers.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_admins_are_refused() {
+    let cluster = TestCluster::shared();
+    let dir = tempfile::tempdir().expect("dir");
+    let port = support::free_port();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config_for(cluster, port, 2)).expect("config");
+    let proxy = start(&path, port);
+    let err = try_connect(
+        proxy.port,
+        support::MD5_USER,
+        support::MD5_PASSWORD,
+        "causeway",
+    )
+    .await
+    .map(|_| ())
+    .expect_err("md5user is no admin");
+    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("42501"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_removes_a_replica_without_dropping_clients() {
+    let cluster = TestCluster::shared();
+    let dir = tempfile::tempdir().expect("dir");
+    let port = support::free_port();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config_for(cluster, port, 2)).expect("config");
+    let proxy = start(&path, port);
+    wait_healthy(proxy.port, 2).await;
+    let app = connect(proxy.port, APP_USER, APP_PASSWORD, APP_DB).await;
+    app.simple_query("SELECT 1").await.expect("before reload");
+
+    std::fs::write(&path, config_for(cluster, port, 1)).expect("config with one replica");
+    let admin = connect(proxy.port, APP_USER, APP_PASSWORD, "causeway").await;
+    let done = admin.simple_query("RELOAD").await.expect("reload");
+    assert!(done
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))));
+    wait_healthy(proxy.port, 1).await;
+    app.simple_query("SELECT 1")
+        .await
+        .expect("the old client still works");
+
+    std::fs::write(&path, "[proxy]\nlisten = 5\n").expect("broken config");
+    let err = admin.simple_query("RELOAD").await.expect_err("bad config");
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(message.contains("listen"), "{message}");
+    assert_eq!(
+        console(proxy.port, "SHOW REPLICAS").await.len(),
+        1,
+        "the old config stays"
+    );
+}
