@@ -1,0 +1,333 @@
+//! What every demo test stands on: the shared cluster, a causeway in front
+//! of it, the migrated schema, and apps (API + payment service) serving on a
+//! runtime that outlives every test.
+//!
+//! Tests are plain `#[test]`s that [`run`] their body on that one runtime,
+//! so pools, servers and clients never straddle two runtimes.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use demo_app::api::{self, ApiContext};
+use demo_app::atomic::DEFAULT_LOCK_TIMEOUT;
+use demo_app::db::{Causality, Db};
+use demo_app::payments::{self, Ledger, PaymentsClient};
+use demo_app::servers::ServerNames;
+use serde_json::{json, Value};
+use tokio::runtime::Runtime;
+use tokio::sync::Mutex;
+use tokio_postgres::Client;
+
+use crate::support::{connect, TestCluster, TestProxy, APP_DB, APP_PASSWORD, APP_USER};
+
+/// Tests that pause replay or count where reads went take this first.
+pub static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// A seeded user whose card works, and the one whose card is declined.
+pub const USER: &str = "user@example.com";
+pub const DECLINED_USER: &str = "declined@example.com";
+
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .expect("test runtime")
+    })
+}
+
+/// Runs a test body on the shared runtime.
+pub fn run<F: Future>(body: F) -> F::Output {
+    env();
+    runtime().block_on(body)
+}
+
+pub struct Env {
+    pub cluster: &'static TestCluster,
+    /// Kept here so it runs for the whole test process.
+    _proxy: TestProxy,
+    /// `DATABASE_URL` for the app: causeway.
+    pub database_url: String,
+    pub servers: ServerNames,
+}
+
+/// The cluster, causeway, and the schema (migrated twice: it must be idempotent).
+pub fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let cluster = TestCluster::shared();
+        let proxy = TestProxy::start(cluster);
+        let database_url = format!(
+            "postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/{APP_DB}",
+            proxy.port
+        );
+        let mut servers = vec![("primary".to_string(), cluster.primary_port())];
+        for (i, port) in cluster.replica_ports().into_iter().enumerate() {
+            servers.push((format!("replica{i}"), port));
+        }
+        let url = database_url.clone();
+        let applied = std::thread::spawn(move || {
+            runtime().block_on(async {
+                let db = Db::new(&url, Causality::SessionPerUser).expect("db");
+                let first = demo_app::migrate::migrate(db.shared())
+                    .await
+                    .expect("migrate");
+                let second = demo_app::migrate::migrate(db.shared())
+                    .await
+                    .expect("migrate again");
+                (first, second)
+            })
+        })
+        .join()
+        .expect("migrate thread");
+        assert_eq!(applied.1, 0, "a second migrate must change nothing");
+        cluster.wait_replicas_caught_up();
+        Env {
+            cluster,
+            _proxy: proxy,
+            database_url,
+            servers: ServerNames::new(servers),
+        }
+    })
+}
+
+/// An API and its own payment service.
+pub struct App {
+    pub api_url: String,
+    pub payments_url: String,
+    pub ledger: Arc<Ledger>,
+}
+
+impl App {
+    /// The app most tests share: payments never fail.
+    pub fn shared() -> &'static App {
+        static APP: OnceLock<App> = OnceLock::new();
+        APP.get_or_init(|| App::start(0.0))
+    }
+
+    /// A new API and payment service on free ports, failing `failure_rate` of charges.
+    pub fn start(failure_rate: f64) -> App {
+        let env = env();
+        let ledger = Arc::new(Ledger::new(failure_rate));
+        let payments_port = serve(payments::server::router(ledger.clone()));
+        let payments_url = format!("http://127.0.0.1:{payments_port}");
+        let context = Arc::new(ApiContext {
+            db: Db::new(&env.database_url, Causality::SessionPerUser).expect("db"),
+            payments: PaymentsClient::new(&payments_url),
+            servers: env.servers.clone(),
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            allow_failure_injection: true,
+        });
+        let listener = bind();
+        let api_port = listener.local_addr().expect("api address").port();
+        runtime().spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("api listener");
+            api::serve(listener, context, std::future::pending())
+                .await
+                .expect("api serves");
+        });
+        App {
+            api_url: format!("http://127.0.0.1:{api_port}"),
+            payments_url,
+            ledger,
+        }
+    }
+
+    pub fn payments_client(&self) -> PaymentsClient {
+        PaymentsClient::new(&self.payments_url)
+    }
+
+    /// `POST /rides` as `user` with `key` (either may be absent).
+    pub async fn post_ride(
+        &self,
+        user: Option<&str>,
+        key: Option<&str>,
+        params: &Value,
+        inject: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = http().post(format!("{}/rides", self.api_url)).json(params);
+        if let Some(user) = user {
+            request = request.header("Authorization", user);
+        }
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        if let Some(point) = inject {
+            request = request.header("X-Inject-Failure", point);
+        }
+        answer(request).await.0
+    }
+
+    /// `POST /rides`, retried with the same key until the answer is final
+    /// (not 409 or 5xx); the answers, in order.
+    pub async fn post_ride_until_final(
+        &self,
+        user: &str,
+        key: &str,
+        params: &Value,
+    ) -> Vec<(u16, Value)> {
+        let mut answers = Vec::new();
+        for attempt in 0..60u64 {
+            let answer = self.post_ride(Some(user), Some(key), params, None).await;
+            let retry = answer.0 == 409 || answer.0 >= 500;
+            answers.push(answer);
+            if !retry {
+                return answers;
+            }
+            tokio::time::sleep(Duration::from_millis(5 * attempt.min(20))).await;
+        }
+        panic!("key {key} never got a final answer: {answers:?}");
+    }
+
+    /// The final answer to a create (see [`App::post_ride_until_final`]):
+    /// under concurrent load SERIALIZABLE phases may fail with 409, and a
+    /// client retries those with the same key.
+    pub async fn create_ride(&self, user: &str, key: &str, params: &Value) -> (u16, Value) {
+        let answers = self.post_ride_until_final(user, key, params).await;
+        answers.last().cloned().unwrap_or((0, Value::Null))
+    }
+
+    /// Sends the create asking it to fail after `point` until it does (a
+    /// 409 from a concurrent request's conflict is retried): the key is then
+    /// unlocked at `point`.
+    pub async fn fail_at(
+        &self,
+        user: &str,
+        key: &str,
+        params: &Value,
+        point: &str,
+    ) -> (u16, Value) {
+        for _ in 0..60 {
+            let answer = self
+                .post_ride(Some(user), Some(key), params, Some(point))
+                .await;
+            if answer.0 != 409 {
+                return answer;
+            }
+        }
+        panic!("key {key}: only conflicts");
+    }
+
+    /// `GET path` as `user`: status, body and the `Served-By` header.
+    pub async fn get(&self, user: Option<&str>, path: &str) -> ((u16, Value), Option<String>) {
+        let mut request = http().get(format!("{}{path}", self.api_url));
+        if let Some(user) = user {
+            request = request.header("Authorization", user);
+        }
+        answer(request).await
+    }
+
+    /// `POST path` with a JSON body as `user`.
+    pub async fn post(&self, user: &str, path: &str, body: &Value) -> (u16, Value) {
+        let request = http()
+            .post(format!("{}{path}", self.api_url))
+            .header("Authorization", user)
+            .json(body);
+        answer(request).await.0
+    }
+}
+
+async fn answer(request: reqwest::RequestBuilder) -> ((u16, Value), Option<String>) {
+    let response = request.send().await.expect("the API answers");
+    let status = response.status().as_u16();
+    let served_by = response
+        .headers()
+        .get("served-by")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    ((status, body), served_by)
+}
+
+fn http() -> &'static reqwest::Client {
+    static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
+    HTTP.get_or_init(reqwest::Client::new)
+}
+
+fn bind() -> std::net::TcpListener {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    listener
+}
+
+/// Serves `router` on a free port on the shared runtime; returns the port.
+fn serve(router: axum::Router) -> u16 {
+    let listener = bind();
+    let port = listener.local_addr().expect("address").port();
+    runtime().spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        axum::serve(listener, router).await.expect("serves");
+    });
+    port
+}
+
+/// A fresh idempotency key (32 hex characters).
+pub fn new_key() -> String {
+    (0..32)
+        .map(|_| format!("{:x}", rand::random::<u8>() % 16))
+        .collect()
+}
+
+/// Valid ride parameters, distinct per call.
+pub fn ride_params() -> Value {
+    let lat = rand::random::<f64>() * 100.0 - 50.0;
+    let lon = rand::random::<f64>() * 300.0 - 150.0;
+    json!({ "origin_lat": lat, "origin_lon": lon, "target_lat": lat + 0.01, "target_lon": lon - 0.02 })
+}
+
+/// A connection straight to the primary, for checking what is really stored.
+pub async fn primary() -> Client {
+    connect(env().cluster.primary_port(), APP_USER, APP_PASSWORD, APP_DB).await
+}
+
+/// A `Db` of the test's own, through causeway (for running jobs in-process).
+pub fn db() -> Db {
+    Db::new(&env().database_url, Causality::SessionPerUser).expect("db")
+}
+
+/// What the database holds for `user`'s `key`.
+#[derive(Debug)]
+pub struct KeyState {
+    pub id: i64,
+    pub recovery_point: String,
+    pub locked: bool,
+    pub response_code: Option<i32>,
+    pub rides: i64,
+    pub charge_id: Option<String>,
+}
+
+pub async fn key_state(user: &str, key: &str) -> Option<KeyState> {
+    let row = primary()
+        .await
+        .query_opt(
+            "SELECT k.id, k.recovery_point, k.locked_at IS NOT NULL, k.response_code,
+                    (SELECT count(*) FROM rides r WHERE r.idempotency_key_id = k.id),
+                    (SELECT charge_id FROM rides r WHERE r.idempotency_key_id = k.id)
+               FROM idempotency_keys k JOIN users u ON u.id = k.user_id
+              WHERE u.email = $1 AND k.idempotency_key = $2",
+            &[&user, &key],
+        )
+        .await
+        .expect("key state");
+    row.map(|row| KeyState {
+        id: row.get(0),
+        recovery_point: row.get(1),
+        locked: row.get(2),
+        response_code: row.get(3),
+        rides: row.get(4),
+        charge_id: row.get(5),
+    })
+}
+
+/// The charges `ledger` made for the idempotency key with id `key_id`.
+pub fn charges_for(ledger: &Ledger, key_id: i64) -> usize {
+    let payment_key = demo_app::atomic::charge::payment_key(key_id);
+    ledger
+        .charges()
+        .iter()
+        .filter(|c| c.idempotency_key.as_deref() == Some(payment_key.as_str()))
+        .count()
+}
