@@ -12,7 +12,7 @@ use tokio_postgres::error::SqlState;
 pub enum Error {
     #[error("database: {}", describe_db(.0))]
     Db(#[from] tokio_postgres::Error),
-    #[error("connection pool: {0}")]
+    #[error("connection pool: {}", with_causes(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("payment service: {0}")]
     Payment(String),
@@ -49,16 +49,19 @@ pub fn is_conflict_state(state: &SqlState) -> bool {
 fn describe_db(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} {}", db.code().code(), db.message()),
-        None => {
-            let mut text = error.to_string();
-            let mut source = std::error::Error::source(error);
-            while let Some(cause) = source {
-                text.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            text
-        }
+        None => with_causes(error),
     }
+}
+
+/// The error and its causes: "error connecting to server" says little alone.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

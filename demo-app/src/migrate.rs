@@ -94,14 +94,24 @@ const SEED_THINGS: &str = "INSERT INTO things (id, color) \
 /// Applies every migration not applied yet; returns how many it applied.
 pub async fn migrate(pool: &Pool) -> Result<usize> {
     let mut client = pool.get().await?;
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS demo_schema_migrations (
-                 version    integer PRIMARY KEY,
-                 name       text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now())",
+    // Checked first so a second run logs no "already exists" notice.
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('demo_schema_migrations') IS NOT NULL",
+            &[],
         )
-        .await?;
+        .await?
+        .try_get(0)?;
+    if !exists {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS demo_schema_migrations (
+                     version    integer PRIMARY KEY,
+                     name       text NOT NULL,
+                     applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await?;
+    }
     let mut applied = 0;
     for (version, name) in [(1, "schema"), (2, "seed users and things")] {
         let tx = client.transaction().await?;

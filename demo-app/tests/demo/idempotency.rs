@@ -60,7 +60,7 @@ fn the_same_key_with_other_params_is_409() {
         let (status, _) = app.create_ride(USER, &key, &ride_params()).await;
         assert_eq!(status, 201);
         let (status, body) = app
-            .post_ride(Some(USER), Some(&key), &ride_params(), None)
+            .post_ride_past_conflicts(USER, &key, &ride_params(), None)
             .await;
         assert_eq!(status, 409, "{body}");
         assert!(
@@ -103,7 +103,9 @@ fn a_locked_key_is_409_until_its_lock_expires() {
         )
         .await
         .expect("lock");
-        let (status, body) = app.post_ride(Some(USER), Some(&key), &params, None).await;
+        let (status, body) = app
+            .post_ride_past_conflicts(USER, &key, &params, None)
+            .await;
         assert_eq!(status, 409, "{body}");
         assert!(
             body["error"]
@@ -175,7 +177,9 @@ fn payment_failures_before_and_after_recording_charge_once() {
             let (key, params) = (new_key(), ride_params());
             app.ledger.set_failures(1.0, mode);
             for _ in 0..2 {
-                let (status, body) = app.post_ride(Some(USER), Some(&key), &params, None).await;
+                let (status, body) = app
+                    .post_ride_past_conflicts(USER, &key, &params, None)
+                    .await;
                 assert_eq!(status, 503, "{mode:?}: {body}");
                 assert!(body["error"]
                     .as_str()
