@@ -26,9 +26,16 @@ pub enum Local {
 /// Recognises a `causeway.*` statement in a SQL text (one statement, an
 /// optional trailing `;`). Anything else is `None` and goes to a server.
 pub fn parse(sql: &str) -> Option<Local> {
+    // Every statement passes here: rule out the rest without allocating.
+    let mentions = sql
+        .as_bytes()
+        .windows(9)
+        .any(|w| w.eq_ignore_ascii_case(b"causeway."));
+    if !mentions {
+        return None;
+    }
     let text = sql.trim().trim_end_matches(';').trim();
-    let lower = text.to_ascii_lowercase();
-    if !lower.contains("causeway.") || text.contains(';') {
+    if text.contains(';') {
         return None;
     }
     let mut words = text.split_whitespace();

@@ -49,7 +49,7 @@ pub struct InFlight {
     /// The transaction it is part of wrote (this unit or an earlier one).
     pub tx_wrote: bool,
     pub effects: Vec<Effect>,
-    pub parses: Vec<(Option<String>, Prepared)>,
+    pub parses: Vec<Option<(String, Prepared)>>,
     pub sql_prepares: Vec<(String, Prepared)>,
     pub closes: Vec<String>,
     /// The unit again, while it may still be re-run elsewhere.
@@ -346,11 +346,14 @@ impl Session {
             return;
         };
         let conn = &mut attached.lease.conn;
-        for (name, prepared) in inflight.parses.iter().take(inflight.parse_completes) {
-            if let Some(name) = name {
-                conn.prepared.insert(name.clone(), prepared.hash);
-                self.state.prepared.insert(name.clone(), prepared.clone());
-            }
+        for (name, prepared) in inflight
+            .parses
+            .iter()
+            .take(inflight.parse_completes)
+            .flatten()
+        {
+            conn.prepared.insert(name.clone(), prepared.hash);
+            self.state.prepared.insert(name.clone(), prepared.clone());
         }
         for name in inflight.closes.iter().take(inflight.close_completes) {
             conn.prepared.remove(name);

@@ -26,9 +26,9 @@ pub struct Unit {
     pub lone_begin: bool,
     /// Named statements it uses (Bind, Describe, EXECUTE, DEALLOCATE).
     pub uses: Vec<String>,
-    /// Statements it prepares, in order: the name (None for the unnamed
-    /// statement) and how to prepare it again.
-    pub parses: Vec<(Option<String>, Prepared)>,
+    /// Statements it prepares, in order: the name and how to prepare it
+    /// again, or `None` for the unnamed statement.
+    pub parses: Vec<Option<(String, Prepared)>>,
     /// Statements it prepares with SQL `PREPARE`.
     pub sql_prepares: Vec<(String, Prepared)>,
     /// Statements it closes with the protocol's Close, in order.
@@ -43,7 +43,12 @@ impl Unit {
     /// Names this unit creates (Parse or PREPARE), which must be free on
     /// the server before it runs.
     pub fn creates(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.parses.iter().filter_map(|(n, _)| n.clone()).collect();
+        let mut names: Vec<String> = self
+            .parses
+            .iter()
+            .flatten()
+            .map(|(n, _)| n.clone())
+            .collect();
         names.extend(self.sql_prepares.iter().map(|(n, _)| n.clone()));
         names
     }
@@ -215,13 +220,20 @@ fn extended_message(
             } else {
                 unit.local = None;
             }
-            let mut message = BytesMut::with_capacity(body.len() + 5);
-            message.extend_from_slice(b"P");
-            message.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-            message.extend_from_slice(body);
-            let prepared = Prepared::new(Replay::Parse(message.freeze()), facts);
-            let name = (!name.is_empty()).then(|| name.to_string());
-            unit.parses.push((name, prepared));
+            // Only a named statement outlives its batch and may need to be
+            // prepared again elsewhere; the unnamed one just takes its place
+            // in the order of ParseComplete answers.
+            let named = (!name.is_empty()).then(|| {
+                let mut message = BytesMut::with_capacity(body.len() + 5);
+                message.extend_from_slice(b"P");
+                message.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+                message.extend_from_slice(body);
+                (
+                    name.to_string(),
+                    Prepared::new(Replay::Parse(message.freeze()), facts),
+                )
+            });
+            unit.parses.push(named);
         }
         b'B' => {
             let (_portal, rest) = split_cstr(body);
@@ -252,7 +264,7 @@ fn use_statement(unit: &mut Unit, name: &str, state: &SessionState) {
     if name.is_empty() {
         return;
     }
-    let parsed_here = unit.parses.iter().any(|(n, _)| n.as_deref() == Some(name));
+    let parsed_here = unit.parses.iter().flatten().any(|(n, _)| n == name);
     if parsed_here {
         return;
     }
