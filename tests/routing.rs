@@ -520,3 +520,31 @@ fn replicas_stopped_reads_move_on_without_errors() {
     });
     proxy.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn currval_after_nextval_in_autocommit() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    // Transaction pooling hands the session its last primary connection
+    // back when it is free, so session state the proxy cannot replay
+    // (currval, lastval) is still there for the next statement.
+    for _ in 0..20 {
+        let next: i64 = client
+            .query_one("SELECT nextval('route_seq')", &[])
+            .await
+            .expect("nextval")
+            .get(0);
+        let current: i64 = client
+            .query_one("SELECT currval('route_seq')", &[])
+            .await
+            .expect("currval in the same session")
+            .get(0);
+        assert_eq!(current, next);
+        let last: i64 = client
+            .query_one("SELECT lastval()", &[])
+            .await
+            .expect("lastval")
+            .get(0);
+        assert_eq!(last, next);
+    }
+}

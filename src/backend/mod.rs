@@ -55,7 +55,12 @@ pub struct ServerConn {
     pub backend_secret: i32,
     pub peer: SocketAddr,
     pub server_name: String,
+    /// Unique in this process, so a session can ask for the same
+    /// connection again.
+    pub id: u64,
 }
+
+static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Why a server connection could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +137,7 @@ impl ServerConn {
             backend_secret: 0,
             peer,
             server_name: target.name.clone(),
+            id: NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         conn.login(login).await?;
         Ok(conn)

@@ -108,6 +108,16 @@ impl Pool {
 
     /// Lends a connection: an idle one if there is one, else a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, BackendError> {
+        self.checkout_preferring(None).await
+    }
+
+    /// Lends connection `preferred` if it is idle, else as [`Pool::checkout`].
+    /// A client that gets its last connection back finds what the proxy
+    /// cannot replay still there (`currval`, `lastval`, the plan cache).
+    pub async fn checkout_preferring(
+        self: &Arc<Self>,
+        preferred: Option<u64>,
+    ) -> Result<Lease, BackendError> {
         let permit = tokio::time::timeout(self.checkout_timeout, self.lent.clone().acquire_owned())
             .await
             .map_err(|_| BackendError::PoolTimeout {
@@ -116,7 +126,13 @@ impl Pool {
             .map_err(|_| BackendError::PoolTimeout {
                 server: self.target.name.clone(),
             })?;
-        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let idle = self.idle.lock().ok().and_then(|mut idle| {
+            let at = preferred.and_then(|id| idle.iter().rposition(|c| c.id == id));
+            match at {
+                Some(i) => Some(idle.swap_remove(i)),
+                None => idle.pop(),
+            }
+        });
         let conn = match idle {
             Some(conn) => conn,
             None => ServerConn::connect(&self.target, &self.login, self.connect_timeout).await?,

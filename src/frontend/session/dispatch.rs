@@ -405,10 +405,19 @@ impl Session {
         };
         let pool = self.proxy.pools.get(&target, &self.login);
         let asked = std::time::Instant::now();
-        let checked_out = pool.checkout().await;
+        let preferred = self
+            .last_conn
+            .iter()
+            .find(|(s, _)| *s == server)
+            .map(|(_, id)| *id);
+        let checked_out = pool.checkout_preferring(preferred).await;
         crate::metrics::pool_wait(&target.name, asked.elapsed());
         match checked_out {
             Ok(lease) => {
+                match self.last_conn.iter_mut().find(|(s, _)| *s == server) {
+                    Some(slot) => slot.1 = lease.conn.id,
+                    None => self.last_conn.push((server, lease.conn.id)),
+                }
                 self.current = Some(Attached { server, lease });
                 self.set_cancel_target();
                 Ok(server)

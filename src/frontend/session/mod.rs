@@ -90,6 +90,8 @@ struct Session {
     current: Option<Attached>,
     /// Session pooling: connections kept for this client, one per server.
     stash: Vec<Attached>,
+    /// The connection last used on each server, asked for again first.
+    last_conn: Vec<(Server, u64)>,
     builder: UnitBuilder,
     /// Units read from the client and not yet sent to a server.
     queued: VecDeque<Unit>,
@@ -234,6 +236,7 @@ pub async fn run(
             ..Default::default()
         }),
     });
+    let lease_id = lease.conn.id;
     let mut session = Session {
         proxy,
         client: io.stream,
@@ -245,6 +248,7 @@ pub async fn run(
             lease,
         }),
         stash: Vec::new(),
+        last_conn: vec![(Server::Primary, lease_id)],
         builder: UnitBuilder::default(),
         queued: VecDeque::new(),
         pending: VecDeque::new(),
