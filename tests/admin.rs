@@ -200,3 +200,58 @@ async fn reload_removes_a_replica_without_dropping_clients() {
         "the old config stays"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_open_transactions_finish_then_closes() {
+    let cluster = TestCluster::shared();
+    let dir = tempfile::tempdir().expect("dir");
+    let port = support::free_port();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config_for(cluster, port, 2)).expect("config");
+    let mut proxy = start(&path, port);
+    let busy = connect(proxy.port, APP_USER, APP_PASSWORD, APP_DB).await;
+    let idle = connect(proxy.port, APP_USER, APP_PASSWORD, APP_DB).await;
+    busy.batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("open transaction");
+    let pid = proxy.child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New clients are turned away at once.
+    assert!(try_connect(proxy.port, APP_USER, APP_PASSWORD, APP_DB)
+        .await
+        .is_err());
+    // An idle client was told why it is closed.
+    let err = idle
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("idle client closed");
+    assert!(err.is_closed() || err.as_db_error().is_some(), "{err}");
+    // The open transaction finishes normally.
+    busy.simple_query("SELECT 2")
+        .await
+        .expect("still inside the transaction");
+    busy.batch_execute("COMMIT")
+        .await
+        .expect("commit goes through");
+    let exited = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                return Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .expect("wait task");
+    let status = exited.expect("causeway exits once its last transaction ends");
+    assert!(status.success(), "{status:?}");
+}
