@@ -29,7 +29,23 @@ pub struct ReplicaStatus {
     pub polled_at: Option<Instant>,
     /// When it last fell behind the primary; `None` while caught up.
     pub behind_since: Option<Instant>,
+    /// When its replayed position last moved.
+    pub advanced_at: Option<Instant>,
     pub last_error: Option<String>,
+}
+
+impl ReplicaStatus {
+    /// Behind for a while and not replaying: paused, or stuck. Waiting for
+    /// it to catch up within a read's patience is pointless.
+    pub fn stalled(&self, now: Instant, patience: std::time::Duration) -> bool {
+        let behind_long = self
+            .behind_since
+            .is_some_and(|since| now.duration_since(since) > patience);
+        let still = self
+            .advanced_at
+            .is_none_or(|at| now.duration_since(at) > patience);
+        behind_long && still
+    }
 }
 
 /// Everything the router needs to choose a replica.
@@ -77,6 +93,7 @@ impl Monitor {
                     lag_seconds: 0.0,
                     polled_at: None,
                     behind_since: None,
+                    advanced_at: None,
                     last_error: None,
                 })
                 .collect(),
@@ -268,6 +285,9 @@ impl Monitor {
             };
             let was_healthy = r.healthy;
             let changed = !r.healthy || r.replayed != replayed;
+            if r.replayed != replayed {
+                r.advanced_at = Some(Instant::now());
+            }
             r.healthy = true;
             r.replayed = replayed;
             r.lag_bytes = primary_lsn.bytes_after(replayed);

@@ -185,6 +185,18 @@ pub fn any_healthy(positions: &Positions) -> bool {
     positions.replicas.iter().any(|r| r.healthy)
 }
 
+/// How long a replica may sit behind without replaying before reads stop
+/// waiting for it.
+pub const STALL: Duration = Duration::from_millis(500);
+
+/// Whether waiting could help: some healthy replica is replaying.
+pub fn worth_waiting(positions: &Positions, now: std::time::Instant) -> bool {
+    positions
+        .replicas
+        .iter()
+        .any(|r| r.healthy && !r.stalled(now, STALL))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +212,7 @@ mod tests {
             lag_seconds: 0.0,
             polled_at: None,
             behind_since: None,
+            advanced_at: None,
             last_error: None,
         }
     }
@@ -278,6 +291,24 @@ mod tests {
         );
         let far = positions(vec![replica("r0", true, 0, 5000)]);
         assert_eq!(pick_replica(&far, None, false, &policy(), 0), None);
+    }
+
+    #[test]
+    fn paused_replicas_are_not_waited_for() {
+        let now = std::time::Instant::now();
+        let long_ago = now - Duration::from_secs(5);
+        let mut paused = replica("r0", true, 100, 400);
+        paused.behind_since = Some(long_ago);
+        paused.advanced_at = Some(long_ago);
+        assert!(!worth_waiting(&positions(vec![paused.clone()]), now));
+        // Just fell behind after a quiet spell: worth a wait.
+        let mut fresh_write = paused.clone();
+        fresh_write.behind_since = Some(now);
+        assert!(worth_waiting(&positions(vec![fresh_write]), now));
+        // Behind for long but replaying: worth a wait.
+        let mut replaying = paused;
+        replaying.advanced_at = Some(now);
+        assert!(worth_waiting(&positions(vec![replaying]), now));
     }
 
     #[test]

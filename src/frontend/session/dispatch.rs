@@ -226,10 +226,12 @@ impl Session {
                 reason
             }
         };
-        let (picked, any) = proxy.monitor.with_positions(|p| {
+        let now = std::time::Instant::now();
+        let (picked, any, worth_waiting) = proxy.monitor.with_positions(|p| {
             (
                 router::pick_replica(p, causal, false, &policy, spread),
                 router::any_healthy(p),
+                router::worth_waiting(p, now),
             )
         });
         if let Some((i, reason)) = picked {
@@ -240,6 +242,8 @@ impl Session {
         }
         match policy.on_stale {
             OnStale::Primary => Ok(Some((Server::Primary, Reason::Stale))),
+            // Every replica is paused or stuck: waiting cannot help.
+            OnStale::Wait if !worth_waiting => Ok(Some((Server::Primary, Reason::Stale))),
             OnStale::Wait | OnStale::Error => {
                 let started = std::time::Instant::now();
                 let found = proxy
