@@ -548,3 +548,33 @@ async fn currval_after_nextval_in_autocommit() {
         assert_eq!(last, next);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_replicas_are_not_waited_for() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let _paused = Paused::both();
+    insert_ride(&client, 1).await;
+    // Both replicas now sit behind without replaying: after a moment the
+    // proxy stops making reads wait for them.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let id = insert_ride(&client, 2).await;
+    let waits_before = proxy()
+        .proxy
+        .stats
+        .waits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        read_ride(&client, id).await,
+        (Some(2), "primary".to_string())
+    );
+    let waits_after = proxy()
+        .proxy
+        .stats
+        .waits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        waits_after, waits_before,
+        "no read waited for a paused replica"
+    );
+}
