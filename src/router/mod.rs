@@ -47,6 +47,8 @@ pub enum Reason {
     Pipelined,
     /// A read a replica refused (read-only or recovery conflict), re-run.
     Retry,
+    /// Changes session state only (SET, PREPARE, ...).
+    Session,
 }
 
 impl Reason {
@@ -63,6 +65,7 @@ impl Reason {
             Reason::NoReplica => "no_replica",
             Reason::Pipelined => "pipelined",
             Reason::Retry => "retry",
+            Reason::Session => "session_state",
         }
     }
 }
@@ -133,8 +136,10 @@ pub fn decide(facts: &UnitFacts, pinned: bool, causal: Option<Lsn>) -> Decision 
             read_only_block: false,
         };
     }
-    if facts.begin.is_some() {
+    if facts.begin.is_some() || facts.ends_tx || facts.set_tx_read_only {
         Decision::Primary(Reason::Transaction)
+    } else if facts.write_reason.is_none() {
+        Decision::Primary(Reason::Session)
     } else {
         Decision::Primary(Reason::Write)
     }
