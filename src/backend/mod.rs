@@ -341,6 +341,15 @@ impl ServerConn {
         }
     }
 
+    /// Nothing arrived while the connection sat idle, and it is not closed.
+    pub fn is_quiet(&self) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     /// Says goodbye to the server; errors do not matter any more.
     pub async fn terminate(mut self) {
         let mut out = BytesMut::new();

@@ -82,6 +82,16 @@ impl Pools {
             .clone()
     }
 
+    /// Closes every idle connection to `server`: it failed, and its idle
+    /// connections would only fail one by one.
+    pub fn drop_idle(&self, server: &str) {
+        for pool in self.pools.iter().filter(|p| p.target.name == server) {
+            if let Ok(mut idle) = pool.idle.lock() {
+                idle.clear();
+            }
+        }
+    }
+
     /// Counts of (lent, idle) connections per server name, for the console.
     pub fn counts(&self) -> Vec<(String, String, String, usize, usize)> {
         self.pools
@@ -126,16 +136,27 @@ impl Pool {
             .map_err(|_| BackendError::PoolTimeout {
                 server: self.target.name.clone(),
             })?;
-        let idle = self.idle.lock().ok().and_then(|mut idle| {
-            let at = preferred.and_then(|id| idle.iter().rposition(|c| c.id == id));
-            match at {
-                Some(i) => Some(idle.swap_remove(i)),
-                None => idle.pop(),
+        let mut preferred = preferred;
+        let conn = loop {
+            let idle = self.idle.lock().ok().and_then(|mut idle| {
+                let at = preferred
+                    .take()
+                    .and_then(|id| idle.iter().rposition(|c| c.id == id));
+                match at {
+                    Some(i) => Some(idle.swap_remove(i)),
+                    None => idle.pop(),
+                }
+            });
+            match idle {
+                Some(conn) if conn.is_quiet() => break conn,
+                // Closed or talking while idle (a server shutting down sends
+                // FATAL to every connection): never lend it.
+                Some(_) => continue,
+                None => {
+                    break ServerConn::connect(&self.target, &self.login, self.connect_timeout)
+                        .await?
+                }
             }
-        });
-        let conn = match idle {
-            Some(conn) => conn,
-            None => ServerConn::connect(&self.target, &self.login, self.connect_timeout).await?,
         };
         Ok(Lease {
             conn,

@@ -368,7 +368,10 @@ impl Session {
             inflight.absorb(open);
         }
         if unit.synced {
-            if matches!(server, Server::Replica(_)) {
+            // A read outside any transaction may run again elsewhere if the
+            // replica refuses it or dies; inside one, its snapshot is gone
+            // with the replica.
+            if matches!(server, Server::Replica(_)) && at_rest {
                 inflight.retry = Some(unit);
             }
             self.pending.push_back(Expect::Client(Box::new(inflight)));

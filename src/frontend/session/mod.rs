@@ -512,6 +512,7 @@ impl Session {
         let name = attached.lease.conn.server_name.clone();
         tracing::warn!(replica = %name, reason = %why, "replica failed during a read; re-running it elsewhere");
         self.proxy.monitor.report_failure(&name, &why);
+        self.proxy.pools.drop_idle(&name);
         crate::metrics::retried(&name, "replica_lost");
         self.proxy
             .stats
@@ -520,6 +521,7 @@ impl Session {
         self.pending.clear();
         self.held.clear();
         self.server_streaming = 0;
+        self.server_fatal = false;
         self.tx_status = b'I';
         unit.retried = true;
         self.queued.push_front(unit);
