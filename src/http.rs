@@ -46,7 +46,7 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_secs(1)).await;
             let current = refresher.get();
             current.publish_pool_metrics();
-            crate::metrics::positions(&current.monitor.positions());
+            crate::metrics::positions(&current.monitor.positions(), &current.primary.name);
             upkeep.run_upkeep();
         }
     });
@@ -61,7 +61,7 @@ pub async fn serve(
 async fn metrics(State(endpoint): State<Endpoint>) -> String {
     let current = endpoint.proxy.get();
     current.publish_pool_metrics();
-    crate::metrics::positions(&current.monitor.positions());
+    crate::metrics::positions(&current.monitor.positions(), &current.primary.name);
     endpoint.handle.render()
 }
 

@@ -82,9 +82,17 @@ pub fn server_connections(server: &str, in_use: usize, idle: usize) {
 }
 
 /// Publishes the monitor's view of every server.
-pub fn positions(positions: &Positions) {
+pub fn positions(positions: &Positions, primary_name: &str) {
+    let up = |ok: bool| if ok { 1.0 } else { 0.0 };
+    metrics::gauge!("causeway_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     metrics::gauge!("causeway_primary_lsn_bytes").set(positions.primary_lsn.0 as f64);
-    metrics::gauge!("causeway_primary_up").set(if positions.primary_healthy { 1.0 } else { 0.0 });
+    metrics::gauge!("causeway_primary_up").set(up(positions.primary_healthy));
+    metrics::gauge!("causeway_server_up", "server" => primary_name.to_string(), "role" => "primary")
+        .set(up(positions.primary_healthy));
+    for r in &positions.replicas {
+        metrics::gauge!("causeway_server_up", "server" => r.name.clone(), "role" => "replica")
+            .set(up(r.healthy));
+    }
     for r in &positions.replicas {
         let server = r.name.clone();
         metrics::gauge!("causeway_replica_replayed_lsn_bytes", "server" => server.clone())

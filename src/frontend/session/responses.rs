@@ -62,6 +62,8 @@ pub struct InFlight {
     pub parse_completes: usize,
     pub close_completes: usize,
     pub sent_at: std::time::Instant,
+    /// SQLSTATEs of errors in a held-back answer.
+    pub held_errors: Vec<String>,
 }
 
 impl InFlight {
@@ -83,6 +85,7 @@ impl InFlight {
             parse_completes: 0,
             close_completes: 0,
             sent_at: std::time::Instant::now(),
+            held_errors: Vec::new(),
         }
     }
 
@@ -116,7 +119,10 @@ impl InFlight {
                 if self.retry.is_some() && !self.refused {
                     self.refused = REPLICA_REFUSALS.contains(&fields.code.as_str());
                 }
-                if !self.refused {
+                if self.retry.is_some() {
+                    // Held back: counted only if it reaches the client.
+                    self.held_errors.push(fields.code);
+                } else {
                     crate::metrics::error_sent(fields.code.as_bytes());
                 }
             }
@@ -186,6 +192,9 @@ impl Session {
                 self.held.extend_from_slice(bytes);
                 if self.held.len() > MAX_HELD {
                     inflight.retry = None;
+                    for code in inflight.held_errors.drain(..) {
+                        crate::metrics::error_sent(code.as_bytes());
+                    }
                     self.to_client.extend_from_slice(&self.held);
                     self.held.clear();
                 }
@@ -277,6 +286,9 @@ impl Session {
         if !self.held.is_empty() {
             self.to_client.extend_from_slice(&self.held);
             self.held.clear();
+        }
+        for code in inflight.held_errors.drain(..) {
+            crate::metrics::error_sent(code.as_bytes());
         }
         crate::metrics::answered(
             inflight.server == Server::Primary,
