@@ -139,11 +139,18 @@ impl FactsCache {
         }
     }
 
+    /// Texts longer than this are classified every time, never kept: a
+    /// client must not fill the proxy's memory with one-off giant queries.
+    pub const MAX_CACHED_SQL_BYTES: usize = 16 * 1024;
+
     pub fn get_or_insert(&self, sql: &str, make: impl FnOnce() -> UnitFacts) -> SharedFacts {
         if let Some(found) = self.map.get(sql) {
             return found.clone();
         }
         let facts = Arc::new(make());
+        if sql.len() > Self::MAX_CACHED_SQL_BYTES || self.capacity == 0 {
+            return facts;
+        }
         if self.map.len() >= self.capacity {
             self.map.clear();
         }
@@ -286,5 +293,47 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
                 }
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_returns_the_same_facts_and_stays_bounded() {
+        let cache = FactsCache::new(4);
+        let extra = vec!["mark_seen".to_string()];
+        let first = cached(&cache, "SELECT mark_seen(1)", &extra);
+        let again = cached(&cache, "SELECT mark_seen(1)", &extra);
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(first.write_reason, Some("configured writing function"));
+        for n in 0..20 {
+            let facts = cached(&cache, &format!("SELECT {n}"), &extra);
+            assert!(facts.is_read());
+            assert!(cache.map.len() <= 4);
+        }
+        let huge = format!(
+            "SELECT {}1",
+            "1 + ".repeat(FactsCache::MAX_CACHED_SQL_BYTES / 4)
+        );
+        let cache = FactsCache::new(4);
+        assert!(cached(&cache, &huge, &extra).is_read());
+        assert!(cache.map.is_empty());
+    }
+
+    #[test]
+    fn multi_statement_units_merge() {
+        let facts = from_sql("BEGIN; SET TRANSACTION READ ONLY", &[]);
+        assert!(facts.begins_read_only());
+        let facts = from_sql("SET search_path = a; SELECT 1", &[]);
+        assert!(!facts.is_read());
+        assert_eq!(facts.effects.len(), 1);
+        let facts = from_sql("COPY t FROM STDIN", &[]);
+        assert!(facts.copy_in && facts.writes());
+        let facts = from_sql("/* causeway: replica */ SELECT 1", &[]);
+        assert_eq!(facts.hint, Some(Hint::Replica));
+        let facts = from_sql("LISTEN ch", &[]);
+        assert_eq!(facts.pins, Some("listen"));
     }
 }

@@ -5,7 +5,7 @@
 //! Parse message) to a [`Classification`]: a verdict for the whole text plus
 //! one [`StatementClass`] per statement, so the router can route a
 //! multi-statement query as one unit and still follow every `BEGIN`, `SET`
-//! or `LISTEN` in it. [`ClassifyCache`] memoises it for the hot path.
+//! or `LISTEN` in it.
 //!
 //! Why it is shaped this way:
 //! - **Tokens first.** sqlparser's PostgreSQL tokenizer knows strings
@@ -38,9 +38,7 @@
 //!   DECLARE), `transaction`, `session` (SET, RESET, PREPARE...).
 //! - `functions`: the writing-function table all of them consult.
 //! - `tokens`: the positional token reads every grammar is written in.
-//! - `cache`: [`ClassifyCache`], the memo for the hot path.
 
-mod cache;
 mod functions;
 mod lex;
 mod nested;
@@ -56,7 +54,6 @@ use std::ops::Range;
 
 use sqlparser::tokenizer::{Token, Whitespace};
 
-pub use cache::ClassifyCache;
 use lex::{lex, parse_hint, split, Lexeme};
 use statement::{classify_tokens, Context};
 

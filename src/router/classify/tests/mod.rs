@@ -4,8 +4,6 @@
 
 mod corpus;
 
-use std::sync::Arc;
-
 use super::statement::{pin, read, session, write};
 use super::*;
 use corpus::{corpus, extras, X};
@@ -208,36 +206,4 @@ fn hints() {
     let hints: Vec<Option<Hint>> = c.statements.iter().map(|s| s.hint).collect();
     assert_eq!(hints, vec![Some(Hint::Primary), Some(Hint::Replica), None]);
     assert_eq!(c.hint, Some(Hint::Primary));
-}
-
-#[test]
-fn cache_returns_the_same_verdict_and_stays_bounded() {
-    let cache = ClassifyCache::new(4, vec!["mark_seen".into()]);
-    let first = cache.get_or_classify("SELECT mark_seen(1)");
-    let again = cache.get_or_classify("SELECT mark_seen(1)");
-    assert!(Arc::ptr_eq(&first, &again));
-    assert_eq!(first.kind, write("configured writing function"));
-    assert_eq!(cache.len(), 1);
-
-    for n in 0..20 {
-        let sql = format!("SELECT {n}");
-        assert_eq!(cache.get_or_classify(&sql).kind, read("select"));
-        assert!(cache.len() <= 4, "{} entries after {sql}", cache.len());
-    }
-    assert!(!cache.is_empty());
-
-    let disabled = ClassifyCache::new(0, Vec::new());
-    assert_eq!(
-        disabled.get_or_classify("BEGIN").kind,
-        Kind::Transaction(TxControl::Begin { read_only: None })
-    );
-    assert!(disabled.is_empty());
-
-    let huge = format!(
-        "SELECT {}",
-        "1 + ".repeat(ClassifyCache::MAX_CACHED_SQL_BYTES / 4) + "1"
-    );
-    let cache = ClassifyCache::new(4, Vec::new());
-    assert_eq!(cache.get_or_classify(&huge).kind, read("select"));
-    assert!(cache.is_empty());
 }
