@@ -1,38 +1,49 @@
 //! `Db`: every connection the demo app opens, all of them to causeway.
 //!
 //! # Read-your-writes comes from causeway, not from the app
-//! The app keeps no LSNs of its own. causeway tracks the commit LSN of each
-//! client *session* and sends a session's reads only to a server that has
-//! replayed its last write. So what the app must get right is which session
-//! a user's queries run on. Two ways, picked by [`Causality`]:
+//! The app keeps no LSNs of its own. causeway remembers the commit LSN of
+//! each *client*, named by `causeway.client_id`, and sends a client's reads
+//! only to a server that has replayed its last write. So all the app must
+//! get right is to say, on each connection it takes from the pool, on whose
+//! behalf it runs. [`Causality`] picks how:
 //!
-//! - [`Causality::SessionPerUser`] (today's default): each user gets a pool
-//!   of exactly one connection. A user's `POST /rides` and the `GET` that
-//!   follows it may be different HTTP requests, but they run on the same
-//!   causeway session, so the read sees the write. The price: one user's
-//!   requests take turns on that connection (between transactions, not for a
-//!   whole request), and one open connection per active user. If that
-//!   connection breaks, its replacement starts with no causal LSN; the proxy
-//!   then bounds staleness only by its lag limits.
-//! - [`Causality::ClientId`]: each user gets a small pool whose connections
-//!   all log in with `options=-c causeway.client_id=<email>`, so causeway
-//!   shares one causal LSN among them (issue "Read-your-writes across
-//!   connections"). No turn-taking, and a broken connection loses nothing.
-//!   Switch to it once causeway supports `causeway.client_id`: it is the
-//!   default in [`Causality::default`], one line.
+//! - [`Causality::ClientId`] (the default): one pool, shared by every user,
+//!   as a real app has. Each checkout for a user runs
+//!   `SET causeway.client_id = '<email>'` first ([`UserDb::get`]); causeway
+//!   answers it itself (no server round trip), and from then on the
+//!   connection's reads wait for, and its writes advance, that user's causal
+//!   LSN. A user's `POST /rides` and the `GET` after it may run on different
+//!   connections, even in different processes (the completer finishing a
+//!   user's ride), and the read still sees the write.
 //!
-//! Work that is not on behalf of a user request flow (authentication lookups,
-//! background jobs) uses [`Db::shared`], an ordinary pool.
+//!   Why not a pool per user with the startup option
+//!   `-c causeway.client_id=<email>`? It works, but the number of open
+//!   connections then grows with the number of active users, idle ones
+//!   included; one shared pool stays at its size whatever the traffic. The
+//!   `SET` costs one round trip to causeway per checkout, and no server.
+//! - [`Causality::SessionPerUser`]: each user gets a pool of exactly one
+//!   connection, so all their statements share one causeway session (which
+//!   needs no `causeway.client_id` at all). Requests of one user take turns
+//!   on that connection, and a replaced connection starts with no causal LSN.
+//! - [`Causality::None`]: the shared pool without `SET`. Each connection is
+//!   on its own: a read on another connection than the write may be stale.
+//!   Only there to show what the other two prevent.
 //!
-//! The per-user map grows with the number of distinct users that got past
-//! authentication, which is bounded by the `users` table.
+//! causeway also remembers each connection's own last write, so a pooled
+//! connection that carried one user's write reads at least that fresh for
+//! the next user too: never staler, at worst from the primary where a
+//! replica would have done.
+//!
+//! A pooled connection keeps the id its last checkout set. Work that is no
+//! user's (the jobs, the log, CDC) runs in processes that never set one, on
+//! [`Db::shared`].
 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use crate::error::{Error, Result};
@@ -42,23 +53,16 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://app:app@127.0.0.1:6432/app";
 
 /// How long a request waits for a connection before giving up.
 const POOL_WAIT: Duration = Duration::from_secs(10);
-/// Connections in [`Db::shared`].
-const SHARED_POOL_SIZE: usize = 8;
-/// Connections per user with [`Causality::ClientId`].
-const CLIENT_ID_POOL_SIZE: usize = 4;
+/// Connections in the shared pool.
+pub const SHARED_POOL_SIZE: usize = 8;
 
 /// How a user's connections share causality through causeway (module docs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Causality {
-    SessionPerUser,
+    #[default]
     ClientId,
-}
-
-impl Default for Causality {
-    /// The one line to change once causeway supports `causeway.client_id`.
-    fn default() -> Self {
-        Causality::SessionPerUser
-    }
+    SessionPerUser,
+    None,
 }
 
 impl FromStr for Causality {
@@ -66,10 +70,11 @@ impl FromStr for Causality {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
-            "session-per-user" => Ok(Causality::SessionPerUser),
             "client-id" => Ok(Causality::ClientId),
+            "session-per-user" => Ok(Causality::SessionPerUser),
+            "none" => Ok(Causality::None),
             other => Err(format!(
-                "unknown causality {other:?}: expected session-per-user or client-id"
+                "unknown causality {other:?}: expected client-id, session-per-user or none"
             )),
         }
     }
@@ -79,11 +84,12 @@ pub struct Db {
     config: tokio_postgres::Config,
     causality: Causality,
     shared: Pool,
-    users: Mutex<HashMap<String, Pool>>,
+    /// Only with [`Causality::SessionPerUser`]: each user's one-connection pool.
+    sessions: Mutex<HashMap<String, Pool>>,
 }
 
 impl Db {
-    /// Prepares pools for `url`; nothing connects until first use.
+    /// Prepares the pool for `url`; nothing connects until first use.
     pub fn new(url: &str, causality: Causality) -> Result<Db> {
         let mut config: tokio_postgres::Config = url
             .parse()
@@ -95,7 +101,7 @@ impl Db {
             config,
             causality,
             shared,
-            users: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -103,27 +109,63 @@ impl Db {
         self.causality
     }
 
-    /// The pool for work that is no user's request flow.
+    /// The shared pool, for work on nobody's behalf.
     pub fn shared(&self) -> &Pool {
         &self.shared
     }
 
-    /// The pool whose connections carry `email`'s causality (module docs).
-    pub fn for_user(&self, email: &str) -> Result<Pool> {
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pool) = users.get(email) {
-            return Ok(pool.clone());
-        }
-        let created = match self.causality {
-            Causality::SessionPerUser => pool(self.config.clone(), 1)?,
-            Causality::ClientId => {
-                let mut config = self.config.clone();
-                config.options(client_id_option(email));
-                pool(config, CLIENT_ID_POOL_SIZE)?
+    /// Connections on behalf of `email` (module docs).
+    pub fn for_user(&self, email: &str) -> Result<UserDb> {
+        Ok(match self.causality {
+            Causality::ClientId => UserDb {
+                pool: self.shared.clone(),
+                set_client_id: Some(set_client_id(email)),
+            },
+            Causality::None => UserDb {
+                pool: self.shared.clone(),
+                set_client_id: None,
+            },
+            Causality::SessionPerUser => {
+                let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                let pool = match sessions.get(email) {
+                    Some(pool) => pool.clone(),
+                    None => {
+                        let created = pool(self.config.clone(), 1)?;
+                        sessions.insert(email.to_string(), created.clone());
+                        created
+                    }
+                };
+                UserDb {
+                    pool,
+                    set_client_id: None,
+                }
             }
-        };
-        users.insert(email.to_string(), created.clone());
-        Ok(created)
+        })
+    }
+}
+
+/// One user's view of the database: every connection it hands out runs on
+/// that user's behalf.
+#[derive(Clone)]
+pub struct UserDb {
+    pool: Pool,
+    set_client_id: Option<String>,
+}
+
+impl UserDb {
+    /// A connection from the pool, named for the user first when the
+    /// causality asks for it.
+    pub async fn get(&self) -> Result<Object> {
+        let conn = self.pool.get().await?;
+        if let Some(statement) = &self.set_client_id {
+            conn.batch_execute(statement).await?;
+        }
+        Ok(conn)
+    }
+
+    /// The pool underneath (tests hold its connections to force new ones).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 }
 
@@ -144,17 +186,9 @@ fn pool(config: tokio_postgres::Config, size: usize) -> Result<Pool> {
         .map_err(|e| Error::Other(format!("cannot build a connection pool: {e}")))
 }
 
-/// `-c causeway.client_id=<id>`, with spaces and backslashes escaped the way
-/// Postgres splits the `options` startup parameter.
-pub fn client_id_option(id: &str) -> String {
-    let mut escaped = String::with_capacity(id.len());
-    for c in id.chars() {
-        if c == '\\' || c.is_whitespace() {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    format!("-c causeway.client_id={escaped}")
+/// `SET causeway.client_id = '<id>'`, the id quoted as a SQL string literal.
+pub fn set_client_id(id: &str) -> String {
+    format!("SET causeway.client_id = '{}'", id.replace('\'', "''"))
 }
 
 #[cfg(test)]
@@ -162,14 +196,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn client_id_is_escaped() {
+    fn client_id_is_quoted() {
         assert_eq!(
-            client_id_option("a@example.com"),
-            "-c causeway.client_id=a@example.com"
+            set_client_id("a@example.com"),
+            "SET causeway.client_id = 'a@example.com'"
         );
         assert_eq!(
-            client_id_option("a b\\c"),
-            "-c causeway.client_id=a\\ b\\\\c"
+            set_client_id("o'brien@example.com"),
+            "SET causeway.client_id = 'o''brien@example.com'"
         );
     }
 
@@ -177,6 +211,8 @@ mod tests {
     fn causality_parses() {
         assert_eq!("client-id".parse(), Ok(Causality::ClientId));
         assert_eq!("session-per-user".parse(), Ok(Causality::SessionPerUser));
+        assert_eq!("none".parse(), Ok(Causality::None));
+        assert_eq!(Causality::default(), Causality::ClientId);
         assert!("other".parse::<Causality>().is_err());
     }
 }

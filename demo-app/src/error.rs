@@ -1,5 +1,6 @@
 //! The demo app's error type: what went wrong talking to Postgres, to the
-//! connection pool, to the payment service or to Redis.
+//! connection pool, to the payment service or to Redis, or a failure the
+//! demo injected on purpose.
 //!
 //! The one distinction the API needs is [`Error::is_conflict`]: a
 //! serialization failure (SQLSTATE 40001), a deadlock (40P01) or a unique
@@ -18,8 +19,17 @@ pub enum Error {
     Payment(String),
     #[error("redis: {0}")]
     Redis(String),
+    /// A failure injected on purpose (streamer, consumers): not a bug.
+    #[error("injected failure: {0}")]
+    Injected(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(error: redis::RedisError) -> Self {
+        Error::Redis(error.to_string())
+    }
 }
 
 impl Error {

@@ -1,21 +1,33 @@
 //! `demo-app`: one binary, one subcommand per process of the demo.
 //! See `lib.rs` for the modules and `--help` for the flags.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use demo_app::all::{self, AllConfig};
 use demo_app::api::{self, ApiContext};
-use demo_app::atomic::{Services, DEFAULT_LOCK_TIMEOUT};
+use demo_app::atomic::DEFAULT_LOCK_TIMEOUT;
+use demo_app::cdc::handler::Tally;
+use demo_app::cdc::ride_stats::RideStats;
+use demo_app::cdc::{slot, Cdc, CdcConfig, Dispatcher};
 use demo_app::db::{Causality, Db, DEFAULT_DATABASE_URL};
+use demo_app::diagnose::{self, DiagnoseConfig};
 use demo_app::jobs::{self, completer, enqueuer, queue::JobQueue, reaper};
+use demo_app::log::consumer::{self, Consumer};
+use demo_app::log::stream::{LogStream, DEFAULT_MAXLEN, DEFAULT_STREAM};
+use demo_app::log::streamer::{self, StreamerConfig};
 use demo_app::payments::client::DEFAULT_PAYMENTS_URL;
 use demo_app::payments::{self, Ledger, PaymentsClient};
 use demo_app::servers::{ServerNames, DEFAULT_SERVERS};
 use demo_app::simulate::{self, SimulatorConfig, DEFAULT_API_URL};
 use demo_app::{migrate, shutdown};
+
+/// Where Redis is unless `REDIS_URL` says: `cluster/cluster.sh`'s default.
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 #[derive(Parser)]
 #[command(name = "demo-app", version, about = "Rocket Rides through causeway")]
@@ -47,6 +59,16 @@ enum Command {
     /// Create rides and read them back; count stale reads.
     #[command(alias = "simulator")]
     Simulate(SimulateArgs),
+    /// Move staged log records to the Redis stream.
+    Streamer(StreamerArgs),
+    /// Keep a running total of ride distance from the stream.
+    Consumer(ConsumerArgs),
+    /// Change-data capture from a logical replication slot.
+    Cdc(CdcArgs),
+    /// Check what the demo needs, and say what to fix.
+    Diagnose(DiagnoseArgs),
+    /// Every process of the demo in one terminal (Ctrl-C stops them all).
+    All(AllArgs),
 }
 
 #[derive(Args)]
@@ -58,8 +80,10 @@ struct ApiArgs {
     /// How long a running request keeps its idempotency key locked.
     #[arg(long, env = "LOCK_TIMEOUT_SECS", default_value_t = DEFAULT_LOCK_TIMEOUT.as_secs())]
     lock_timeout_secs: u64,
-    /// session-per-user, or client-id once causeway supports causeway.client_id.
-    #[arg(long, env = "DEMO_CAUSALITY", default_value = "session-per-user")]
+    /// How a user's connections share read-your-writes: client-id (one
+    /// shared pool, SET causeway.client_id per checkout), session-per-user,
+    /// or none (to see stale reads).
+    #[arg(long, env = "DEMO_CAUSALITY", default_value = "client-id")]
     causality: Causality,
     /// Ignore the X-Inject-Failure header.
     #[arg(long)]
@@ -142,6 +166,92 @@ struct SimulateArgs {
     /// Comma-separated emails; the seed users by default.
     #[arg(long, value_delimiter = ',')]
     users: Vec<String>,
+    /// Pause between rides.
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
+}
+
+#[derive(Args)]
+struct StreamArgs {
+    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    redis_url: String,
+    /// The Redis stream of the log.
+    #[arg(long, env = "LOG_STREAM", default_value = DEFAULT_STREAM)]
+    stream: String,
+    /// About how many entries the stream keeps (XADD MAXLEN ~).
+    #[arg(long, env = "LOG_STREAM_MAXLEN", default_value_t = DEFAULT_MAXLEN)]
+    maxlen: usize,
+}
+
+impl StreamArgs {
+    fn open(&self) -> LogStream {
+        LogStream::new(&self.redis_url, &self.stream, self.maxlen)
+    }
+}
+
+#[derive(Args)]
+struct StreamerArgs {
+    #[command(flatten)]
+    stream: StreamArgs,
+    #[command(flatten)]
+    interval: Interval,
+    #[arg(long, default_value_t = streamer::DEFAULT_BATCH)]
+    batch: i64,
+    /// Share of passes that fail after sending (their batch is sent twice).
+    #[arg(long, env = "STREAMER_FAILURE_RATE", default_value_t = streamer::DEFAULT_FAILURE_RATE)]
+    failure_rate: f64,
+}
+
+#[derive(Args)]
+struct ConsumerArgs {
+    /// The consumer's name: its checkpoint's key.
+    name: String,
+    #[command(flatten)]
+    stream: StreamArgs,
+    #[arg(long, default_value_t = consumer::DEFAULT_BATCH)]
+    batch: usize,
+    /// Share of passes that crash after computing, before committing.
+    #[arg(long, env = "CONSUMER_CRASH_RATE", default_value_t = consumer::DEFAULT_CRASH_RATE)]
+    crash_rate: f64,
+}
+
+#[derive(Args)]
+struct CdcArgs {
+    /// The logical replication slot (created if missing).
+    #[arg(long, env = "CDC_SLOT", default_value = slot::DEFAULT_SLOT)]
+    slot: String,
+    /// About how many rows to read at a time.
+    #[arg(long, default_value_t = 1000)]
+    batch: i32,
+    /// Pause when the slot is empty.
+    #[arg(long, default_value_t = 500)]
+    idle_ms: u64,
+}
+
+#[derive(Args)]
+struct DiagnoseArgs {
+    /// Straight to the primary, bypassing causeway (optional).
+    #[arg(long, env = "PRIMARY_URL")]
+    primary_url: Option<String>,
+    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    redis_url: String,
+    #[arg(long, env = "CDC_SLOT", default_value = slot::DEFAULT_SLOT)]
+    slot: String,
+}
+
+#[derive(Args)]
+struct AllArgs {
+    /// The API's port.
+    #[arg(long, env = "PORT", default_value_t = 5000)]
+    port: u16,
+    #[arg(long, env = "PAYMENTS_PORT", default_value_t = 5001)]
+    payments_port: u16,
+    /// The simulator's pause between rides.
+    #[arg(long, default_value_t = 200)]
+    pause_ms: u64,
+    /// Run everything but the simulator.
+    #[arg(long)]
+    no_simulator: bool,
 }
 
 #[tokio::main]
@@ -151,6 +261,7 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     let cli = Cli::parse();
     match run(cli).await {
@@ -201,18 +312,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             repeat("enqueuer", &args.interval, stop, pass).await?;
         }
         Command::Completer(args) => {
-            let db = db()?;
-            let services = Services {
-                pool: db.shared().clone(),
+            let completer = completer::Completer {
+                db: db()?,
                 payments: PaymentsClient::new(&args.payments_url),
                 lock_timeout: Duration::from_secs(args.lock_timeout_secs),
+                config: completer::CompleterConfig {
+                    grace: Duration::from_secs(args.grace_secs),
+                    rerun_after: Duration::from_secs(args.rerun_after_secs),
+                    ..Default::default()
+                },
             };
-            let config = completer::CompleterConfig {
-                grace: Duration::from_secs(args.grace_secs),
-                rerun_after: Duration::from_secs(args.rerun_after_secs),
-                ..Default::default()
-            };
-            let pass = || completer::run_once(&services, &config);
+            let pass = || completer::run_once(&completer);
             repeat("completer", &args.interval, stop, pass).await?;
         }
         Command::Reaper(args) => {
@@ -228,6 +338,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 failure_share: args.failure_share,
                 abandon_rate: args.abandon_rate,
                 report_every: args.report_every,
+                pause: Duration::from_millis(args.pause_ms),
                 ..Default::default()
             };
             if !args.users.is_empty() {
@@ -235,6 +346,97 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             let summary = simulate::run(&config, stop).await;
             if summary.stale_reads > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Streamer(args) => {
+            let db = db()?;
+            let stream = args.stream.open();
+            let config = StreamerConfig {
+                batch: args.batch,
+                failure_rate: args.failure_rate,
+            };
+            tracing::info!(
+                "streamer: staged records to Redis stream {} (failure rate {})",
+                stream.name,
+                config.failure_rate
+            );
+            let pass = || streamer::run_once(db.shared(), &stream, &config);
+            repeat("streamer", &args.interval, stop, pass).await?;
+        }
+        Command::Consumer(args) => {
+            let consumer = Consumer {
+                name: args.name,
+                pool: db()?.shared().clone(),
+                stream: args.stream.open(),
+                batch: args.batch,
+                crash_rate: args.crash_rate,
+            };
+            tracing::info!(
+                "consumer {}: reading stream {} (crash rate {})",
+                consumer.name,
+                consumer.stream.name,
+                consumer.crash_rate
+            );
+            consumer.run(stop).await;
+        }
+        Command::Cdc(args) => {
+            let db = db()?;
+            let tally = Arc::new(Tally::default());
+            let dispatcher = Dispatcher::new()
+                .on_table(
+                    "public",
+                    "rides",
+                    Arc::new(RideStats::new(db.shared().clone())),
+                )
+                .on_every(tally.clone());
+            let config = CdcConfig {
+                slot: args.slot,
+                batch: args.batch,
+                idle: Duration::from_millis(args.idle_ms),
+            };
+            let cdc = Cdc::new(db.shared().clone(), config, dispatcher);
+            let summary = |pass: &demo_app::cdc::Pass| {
+                let counts: Vec<String> = tally
+                    .counts()
+                    .iter()
+                    .map(|(k, n)| format!("{k}={n}"))
+                    .collect();
+                println!(
+                    "cdc: {} changes handled ({} handler failures), slot consumed to {}; \
+                     so far: {}",
+                    pass.changes,
+                    pass.handler_failures,
+                    pass.consumed_to.map_or("-".into(), |l| l.to_string()),
+                    counts.join(" ")
+                );
+            };
+            cdc.run(stop, summary).await;
+        }
+        Command::Diagnose(args) => {
+            let config = DiagnoseConfig {
+                database_url: cli.database_url.clone(),
+                primary_url: args.primary_url,
+                redis_url: args.redis_url,
+                slot: args.slot,
+            };
+            let checks = diagnose::diagnose(&config).await;
+            print!("{}", diagnose::report(&checks));
+            if checks.iter().any(|c| c.failed()) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::All(args) => {
+            let config = AllConfig {
+                api_port: args.port,
+                payments_port: args.payments_port,
+                pause_ms: args.pause_ms,
+                no_simulator: args.no_simulator,
+            };
+            let exe = std::env::current_exe()?;
+            let procs = all::procs(&config);
+            if let Err(why) = all::run(&exe, &procs, Some(args.port), stop).await {
+                eprintln!("demo-app all: {why}");
                 return Ok(ExitCode::FAILURE);
             }
         }

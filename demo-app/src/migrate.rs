@@ -1,5 +1,7 @@
 //! `demo-app migrate`: the schema and the seed users, applied through
-//! causeway (DDL is a write, so it runs on the primary).
+//! causeway (DDL is a write, so it runs on the primary): 1 the rides,
+//! idempotency keys and jobs; 2 the seed users; 3 the unified log's staged
+//! records and consumer checkpoints, and the table CDC keeps up to date.
 //!
 //! Each migration runs in its own transaction under an advisory lock and is
 //! recorded in `demo_schema_migrations`, so running `migrate` again, or from
@@ -88,6 +90,35 @@ CREATE TABLE things (
 );
 "#;
 
+/// The unified log and change-data capture (issue "Demo app II").
+const LOG_AND_CDC: &str = r#"
+CREATE TABLE staged_log_records (
+    id     bigserial PRIMARY KEY,
+    action text NOT NULL CHECK (char_length(action) <= 50),
+    object text NOT NULL CHECK (char_length(object) <= 50),
+    data   jsonb NOT NULL
+);
+
+CREATE TABLE consumer_checkpoints (
+    stream         text NOT NULL CHECK (char_length(stream) <= 100),
+    name           text NOT NULL CHECK (char_length(name) <= 100),
+    total_distance numeric(20, 3) NOT NULL DEFAULT 0,
+    stream_id      text NOT NULL DEFAULT '0-0',
+    last_ride_id   bigint NOT NULL DEFAULT 0,
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stream, name)
+);
+
+CREATE TABLE ride_stats (
+    user_id         bigint PRIMARY KEY,
+    rides           bigint NOT NULL,
+    total_distance  numeric(20, 3) NOT NULL,
+    last_commit_lsn pg_lsn NOT NULL,
+    last_change_lsn pg_lsn NOT NULL,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+"#;
+
 const SEED_THINGS: &str = "INSERT INTO things (id, color) \
      SELECT i, 'grey' FROM generate_series(1, 10) AS i ON CONFLICT DO NOTHING";
 
@@ -113,7 +144,12 @@ pub async fn migrate(pool: &Pool) -> Result<usize> {
             .await?;
     }
     let mut applied = 0;
-    for (version, name) in [(1, "schema"), (2, "seed users and things")] {
+    let migrations = [
+        (1, "schema"),
+        (2, "seed users and things"),
+        (3, "unified log and change-data capture"),
+    ];
+    for (version, name) in migrations {
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
@@ -129,6 +165,7 @@ pub async fn migrate(pool: &Pool) -> Result<usize> {
         }
         match version {
             1 => tx.batch_execute(SCHEMA).await?,
+            3 => tx.batch_execute(LOG_AND_CDC).await?,
             _ => {
                 for (email, customer) in SEED_USERS {
                     tx.execute(

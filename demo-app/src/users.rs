@@ -1,7 +1,6 @@
 //! Users, found by the email in the `Authorization` header.
 
-use deadpool_postgres::Pool;
-
+use crate::db::UserDb;
 use crate::error::Result;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,10 +11,11 @@ pub struct User {
     pub customer_id: String,
 }
 
-/// The user with `email`, if any. Users are seeded by `migrate` and never
-/// change, so this read may be served by any replica.
-pub async fn find_by_email(pool: &Pool, email: &str) -> Result<Option<User>> {
-    let client = pool.get().await?;
+/// The user with `email`, if any, looked up on a connection named for that
+/// email (so it never runs under another user's id). Users are seeded by
+/// `migrate` and never change, so any replica may answer.
+pub async fn find_by_email(db: &UserDb, email: &str) -> Result<Option<User>> {
+    let client = db.get().await?;
     let row = client
         .query_opt(
             "SELECT id, email, stripe_customer_id FROM users WHERE email = $1",

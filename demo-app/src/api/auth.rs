@@ -19,7 +19,11 @@ pub async fn authenticate(context: &ApiContext, headers: &HeaderMap) -> Result<U
                 "Please specify credentials in the Authorization header.",
             )
         })?;
-    match users::find_by_email(context.db.shared(), email).await {
+    let found = match context.db.for_user(email) {
+        Ok(db) => users::find_by_email(&db, email).await,
+        Err(e) => Err(e),
+    };
+    match found {
         Ok(Some(user)) => Ok(user),
         Ok(None) => Err(ApiResponse::error(
             401,

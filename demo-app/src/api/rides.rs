@@ -1,9 +1,10 @@
 //! `POST /rides` and `GET /rides/{id}`.
 //!
-//! Both run on the user's pool ([`crate::db::Db::for_user`]), so the read
-//! after a create is on a causeway session that knows about the write: the
-//! proxy answers it from a replica only once that replica has replayed the
-//! ride, else from the primary. The app itself keeps no LSN.
+//! Both run on connections named for the user ([`crate::db::Db::for_user`]),
+//! so the read after a create, on whichever connection, is one causeway
+//! knows must see the write: it answers from a replica only once that
+//! replica has replayed the ride, else from the primary. The app itself
+//! keeps no LSN.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,9 +75,9 @@ async fn prepare(
         ),
         _ => None,
     };
-    let pool = context.db.for_user(&user.email).map_err(internal)?;
+    let db = context.db.for_user(&user.email).map_err(internal)?;
     let services = Services {
-        pool,
+        db,
         payments: context.payments.clone(),
         lock_timeout: context.lock_timeout,
     };

@@ -1,7 +1,7 @@
 //! `GET /things/{id}` and `POST /things/{id}`: the scaling-postgres seed's
 //! "sticky reads within one request", which causeway gives for free.
 //!
-//! `POST` runs on one connection of the user's pool: it reads the thing
+//! `POST` runs on one connection, named for the user: it reads the thing
 //! three times, changes its colour, and reads it once more, logging which
 //! server answered each. The reads before the write may go to a replica; the
 //! read after it is on a session causeway knows has written, so it sees the

@@ -44,7 +44,7 @@ pub async fn create(services: &Services, request: &RideRequest, key: &Key) -> Re
             ApiResponse::error(503, format!("The payment could not be made: {message}"))
         }
     };
-    let mut conn = services.pool.get().await?;
+    let mut conn = services.db.get().await?;
     let tx = tx::serializable(&mut conn).await?;
     key::finish(&tx, key, &final_response).await?;
     tx.commit().await?;
@@ -52,7 +52,7 @@ pub async fn create(services: &Services, request: &RideRequest, key: &Key) -> Re
 }
 
 async fn record(services: &Services, key: &Key, charge_id: &str) -> Result<Step> {
-    let mut conn = services.pool.get().await?;
+    let mut conn = services.db.get().await?;
     let tx = tx::serializable(&mut conn).await?;
     let updated = tx
         .execute(

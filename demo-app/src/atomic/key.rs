@@ -4,10 +4,11 @@
 
 use std::fmt;
 
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::Transaction;
 use serde_json::Value;
 
 use super::{tx, RideRequest, Services};
+use crate::db::UserDb;
 use crate::error::{Error, Result};
 use crate::params::RideParams;
 use crate::response::ApiResponse;
@@ -66,7 +67,7 @@ pub enum Outcome {
 
 /// Phase 1, one SERIALIZABLE transaction.
 pub async fn lock_or_insert(services: &Services, request: &RideRequest) -> Result<Outcome> {
-    let mut conn = services.pool.get().await?;
+    let mut conn = services.db.get().await?;
     let tx = tx::serializable(&mut conn).await?;
     let found = tx
         .query_opt(
@@ -173,8 +174,8 @@ pub async fn advance(tx: &Transaction<'_>, key: &Key, point: RecoveryPoint) -> R
 
 /// Unlocks the key after a failed phase so the client (or the completer)
 /// can retry at once. Best effort: if this fails too, the lock expires.
-pub async fn unlock(pool: &Pool, key_id: i64) {
-    let result = match pool.get().await {
+pub async fn unlock(db: &UserDb, key_id: i64) {
+    let result = match db.get().await {
         Ok(conn) => conn
             .execute(
                 "UPDATE idempotency_keys SET locked_at = NULL WHERE id = $1",
@@ -182,7 +183,7 @@ pub async fn unlock(pool: &Pool, key_id: i64) {
             )
             .await
             .map_err(Error::from),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     };
     if let Err(e) = result {
         tracing::warn!("cannot unlock key {key_id} (its lock will expire): {e}");

@@ -29,8 +29,7 @@ pub mod tx;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
-
+use crate::db::UserDb;
 use crate::error::Error;
 use crate::params::RideParams;
 use crate::payments::PaymentsClient;
@@ -44,8 +43,8 @@ pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(90);
 /// What the phases run against.
 #[derive(Clone)]
 pub struct Services {
-    /// The pool the request's transactions run on (see `Db::for_user`).
-    pub pool: Pool,
+    /// Connections on behalf of the request's user (see `Db::for_user`).
+    pub db: UserDb,
     pub payments: PaymentsClient,
     pub lock_timeout: Duration,
 }
@@ -78,7 +77,7 @@ pub async fn create_ride(services: &Services, request: &RideRequest) -> ApiRespo
     };
     loop {
         if request.fail_after == Some(key.recovery_point) {
-            key::unlock(&services.pool, key.id).await;
+            key::unlock(&services.db, key.id).await;
             tracing::warn!("key {}: injected failure at {}", key.id, key.recovery_point);
             return ApiResponse::error(
                 500,
@@ -98,7 +97,7 @@ pub async fn create_ride(services: &Services, request: &RideRequest) -> ApiRespo
             Ok(Step::Next(point)) => key.recovery_point = point,
             Ok(Step::Respond(response)) => return response,
             Err(e) => {
-                key::unlock(&services.pool, key.id).await;
+                key::unlock(&services.db, key.id).await;
                 return failure(&e, request, Some(&key));
             }
         }

@@ -13,7 +13,7 @@ use crate::response::ApiResponse;
 use crate::rides::{ride_json, RIDE_COLUMNS};
 
 pub async fn finish(services: &Services, request: &RideRequest, key: &Key) -> Result<Step> {
-    let mut conn = services.pool.get().await?;
+    let mut conn = services.db.get().await?;
     let tx = tx::serializable(&mut conn).await?;
     let row = tx
         .query_opt(

@@ -1,18 +1,22 @@
-//! Phase 2: insert the ride and its audit record, and move the key to
-//! `ride_created`, in one SERIALIZABLE transaction.
+//! Phase 2: insert the ride, its audit record and its staged log record, and
+//! move the key to `ride_created`, in one SERIALIZABLE transaction.
 //!
 //! `rides.idempotency_key_id` is unique, so even two workers that both think
-//! they hold the key cannot make two rides for it.
+//! they hold the key cannot make two rides for it. The log record is staged
+//! in the same transaction, so a ride that rolls back leaves nothing in the
+//! log, and rides enter the log in id order ([`crate::log::staged`]).
 
 use serde_json::json;
 
 use super::{key, tx, Key, RecoveryPoint, RideRequest, Services, Step};
 use crate::error::Result;
+use crate::log::staged;
 
 pub async fn create(services: &Services, request: &RideRequest, key: &Key) -> Result<Step> {
     let params = &request.params;
-    let mut conn = services.pool.get().await?;
+    let mut conn = services.db.get().await?;
     let tx = tx::serializable(&mut conn).await?;
+    staged::take_ride_order_lock(&tx).await?;
     let ride_id: i64 = tx
         .query_one(
             "INSERT INTO rides (idempotency_key_id, distance, origin_lat, origin_lon,
@@ -42,6 +46,7 @@ pub async fn create(services: &Services, request: &RideRequest, key: &Key) -> Re
         ],
     )
     .await?;
+    staged::stage_ride(&tx, ride_id).await?;
     key::advance(&tx, key, RecoveryPoint::RideCreated).await?;
     tx.commit().await?;
     tracing::info!("key {}: created ride {ride_id}", key.id);

@@ -1,8 +1,8 @@
-//! One SERIALIZABLE transaction on a connection from the request's pool.
+//! One SERIALIZABLE transaction on a connection named for the request's user.
 //!
 //! causeway sends a transaction that is not READ ONLY to the primary, and
-//! marks the session's causal LSN when it commits, so the request's later
-//! reads on the same session see it.
+//! when it commits raises the causal LSN of the user's client id, so the
+//! user's later reads, on any connection, see it.
 
 use deadpool_postgres::{Object, Transaction};
 use tokio_postgres::IsolationLevel;

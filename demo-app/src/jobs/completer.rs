@@ -4,7 +4,9 @@
 //! had its chance to retry), not run in the last minute, and unlocked or
 //! locked longer than the lock timeout (its request died) is pushed to
 //! completion by replaying the stored request through the same atomic phases
-//! the API runs ([`crate::atomic::create_ride`]), as its user.
+//! the API runs ([`crate::atomic::create_ride`]), as its user: on connections
+//! named for that user, so the user's next read through the API (another
+//! process, other connections) sees what the completer wrote.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -12,8 +14,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::atomic::{self, RideRequest, Services};
+use crate::db::Db;
 use crate::error::Result;
 use crate::params::RideParams;
+use crate::payments::PaymentsClient;
 use crate::users::User;
 
 #[derive(Clone, Debug)]
@@ -36,10 +40,24 @@ impl Default for CompleterConfig {
     }
 }
 
+/// What the completer runs requests with.
+pub struct Completer {
+    pub db: Db,
+    pub payments: PaymentsClient,
+    pub lock_timeout: Duration,
+    pub config: CompleterConfig,
+}
+
 /// One pass; returns how many keys it finished.
-pub async fn run_once(services: &Services, config: &CompleterConfig) -> Result<usize> {
-    let rows = services
-        .pool
+pub async fn run_once(completer: &Completer) -> Result<usize> {
+    let Completer {
+        db,
+        payments,
+        lock_timeout,
+        config,
+    } = completer;
+    let rows = db
+        .shared()
         .get()
         .await?
         .query(
@@ -54,7 +72,7 @@ pub async fn run_once(services: &Services, config: &CompleterConfig) -> Result<u
             &[
                 &config.grace.as_secs_f64(),
                 &config.rerun_after.as_secs_f64(),
-                &services.lock_timeout.as_secs_f64(),
+                &lock_timeout.as_secs_f64(),
                 &config.batch,
             ],
         )
@@ -82,7 +100,12 @@ pub async fn run_once(services: &Services, config: &CompleterConfig) -> Result<u
             origin_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             fail_after: None,
         };
-        let response = atomic::create_ride(services, &request).await;
+        let services = Services {
+            db: db.for_user(&request.user.email)?,
+            payments: payments.clone(),
+            lock_timeout: *lock_timeout,
+        };
+        let response = atomic::create_ride(&services, &request).await;
         tracing::info!(
             "Completer: key {:?} of {} -> {}",
             request.key,

@@ -9,7 +9,6 @@ pub mod completer;
 pub mod enqueuer;
 pub mod queue;
 pub mod reaper;
-pub mod redis;
 
 use std::future::Future;
 use std::time::Duration;

@@ -3,8 +3,8 @@
 
 use serde_json::{json, Value};
 
-use super::redis::RedisConnection;
 use crate::error::Result;
+use crate::redis_client;
 
 /// The Redis list jobs are pushed onto.
 pub const JOB_LIST: &str = "demo-app:jobs";
@@ -51,11 +51,11 @@ impl JobQueue {
             return Ok(());
         }
         let payloads: Vec<String> = jobs.iter().map(|j| j.to_json().to_string()).collect();
-        let mut command: Vec<&[u8]> = vec![b"RPUSH", JOB_LIST.as_bytes()];
-        command.extend(payloads.iter().map(String::as_bytes));
-        RedisConnection::connect(url)
-            .await?
-            .command(command)
+        let mut conn = redis_client::connect(url).await?;
+        redis::cmd("RPUSH")
+            .arg(JOB_LIST)
+            .arg(&payloads)
+            .query_async::<i64>(&mut conn)
             .await?;
         Ok(())
     }

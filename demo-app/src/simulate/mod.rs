@@ -38,6 +38,8 @@ pub struct SimulatorConfig {
     pub report_every: u64,
     pub max_attempts: u32,
     pub retry_delay: Duration,
+    /// Pause between rides.
+    pub pause: Duration,
 }
 
 impl Default for SimulatorConfig {
@@ -54,12 +56,13 @@ impl Default for SimulatorConfig {
             report_every: 100,
             max_attempts: 20,
             retry_delay: Duration::from_millis(20),
+            pause: Duration::ZERO,
         }
     }
 }
 
 /// Runs until `iterations` or shutdown; prints and returns the summary.
-pub async fn run(config: &SimulatorConfig, shutdown: watch::Receiver<bool>) -> Summary {
+pub async fn run(config: &SimulatorConfig, mut shutdown: watch::Receiver<bool>) -> Summary {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -69,6 +72,12 @@ pub async fn run(config: &SimulatorConfig, shutdown: watch::Receiver<bool>) -> S
         ride(&http, config, &mut summary).await;
         if config.report_every > 0 && summary.rides % config.report_every == 0 {
             println!("{summary}");
+        }
+        if !config.pause.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(config.pause) => {}
+                _ = shutdown.changed() => {}
+            }
         }
     }
     println!("{summary}");

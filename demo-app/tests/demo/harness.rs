@@ -60,10 +60,7 @@ pub fn env() -> &'static Env {
     ENV.get_or_init(|| {
         let cluster = TestCluster::shared();
         let proxy = TestProxy::start(cluster);
-        let database_url = format!(
-            "postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/{APP_DB}",
-            proxy.port
-        );
+        let database_url = url_through(proxy.port);
         let mut servers = vec![("primary".to_string(), cluster.primary_port())];
         for (i, port) in cluster.replica_ports().into_iter().enumerate() {
             servers.push((format!("replica{i}"), port));
@@ -71,7 +68,7 @@ pub fn env() -> &'static Env {
         let url = database_url.clone();
         let applied = std::thread::spawn(move || {
             runtime().block_on(async {
-                let db = Db::new(&url, Causality::SessionPerUser).expect("db");
+                let db = Db::new(&url, Causality::default()).expect("db");
                 let first = demo_app::migrate::migrate(db.shared())
                     .await
                     .expect("migrate");
@@ -94,11 +91,18 @@ pub fn env() -> &'static Env {
     })
 }
 
+/// `DATABASE_URL` for the app through the causeway listening on `port`.
+pub fn url_through(port: u16) -> String {
+    format!("postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{port}/{APP_DB}")
+}
+
 /// An API and its own payment service.
 pub struct App {
     pub api_url: String,
     pub payments_url: String,
     pub ledger: Arc<Ledger>,
+    /// What the API serves with (tests reach into its pool).
+    pub context: Arc<ApiContext>,
 }
 
 impl App {
@@ -110,22 +114,28 @@ impl App {
 
     /// A new API and payment service on free ports, failing `failure_rate` of charges.
     pub fn start(failure_rate: f64) -> App {
+        App::start_with(&env().database_url, Causality::default(), failure_rate)
+    }
+
+    /// [`App::start`] on another database, or with another causality.
+    pub fn start_with(database_url: &str, causality: Causality, failure_rate: f64) -> App {
         let env = env();
         let ledger = Arc::new(Ledger::new(failure_rate));
         let payments_port = serve(payments::server::router(ledger.clone()));
         let payments_url = format!("http://127.0.0.1:{payments_port}");
         let context = Arc::new(ApiContext {
-            db: Db::new(&env.database_url, Causality::SessionPerUser).expect("db"),
+            db: Db::new(database_url, causality).expect("db"),
             payments: PaymentsClient::new(&payments_url),
             servers: env.servers.clone(),
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             allow_failure_injection: true,
         });
+        let serving = context.clone();
         let listener = bind();
         let api_port = listener.local_addr().expect("api address").port();
         runtime().spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("api listener");
-            api::serve(listener, context, std::future::pending())
+            api::serve(listener, serving, std::future::pending())
                 .await
                 .expect("api serves");
         });
@@ -133,6 +143,7 @@ impl App {
             api_url: format!("http://127.0.0.1:{api_port}"),
             payments_url,
             ledger,
+            context,
         }
     }
 
@@ -300,7 +311,65 @@ pub async fn primary() -> Client {
 
 /// A `Db` of the test's own, through causeway (for running jobs in-process).
 pub fn db() -> Db {
-    Db::new(&env().database_url, Causality::SessionPerUser).expect("db")
+    Db::new(&env().database_url, Causality::default()).expect("db")
+}
+
+/// A database of the test's own on the shared cluster, migrated through
+/// causeway and replicated: tests of the log compare totals with
+/// `sum(distance) FROM rides`, which only means something when the rides
+/// are theirs alone. Returns its `DATABASE_URL` (through causeway).
+pub async fn fresh_database(prefix: &str) -> String {
+    let name = format!("{prefix}_{}", &new_key()[..8]);
+    primary()
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name} OWNER {APP_USER}"))
+        .await
+        .expect("create database");
+    let url = env()
+        .database_url
+        .replace(&format!("/{APP_DB}"), &format!("/{name}"));
+    let db = Db::new(&url, Causality::default()).expect("db");
+    demo_app::migrate::migrate(db.shared())
+        .await
+        .expect("migrate the fresh database");
+    tokio::task::spawn_blocking(|| env().cluster.wait_replicas_caught_up())
+        .await
+        .expect("replicas catch up");
+    url
+}
+
+/// A connection straight to the primary's database behind `database_url`.
+pub async fn primary_of(database_url: &str) -> Client {
+    let name = database_url.rsplit('/').next().expect("database name");
+    connect(env().cluster.primary_port(), APP_USER, APP_PASSWORD, name).await
+}
+
+/// `REDIS_URL` of the shared cluster.
+pub fn redis_url() -> String {
+    let port = env()
+        .cluster
+        .redis_port()
+        .expect("the shared cluster has Redis");
+    format!("redis://127.0.0.1:{port}")
+}
+
+/// A new user (the seeded ones are shared by every test): its email.
+/// Inserted through causeway on a connection named for the user, so the
+/// API's lookup of it (other connections) waits for a replica that has it.
+pub async fn new_user(prefix: &str) -> String {
+    let email = format!("{prefix}-{}@example.com", &new_key()[..8]);
+    db().for_user(&email)
+        .expect("user db")
+        .get()
+        .await
+        .expect("connection")
+        .execute(
+            "INSERT INTO users (email, stripe_customer_id) VALUES ($1, 'cus_test')",
+            &[&email],
+        )
+        .await
+        .expect("insert user");
+    email
 }
 
 /// What the database holds for `user`'s `key`.

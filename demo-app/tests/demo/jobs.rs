@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use demo_app::atomic::{Services, DEFAULT_LOCK_TIMEOUT};
-use demo_app::jobs::completer::{self, CompleterConfig};
+use demo_app::atomic::DEFAULT_LOCK_TIMEOUT;
+use demo_app::jobs::completer::{self, Completer, CompleterConfig};
 use demo_app::jobs::queue::{JobQueue, JOB_LIST};
-use demo_app::jobs::redis::{RedisConnection, Reply};
 use demo_app::jobs::{enqueuer, reaper};
 use serde_json::{json, Value};
 
@@ -52,23 +51,22 @@ fn completer_finishes_abandoned_keys_only() {
             .await
             .expect("lock");
 
-        let db = db();
-        let services = Services {
-            pool: db.shared().clone(),
-            payments: app.payments_client(),
-            lock_timeout: DEFAULT_LOCK_TIMEOUT,
-        };
         // Passes until the old key is done (a pass may lose a race with the
         // other tests' transactions: a 409 it leaves for the next pass).
-        let config = CompleterConfig {
-            rerun_after: Duration::ZERO,
-            ..CompleterConfig::default()
+        let completer = Completer {
+            db: db(),
+            payments: app.payments_client(),
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            config: CompleterConfig {
+                rerun_after: Duration::ZERO,
+                ..CompleterConfig::default()
+            },
         };
         let pass_until_finished = |key: String| {
-            let (services, config) = (&services, &config);
+            let completer = &completer;
             async move {
                 for _ in 0..20 {
-                    completer::run_once(services, config)
+                    completer::run_once(completer)
                         .await
                         .expect("completer pass");
                     if key_state(USER, &key).await.expect("key").recovery_point == "finished" {
@@ -215,20 +213,17 @@ fn enqueuer_moves_staged_jobs_to_redis_and_keeps_them_when_it_cannot() {
         assert!(moved >= 3);
         assert_eq!(still_staged(&ids).await, 0);
 
-        let mut redis = RedisConnection::connect(&url).await.expect("redis");
-        let reply = redis
-            .command(vec![b"LRANGE", JOB_LIST.as_bytes(), b"0", b"-1"])
+        let mut redis = demo_app::redis_client::connect(&url).await.expect("redis");
+        let items: Vec<String> = redis::cmd("LRANGE")
+            .arg(JOB_LIST)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut redis)
             .await
             .expect("lrange");
-        let Reply::Array(Some(items)) = reply else {
-            panic!("LRANGE answered {reply:?}");
-        };
         let jobs: Vec<Value> = items
             .iter()
-            .filter_map(|item| match item {
-                Reply::Bulk(Some(bytes)) => serde_json::from_slice::<Value>(bytes).ok(),
-                _ => None,
-            })
+            .filter_map(|item| serde_json::from_str::<Value>(item).ok())
             .collect();
         let receipts = jobs
             .iter()
