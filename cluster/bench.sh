@@ -1,34 +1,73 @@
 #!/usr/bin/env bash
-# cluster/bench.sh — pgbench against three targets in one run: the primary
-# directly, through causeway, and through PgBouncer; prints a markdown table.
+# cluster/bench.sh — pgbench against several targets in one run: the primary
+# directly, through causeway (with replicas, and with the primary alone), and
+# through PgBouncer; then a write-then-read workload that checks
+# read-your-writes under load. Prints markdown tables.
 #
 #   bash cluster/bench.sh
 #
-# Why three targets in one run: numbers from different runs on a shared 2-core
+# Why every target in one run: numbers from different runs on a shared 2-core
 # machine are not comparable; numbers from one run, with the target order
 # rotated from one combination to the next (and from round to round), are.
+#
+# Targets:
+#   direct                 the primary, no proxy
+#   causeway               causeway with the cluster's replicas: reads (pgbench -S)
+#                          go to the REPLICAS, so against `direct` this compares
+#                          reads spread over replicas with the primary alone
+#   causeway-primary-only  causeway configured with no replicas: everything on
+#                          the primary, so against `direct` this is the pure
+#                          cost of the proxy hop
+#   pgbouncer              PgBouncer in front of the primary, pool_mode=$POOL_MODE
+#                          (by default the same as causeway's pool mode)
 #
 # What it does:
 #   1. Uses the cluster in $CLUSTER_DIR (default $REPO/.cluster). If it is not
 #      running, starts it there with cluster/cluster.sh (default ports) and
 #      stops it again on exit.
 #   2. pgbench -i -s $BENCH_SCALE on the primary as role app, then waits until
-#      every replica has replayed it (causeway serves reads from replicas).
-#   3. Starts causeway (start_causeway below: cargo build --release, then
-#      target/release/causeway --config <generated toml>) unless something
-#      already listens on $CAUSEWAY_PORT, and PgBouncer with a generated ini.
+#      every replica has replayed it.
+#   3. Starts the causeway targets (start_causeway: cargo build --release, or
+#      $CAUSEWAY_BIN, with a generated config) unless something already listens
+#      on their ports, and PgBouncer with a generated ini.
 #   4. For each workload x clients x mode, runs pgbench -T $BENCH_SECONDS on
 #      each target (order rotated), with a CHECKPOINT before each run.
-#   5. Prints | workload | clients | mode | target | TPS | mean latency ms |
-#      vs direct | proxy CPU us/tx |; the last is the proxy process's
-#      utime+stime (/proc/PID/stat) over the run divided by transactions.
-#      A run that fails is reported as "failed", with its log kept.
+#      For the causeway target it also counts where the reads ran: the scans of
+#      pgbench_accounts on each server (pg_stat_user_tables; a standby counts
+#      the scans run on it), read $BENCH_SETTLE s after the run, once idle
+#      server connections have flushed their statistics.
+#   5. Prints | workload | clients | mode | target | reads ran on | TPS |
+#      mean latency ms | vs direct | proxy CPU us/tx |; the last is the proxy
+#      process's utime+stime (/proc/PID/stat) over the run divided by
+#      transactions. A run that fails is reported as "failed", with its log kept.
+#   6. Write-then-read (BENCH_RW=1): each transaction of a custom pgbench script
+#      inserts a row on the primary, reads it back at once by id, and records
+#      any read that did not see it in table rw_misses (pgbench cannot write
+#      files; an error would abort the client). Reports TPS, the share of reads
+#      served by replicas (pg_stat_user_tables of rw_bench, as above), stale
+#      reads (rows in rw_misses: must be 0), per-statement mean latency
+#      (pgbench -r) and transaction latency p50/p99 (pgbench -l). For the
+#      causeway target it also reads causeway's own metrics before and after
+#      the run (/metrics): reads by route and reason, and how long reads
+#      waited for a replica to replay the write (causeway_read_wait_seconds;
+#      p50/p99 over all reads, a read that did not wait counting as 0).
 #
 # Environment (defaults):
 #   BENCH_SECONDS=15  BENCH_SCALE=10  BENCH_ROUNDS=1  BENCH_SKIP_INIT=0
 #   BENCH_WORKLOADS="select-only tpcb-like"  BENCH_CLIENTS="1 8"
-#   BENCH_MODES="simple extended prepared"  BENCH_TARGETS="direct causeway pgbouncer"
-#   CAUSEWAY_PORT=6432  PGBOUNCER_PORT=6532  POOL_MODE=session (PgBouncer)
+#   BENCH_MODES="simple extended prepared"
+#   BENCH_TARGETS="direct causeway causeway-primary-only pgbouncer"
+#   BENCH_RW=1  BENCH_RW_CLIENTS="1 8"  BENCH_RW_MODE=simple
+#   BENCH_RW_TARGETS="direct causeway causeway-primary-only"
+#   BENCH_SETTLE=11   (s; Postgres 15 flushes an idle backend's statistics
+#                      within 10 s)
+#   CAUSEWAY_PORT=6432  CAUSEWAY_PRIMARY_ONLY_PORT=6433  PGBOUNCER_PORT=6532
+#   CAUSEWAY_METRICS_PORT=9187  CAUSEWAY_PRIMARY_ONLY_METRICS_PORT=9188
+#   CAUSEWAY_POOL_MODE=transaction   POOL_MODE=$CAUSEWAY_POOL_MODE (PgBouncer)
+#   CAUSEWAY_BIN=   (a prebuilt causeway binary; default: cargo build --release
+#                    in this repository and use target/release/causeway)
+#   CAUSEWAY_REV=   (label for the binary in the report; default: git HEAD,
+#                    "-dirty" when src/ has uncommitted changes)
 #   BENCH_OUT=$REPO/target/bench   (results.md and every pgbench log)
 #   CLUSTER_DIR=$REPO/.cluster     BENCH_RUST_LOG=warn (RUST_LOG for causeway)
 #
@@ -43,13 +82,22 @@ BENCH_SECONDS=${BENCH_SECONDS:-15}
 BENCH_SCALE=${BENCH_SCALE:-10}
 BENCH_ROUNDS=${BENCH_ROUNDS:-1}
 BENCH_SKIP_INIT=${BENCH_SKIP_INIT:-0}
-read -r -a WORKLOADS <<<"${BENCH_WORKLOADS:-select-only tpcb-like}"
+BENCH_SETTLE=${BENCH_SETTLE:-11}
+BENCH_RW=${BENCH_RW:-1}
+BENCH_RW_MODE=${BENCH_RW_MODE:-simple}
+read -r -a WORKLOADS <<<"${BENCH_WORKLOADS-select-only tpcb-like}"
 read -r -a CLIENTS <<<"${BENCH_CLIENTS:-1 8}"
 read -r -a MODES <<<"${BENCH_MODES:-simple extended prepared}"
-read -r -a TARGETS <<<"${BENCH_TARGETS:-direct causeway pgbouncer}"
+read -r -a TARGETS <<<"${BENCH_TARGETS:-direct causeway causeway-primary-only pgbouncer}"
+read -r -a RW_CLIENTS <<<"${BENCH_RW_CLIENTS:-1 8}"
+read -r -a RW_TARGETS <<<"${BENCH_RW_TARGETS:-direct causeway causeway-primary-only}"
 CAUSEWAY_PORT=${CAUSEWAY_PORT:-6432}
+CAUSEWAY_PRIMARY_ONLY_PORT=${CAUSEWAY_PRIMARY_ONLY_PORT:-6433}
+CAUSEWAY_METRICS_PORT=${CAUSEWAY_METRICS_PORT:-9187}
+CAUSEWAY_PRIMARY_ONLY_METRICS_PORT=${CAUSEWAY_PRIMARY_ONLY_METRICS_PORT:-9188}
 PGBOUNCER_PORT=${PGBOUNCER_PORT:-6532}
-POOL_MODE=${POOL_MODE:-session}
+CAUSEWAY_POOL_MODE=${CAUSEWAY_POOL_MODE:-transaction}
+POOL_MODE=${POOL_MODE:-$CAUSEWAY_POOL_MODE}
 export PGPASSWORD=app
 
 say() { printf 'bench: %s\n' "$*" >&2; }
@@ -63,15 +111,18 @@ WORK=$(mktemp -d /tmp/causeway-bench.XXXXXX)
 chmod 755 "$WORK"
 
 STARTED_CLUSTER=0
-CAUSEWAY_PID=
+CAUSEWAY_PIDS=()
 PGBOUNCER_PID=
 
 cleanup() {
   set +e
-  if [[ -n $CAUSEWAY_PID ]] && kill -0 "$CAUSEWAY_PID" 2>/dev/null; then
-    kill -TERM "$CAUSEWAY_PID"
-    wait "$CAUSEWAY_PID" 2>/dev/null
-  fi
+  local pid
+  for pid in "${CAUSEWAY_PIDS[@]+"${CAUSEWAY_PIDS[@]}"}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid"
+      wait "$pid" 2>/dev/null
+    fi
+  done
   if [[ -n $PGBOUNCER_PID ]] && kill -0 "$PGBOUNCER_PID" 2>/dev/null; then
     kill -TERM "$PGBOUNCER_PID"
   fi
@@ -118,8 +169,13 @@ PGBENCH=$PG_BIN/pgbench
 PSQL=$PG_BIN/psql
 [[ -x $PGBENCH ]] || die "pgbench not found in $PG_BIN; apt-get install -y postgresql-15"
 read -r -a REPLICA_PORTS <<<"$PGPORT_REPLICAS"
+SERVER_PORTS=("$PGPORT_PRIMARY" "${REPLICA_PORTS[@]}")
 
-admin() { "$PSQL" -X -q -A -t -h 127.0.0.1 -p "$PGPORT_PRIMARY" -U postgres -d app -c "$1"; }
+# admin_on PORT SQL: one statement as the superuser (trust on loopback).
+admin_on() { "$PSQL" -X -q -A -t -h 127.0.0.1 -p "$1" -U postgres -d app -c "$2"; }
+admin() { admin_on "$PGPORT_PRIMARY" "$1"; }
+# as_app SQL: statements on the primary as role app, stopping at the first error.
+as_app() { "$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT_PRIMARY" -U app -d app -c "$1"; }
 
 wait_replicas_caught_up() {
   local deadline=$((SECONDS + 300))
@@ -128,6 +184,28 @@ wait_replicas_caught_up() {
     ((SECONDS < deadline)) || die "replicas did not catch up within 300 s"
     sleep 0.5
   done
+}
+
+# scans TABLE: seq_scan + idx_scan of TABLE on the primary and each replica,
+# space-separated in that order. On a standby these count the scans run there.
+scans() {
+  local port out=()
+  for port in "${SERVER_PORTS[@]}"; do
+    out+=("$(admin_on "$port" "SELECT coalesce(sum(seq_scan + coalesce(idx_scan, 0)), 0)
+                               FROM pg_stat_user_tables WHERE relname = '$1'")")
+  done
+  echo "${out[*]}"
+}
+
+# replica_share BEFORE AFTER: "P R" = scans on the primary and on all replicas
+# between two `scans` snapshots.
+scan_delta() {
+  local -a b a
+  read -r -a b <<<"$1"
+  read -r -a a <<<"$2"
+  local primary=$((a[0] - b[0])) replicas=0 k
+  for ((k = 1; k < ${#a[@]}; k++)); do replicas=$((replicas + a[k] - b[k])); done
+  echo "$primary $replicas"
 }
 
 if [[ $BENCH_SKIP_INIT != 1 ]]; then
@@ -141,48 +219,97 @@ SCALE=$(admin "SELECT count(*) FROM pgbench_branches") ||
 
 # ---------------------------------------------------------------- causeway
 
-# ============================ start_causeway ===================================
-# Builds the proxy and starts it in front of the cluster on $CAUSEWAY_PORT.
-# TODO(config): the TOML below follows src/config.rs as it stood when this was
-# written (sections [proxy], [primary], [[replicas]], [[users]]); keep it in
-# step with proxy.toml. Sets CAUSEWAY_PID; returns non-zero if it does not listen.
-start_causeway() {
-  local config=$WORK/causeway.toml k
-  {
-    echo "[proxy]"
-    echo "listen = \"127.0.0.1:$CAUSEWAY_PORT\""
-    echo
-    echo "[primary]"
-    echo "name = \"primary\""
-    echo "host = \"127.0.0.1\""
-    echo "port = $PGPORT_PRIMARY"
-    for k in "${!REPLICA_PORTS[@]}"; do
-      echo
-      echo "[[replicas]]"
-      echo "name = \"replica$k\""
-      echo "host = \"127.0.0.1\""
-      echo "port = ${REPLICA_PORTS[$k]}"
-    done
-    echo
-    echo "[[users]]"
-    echo "name = \"app\""
-    echo "password = \"app\""
-  } >"$config"
-  cp "$config" "$OUT/causeway.toml"
-  say "cargo build --release (log: $OUT/cargo-build.log)"
+# The binary every causeway target runs: $CAUSEWAY_BIN, or a release build of
+# this repository (built once).
+causeway_binary() {
+  if [[ -n ${CAUSEWAY_BIN:-} ]]; then
+    [[ -x $CAUSEWAY_BIN ]] || { say "CAUSEWAY_BIN=$CAUSEWAY_BIN is not executable"; return 1; }
+    return 0
+  fi
+  say "cargo build --release --bin causeway (log: $OUT/cargo-build.log)"
   (cd "$REPO" && cargo build --release --bin causeway) >"$OUT/cargo-build.log" 2>&1 || {
     say "causeway did not build; see $OUT/cargo-build.log"
     return 1
   }
-  RUST_LOG=${BENCH_RUST_LOG:-warn} "$REPO/target/release/causeway" --config "$config" \
-    >"$OUT/causeway.log" 2>&1 &
-  CAUSEWAY_PID=$!
-  if ! wait_port "$CAUSEWAY_PORT" 30 || ! kill -0 "$CAUSEWAY_PID" 2>/dev/null; then
-    say "causeway is not listening on $CAUSEWAY_PORT; see $OUT/causeway.log"
+  CAUSEWAY_BIN=$REPO/target/release/causeway
+}
+
+if [[ -z ${CAUSEWAY_REV:-} ]]; then
+  if [[ -n ${CAUSEWAY_BIN:-} ]]; then
+    CAUSEWAY_REV="binary $CAUSEWAY_BIN"
+  else
+    CAUSEWAY_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')
+    [[ -z $(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] ||
+      CAUSEWAY_REV+="-dirty"
+  fi
+fi
+
+# causeway_config PORT METRICS_PORT WITH_REPLICAS: a config for the cluster,
+# using only keys of src/config.rs (see proxy.toml for all of them); defaults
+# otherwise.
+causeway_config() {
+  local port=$1 metrics_port=$2 with_replicas=$3 k
+  ((with_replicas)) || echo "replicas = []"
+  cat <<EOF
+[proxy]
+listen = "127.0.0.1:$port"
+
+[pool]
+mode = "$CAUSEWAY_POOL_MODE"
+
+[primary]
+name = "primary"
+host = "127.0.0.1"
+port = $PGPORT_PRIMARY
+EOF
+  if ((with_replicas)); then
+    for k in "${!REPLICA_PORTS[@]}"; do
+      printf '\n[[replicas]]\nname = "replica%d"\nhost = "127.0.0.1"\nport = %d\n' \
+        "$k" "${REPLICA_PORTS[$k]}"
+    done
+  fi
+  cat <<EOF
+
+[[users]]
+name = "app"
+password = "app"
+
+[routing]
+on_stale = "wait"
+max_wait_ms = 50
+poll_interval_ms = 10
+monitor_database = "postgres"
+
+[metrics]
+enabled = true
+listen = "127.0.0.1:$metrics_port"
+EOF
+}
+
+# start_causeway TARGET PORT METRICS_PORT WITH_REPLICAS: starts the proxy in
+# front of the cluster; sets START_PID. Returns non-zero if it does not listen.
+start_causeway() {
+  local target=$1 port=$2 metrics_port=$3 with_replicas=$4 config=$WORK/$1.toml pid
+  if port_open "$metrics_port"; then
+    say "$target: metrics port $metrics_port is already in use"
     return 1
   fi
+  causeway_config "$port" "$metrics_port" "$with_replicas" >"$config"
+  cp "$config" "$OUT/$target.toml"
+  "$CAUSEWAY_BIN" --check --config "$config" >"$OUT/$target.log" 2>&1 || {
+    say "$target: config refused; see $OUT/$target.log"
+    return 1
+  }
+  RUST_LOG=${BENCH_RUST_LOG:-warn} "$CAUSEWAY_BIN" --config "$config" \
+    >>"$OUT/$target.log" 2>&1 &
+  pid=$!
+  CAUSEWAY_PIDS+=("$pid")
+  if ! wait_port "$port" 30 || ! kill -0 "$pid" 2>/dev/null; then
+    say "$target is not listening on $port; see $OUT/$target.log"
+    return 1
+  fi
+  START_PID=$pid
 }
-# ================================================================================
 
 # ---------------------------------------------------------------- PgBouncer
 
@@ -233,19 +360,34 @@ EOF
 declare -A PORT PID UNAVAILABLE
 PORT[direct]=$PGPORT_PRIMARY
 PORT[causeway]=$CAUSEWAY_PORT
+PORT[causeway-primary-only]=$CAUSEWAY_PRIMARY_ONLY_PORT
 PORT[pgbouncer]=$PGBOUNCER_PORT
+declare -A METRICS_PORT
+METRICS_PORT[causeway]=$CAUSEWAY_METRICS_PORT
+METRICS_PORT[causeway-primary-only]=$CAUSEWAY_PRIMARY_ONLY_METRICS_PORT
+REUSED=()
 
-for target in "${TARGETS[@]}"; do
+ALL_TARGETS=("${TARGETS[@]}")
+((BENCH_RW)) && ALL_TARGETS+=("${RW_TARGETS[@]}")
+declare -A SEEN_TARGET
+BUILT=0
+for target in "${ALL_TARGETS[@]}"; do
+  [[ -n ${SEEN_TARGET[$target]:-} ]] && continue
+  SEEN_TARGET[$target]=1
   case $target in
     direct) ;;
-    causeway)
-      if port_open "$CAUSEWAY_PORT"; then
-        PID[causeway]=$(listener_pid "$CAUSEWAY_PORT")
-        say "using the causeway already listening on $CAUSEWAY_PORT (pid ${PID[causeway]:-unknown})"
-      elif start_causeway; then
-        PID[causeway]=$CAUSEWAY_PID
+    causeway | causeway-primary-only)
+      port=${PORT[$target]}
+      if port_open "$port"; then
+        PID[$target]=$(listener_pid "$port")
+        REUSED+=("$target")
+        say "using the $target already listening on $port (pid ${PID[$target]:-unknown})"
+      elif { ((BUILT)) || causeway_binary; } && BUILT=1 &&
+        start_causeway "$target" "$port" "${METRICS_PORT[$target]}" \
+          "$([[ $target == causeway ]] && echo 1 || echo 0)"; then
+        PID[$target]=$START_PID
       else
-        UNAVAILABLE[causeway]="did not start"
+        UNAVAILABLE[$target]="did not start"
       fi ;;
     pgbouncer)
       if port_open "$PGBOUNCER_PORT"; then
@@ -255,15 +397,25 @@ for target in "${TARGETS[@]}"; do
       else
         UNAVAILABLE[pgbouncer]="did not start"
       fi ;;
-    *) die "unknown target '$target' (direct, causeway, pgbouncer)" ;;
+    *) die "unknown target '$target' (direct, causeway, causeway-primary-only, pgbouncer)" ;;
   esac
 done
+# Give the replica monitor time to see the replicas healthy before reads.
+sleep 1
 
 # ---------------------------------------------------------------- runs
 
-declare -A SUM_TPS SUM_LAT OK FAILED TX TICKS
+declare -A SUM_TPS SUM_LAT OK FAILED TX TICKS SCAN_P SCAN_R
 FAILED_RUNS=()
 NPROC=$(nproc)
+
+# Where a target's reads can run, by construction.
+reads_on() {
+  case $1 in
+    causeway) echo "replicas" ;;
+    *) echo "primary" ;;
+  esac
+}
 
 # run_one WORKLOAD CLIENTS MODE TARGET ROUND: one pgbench run, results recorded.
 run_one() {
@@ -271,6 +423,7 @@ run_one() {
   local key="$workload|$clients|$mode|$target"
   local log="$OUT/$workload-c$clients-$mode-$target-r$round.log"
   local jobs=$((clients < NPROC ? clients : NPROC)) script before= after= rc=0
+  local measure=0 scans_before= scans_after=
   if [[ -n ${UNAVAILABLE[$target]:-} ]]; then
     echo "not run: $target ${UNAVAILABLE[$target]}" >"$log"
     FAILED[$key]=$((${FAILED[$key]:-0} + 1))
@@ -282,13 +435,22 @@ run_one() {
     tpcb-like) script=(-b tpcb-like) ;;
     *) die "unknown workload '$workload' (select-only, tpcb-like)" ;;
   esac
+  [[ $target == causeway ]] && measure=1
   admin "CHECKPOINT" >/dev/null
+  if ((measure)); then
+    sleep "$BENCH_SETTLE"
+    scans_before=$(scans pgbench_accounts)
+  fi
   local pid=${PID[$target]:-}
   [[ -n $pid ]] && before=$(cpu_ticks "$pid" || true)
   timeout -k 5 $((BENCH_SECONDS + 60)) "$PGBENCH" -h 127.0.0.1 -p "${PORT[$target]}" -U app \
     "${script[@]}" -M "$mode" -c "$clients" -j "$jobs" -T "$BENCH_SECONDS" app \
     >"$log" 2>&1 || rc=$?
   [[ -n $pid ]] && after=$(cpu_ticks "$pid" || true)
+  if ((measure)); then
+    sleep "$BENCH_SETTLE"
+    scans_after=$(scans pgbench_accounts)
+  fi
   local tps lat tx
   tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$log" | head -n 1)
   lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$log")
@@ -307,12 +469,174 @@ run_one() {
   if [[ -n $before && -n $after ]]; then
     TICKS[$key]=$((${TICKS[$key]:-0} + after - before))
   fi
+  if ((measure)); then
+    local p r
+    read -r p r <<<"$(scan_delta "$scans_before" "$scans_after")"
+    SCAN_P[$key]=$((${SCAN_P[$key]:-0} + p))
+    SCAN_R[$key]=$((${SCAN_R[$key]:-0} + r))
+    echo "scans of pgbench_accounts: primary $p, replicas $r" >>"$log"
+  fi
   say "$key: $tps tps, $lat ms"
 }
 
+# ---------------------------------------------------------------- write-then-read
+
+RW_SCRIPT=$WORK/write-then-read.sql
+cat >"$RW_SCRIPT" <<'EOF'
+INSERT INTO rw_bench(v) VALUES (random()) RETURNING id \gset
+SELECT count(*) AS seen FROM rw_bench WHERE id = :id \gset
+\if :seen = 0
+INSERT INTO rw_misses(id) VALUES (:id);
+\endif
+EOF
+cp "$RW_SCRIPT" "$OUT/write-then-read.sql"
+
+declare -A RW_TPS RW_OK RW_REPLICA RW_STALE RW_INS RW_SEL RW_P50 RW_P99 RW_FAILED RW_ERR
+declare -A RW_READS RW_M_REPLICA RW_M_PRIMARY RW_WAITED RW_GAVE_UP RW_W50 RW_W99 RW_WW99
+
+# scrape TARGET FILE: the target's /metrics (empty if it has none).
+scrape() {
+  local port=${METRICS_PORT[$1]:-}
+  : >"$2"
+  [[ -n $port ]] || return 0
+  curl -fsS --max-time 5 "http://127.0.0.1:$port/metrics" >"$2" 2>/dev/null || : >"$2"
+}
+
+# metric_delta BEFORE AFTER NAME [LABEL...]: the growth of the sum of every
+# sample of NAME that carries all the LABELs (like route="replica").
+metric_delta() {
+  local before=$1 after=$2 name=$3
+  shift 3
+  awk -v name="$name" -v labels="$*" '
+    BEGIN { n = split(labels, want, " ") }
+    /^#/ { next }
+    index($0, name "{") == 1 || index($0, name " ") == 1 {
+      for (i = 1; i <= n; i++) if (!index($0, want[i])) next
+      if (FILENAME == ARGV[1]) b += $NF; else a += $NF
+    }
+    END { printf "%.0f", a - b }' "$before" "$after"
+}
+
+# wait_quantile BEFORE AFTER Q READS: the Q-quantile, in ms, of the time READS
+# reads waited for a replica (causeway_read_wait_seconds), a read that did not
+# wait counting as 0; READS = "waited" for the reads that waited only. Linear
+# within a bucket, as Prometheus's histogram_quantile; ">X" past the last bucket.
+wait_quantile() {
+  awk -v q="$3" -v n="$4" '
+    /^causeway_read_wait_seconds_bucket/ {
+      match($0, /le="[^"]*"/)
+      le = substr($0, RSTART + 4, RLENGTH - 5)
+      if (FILENAME == ARGV[1]) b[le] = $NF
+      else { a[le] = $NF; if (!(le in seen)) { seen[le] = 1; names[++k] = le } }
+    }
+    END {
+      if (!k) { print "-"; exit }
+      for (i = 1; i <= k; i++) bound[i] = (names[i] == "+Inf") ? 1e300 : names[i] + 0
+      for (i = 2; i <= k; i++) {
+        v = bound[i]; m = names[i]; j = i - 1
+        while (j > 0 && bound[j] > v) { bound[j + 1] = bound[j]; names[j + 1] = names[j]; j-- }
+        bound[j + 1] = v; names[j + 1] = m
+      }
+      waited = a["+Inf"] - b["+Inf"]
+      if (n == "waited") n = waited
+      if (n < waited) n = waited
+      if (n <= 0) { print "-"; exit }
+      rank = q * n
+      if (rank <= n - waited) { print "0"; exit }
+      r = rank - (n - waited); prev = 0; prevc = 0
+      for (i = 1; i <= k; i++) {
+        c = a[names[i]] - b[names[i]]
+        if (c >= r) {
+          if (names[i] == "+Inf") { printf ">%.3f\n", prev * 1000; exit }
+          printf "%.3f\n", (prev + (bound[i] - prev) * (r - prevc) / (c - prevc)) * 1000
+          exit
+        }
+        prev = bound[i]; prevc = c
+      }
+      print "-"
+    }' "$1" "$2"
+}
+
+rw_setup() {
+  as_app "CREATE TABLE IF NOT EXISTS rw_bench (id bigserial PRIMARY KEY, v float8 NOT NULL);
+          CREATE TABLE IF NOT EXISTS rw_misses (id bigint NOT NULL, at timestamptz NOT NULL DEFAULT now())" \
+    >/dev/null
+}
+
+# rw_one CLIENTS TARGET: one write-then-read run, results recorded.
+rw_one() {
+  local clients=$1 target=$2 key="$1|$2"
+  local log="$OUT/write-then-read-c$clients-$target.log" prefix="$OUT/write-then-read-c$clients-$target.tx"
+  local jobs=$((clients < NPROC ? clients : NPROC)) rc=0
+  if [[ -n ${UNAVAILABLE[$target]:-} ]]; then
+    RW_ERR[$key]="not run: $target ${UNAVAILABLE[$target]}"
+    return
+  fi
+  as_app "TRUNCATE rw_bench, rw_misses" >/dev/null
+  wait_replicas_caught_up
+  admin "CHECKPOINT" >/dev/null
+  sleep "$BENCH_SETTLE"
+  local scans_before scans_after metrics_before=$OUT/write-then-read-c$clients-$target.metrics-before
+  local metrics_after=$OUT/write-then-read-c$clients-$target.metrics-after
+  scans_before=$(scans rw_bench)
+  scrape "$target" "$metrics_before"
+  timeout -k 5 $((BENCH_SECONDS + 60)) "$PGBENCH" -h 127.0.0.1 -p "${PORT[$target]}" -U app \
+    -n -f "$RW_SCRIPT" -M "$BENCH_RW_MODE" -c "$clients" -j "$jobs" -T "$BENCH_SECONDS" \
+    -r -l --log-prefix="$prefix" app >"$log" 2>&1 || rc=$?
+  scrape "$target" "$metrics_after"
+  sleep "$BENCH_SETTLE"
+  scans_after=$(scans rw_bench)
+  local tps tx failed
+  tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$log" | head -n 1)
+  tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
+  failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$log")
+  if ((rc != 0)) || [[ -z $tps || -z $tx ]] || ((tx == 0)); then
+    RW_ERR[$key]="exit $rc: $(grep -m 1 -iE 'error|fatal|abort' "$log" || echo 'no error line')"
+    say "write-then-read $key: failed (exit $rc; $log)"
+    return
+  fi
+  local p r
+  read -r p r <<<"$(scan_delta "$scans_before" "$scans_after")"
+  echo "scans of rw_bench: primary $p, replicas $r" >>"$log"
+  RW_OK[$key]=1
+  RW_TPS[$key]=$tps
+  RW_FAILED[$key]=${failed:-0}
+  RW_REPLICA[$key]=$(awk -v p="$p" -v r="$r" 'BEGIN { if (p + r > 0) printf "%.1f%%", 100 * r / (p + r); else print "-" }')
+  RW_STALE[$key]=$(as_app "SELECT count(*) FROM rw_misses")
+  # pgbench -r: "  latency  failures  statement" under "statement latencies".
+  RW_INS[$key]=$(awk '/^ *[0-9.]+ +[0-9]+ +INSERT INTO rw_bench/ { printf "%.3f", $1 }' "$log")
+  RW_SEL[$key]=$(awk '/^ *[0-9.]+ +[0-9]+ +SELECT count/ { printf "%.3f", $1 }' "$log")
+  # pgbench -l: the third field of each line is the transaction's latency in µs.
+  local sorted=$WORK/latencies
+  cat "$prefix".* 2>/dev/null | awk '{ print $3 }' | sort -n >"$sorted"
+  RW_P50[$key]=$(awk '{ v[NR] = $1 } END { if (NR) printf "%.3f", v[int(NR * 0.50) + (NR * 0.50 > int(NR * 0.50))] / 1000 }' "$sorted")
+  RW_P99[$key]=$(awk '{ v[NR] = $1 } END { if (NR) printf "%.3f", v[int(NR * 0.99) + (NR * 0.99 > int(NR * 0.99))] / 1000 }' "$sorted")
+  rm -f "$prefix".*
+  if [[ -s $metrics_before && -s $metrics_after ]]; then
+    local m=("$metrics_before" "$metrics_after") reason part=
+    # One SELECT per transaction: the reads are the transactions.
+    RW_READS[$key]=$tx
+    RW_M_REPLICA[$key]=$(metric_delta "${m[@]}" causeway_statements_total 'route="replica"')
+    for reason in stale no_replica pipelined retry pinned hint; do
+      local k
+      k=$(metric_delta "${m[@]}" causeway_statements_total 'route="primary"' "reason=\"$reason\"")
+      ((k == 0)) || part+="${part:+, }$reason $k"
+    done
+    RW_M_PRIMARY[$key]=${part:-none}
+    RW_WAITED[$key]=$(metric_delta "${m[@]}" causeway_read_wait_seconds_count)
+    RW_GAVE_UP[$key]=$(metric_delta "${m[@]}" causeway_read_waits_total 'outcome="gave_up"')
+    RW_W50[$key]=$(wait_quantile "${m[@]}" 0.50 "$tx")
+    RW_W99[$key]=$(wait_quantile "${m[@]}" 0.99 "$tx")
+    RW_WW99[$key]=$(wait_quantile "${m[@]}" 0.99 waited)
+  fi
+  say "write-then-read $key: $tps tps, replicas ${RW_REPLICA[$key]}, stale ${RW_STALE[$key]}"
+}
+
+# ---------------------------------------------------------------- the runs
+
 combo=0
 total=$((${#WORKLOADS[@]} * ${#CLIENTS[@]} * ${#MODES[@]} * ${#TARGETS[@]} * BENCH_ROUNDS))
-say "$total runs of ${BENCH_SECONDS}s; logs in $OUT"
+say "$total pgbench runs of ${BENCH_SECONDS}s; logs in $OUT"
 for ((round = 1; round <= BENCH_ROUNDS; round++)); do
   for workload in "${WORKLOADS[@]}"; do
     for clients in "${CLIENTS[@]}"; do
@@ -328,22 +652,48 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
   done
 done
 
+if ((BENCH_RW)); then
+  say "write-then-read: ${#RW_CLIENTS[@]} x ${#RW_TARGETS[@]} runs of ${BENCH_SECONDS}s"
+  rw_setup
+  for clients in "${RW_CLIENTS[@]}"; do
+    n=${#RW_TARGETS[@]}
+    for ((i = 0; i < n; i++)); do
+      rw_one "$clients" "${RW_TARGETS[$(((i + combo) % n))]}"
+    done
+    combo=$((combo + 1))
+  done
+fi
+
 # ---------------------------------------------------------------- report
 
 mean() { awk -v s="$1" -v n="$2" "BEGIN { printf \"$3\", s / n }"; }
+# diff_ms A B: A - B, signed, 3 decimals; "-" if either is missing.
+diff_ms() {
+  [[ -n $1 && -n $2 ]] || { echo -; return; }
+  awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f", a - b }'
+}
 
 {
   echo "## pgbench: direct vs causeway vs PgBouncer"
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $("$PG_BIN/postgres" --version)," \
     "$(pgbouncer --version 2>/dev/null | head -n 1 || echo 'no pgbouncer')," \
-    "causeway $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')."
-  echo "Scale $SCALE, ${BENCH_SECONDS}s per run, $BENCH_ROUNDS round(s), PgBouncer pool_mode=$POOL_MODE," \
-    "${#REPLICA_PORTS[@]} replicas. Direct and PgBouncer use only the primary; causeway" \
-    "may serve reads from replicas. Proxy CPU = utime+stime of the proxy process per transaction."
+    "causeway $CAUSEWAY_REV."
+  echo "Scale $SCALE, ${BENCH_SECONDS}s per run, $BENCH_ROUNDS round(s), ${#REPLICA_PORTS[@]} replicas;" \
+    "causeway pool mode $CAUSEWAY_POOL_MODE, PgBouncer pool_mode=$POOL_MODE."
+  echo "Targets: \`direct\` = the primary; \`causeway\` = causeway with the replicas (reads run on" \
+    "the replicas, so its \`vs direct\` compares reads spread over replicas with the primary alone);" \
+    "\`causeway-primary-only\` = causeway with no replicas configured (the proxy's own cost);" \
+    "\`pgbouncer\` = PgBouncer in front of the primary."
+  echo "\"reads ran on\" for causeway is measured: the share of pgbench_accounts scans" \
+    "(pg_stat_user_tables) that ran on replicas. Proxy CPU = utime+stime of the proxy" \
+    "process per transaction."
+  if ((${#REUSED[@]})); then
+    echo "Already running before this script, used as found: ${REUSED[*]}."
+  fi
   echo
-  echo "| workload | clients | mode | target | TPS | mean latency ms | vs direct | proxy CPU µs/tx |"
-  echo "|---|---:|---|---|---:|---:|---:|---:|"
+  echo "| workload | clients | mode | target | reads ran on | TPS | mean latency ms | vs direct | proxy CPU µs/tx |"
+  echo "|---|---:|---|---|---|---:|---:|---:|---:|"
   for workload in "${WORKLOADS[@]}"; do
     for clients in "${CLIENTS[@]}"; do
       for mode in "${MODES[@]}"; do
@@ -352,8 +702,13 @@ mean() { awk -v s="$1" -v n="$2" "BEGIN { printf \"$3\", s / n }"; }
           key="$workload|$clients|$mode|$target"
           ok=${OK[$key]:-0}
           failed=${FAILED[$key]:-0}
+          where=$(reads_on "$target")
+          if [[ -n ${SCAN_R[$key]:-} ]]; then
+            where=$(awk -v p="${SCAN_P[$key]}" -v r="${SCAN_R[$key]}" \
+              'BEGIN { if (p + r > 0) printf "replicas %.0f%%", 100 * r / (p + r); else print "-" }')
+          fi
           if ((ok == 0)); then
-            echo "| $workload | $clients | $mode | $target | failed | - | - | - |"
+            echo "| $workload | $clients | $mode | $target | $where | failed | - | - | - |"
             continue
           fi
           tps=$(mean "${SUM_TPS[$key]}" "$ok" '%.0f')
@@ -369,7 +724,7 @@ mean() { awk -v s="$1" -v n="$2" "BEGIN { printf \"$3\", s / n }"; }
               'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
           fi
           ((failed == 0)) || tps="$tps ($failed failed)"
-          echo "| $workload | $clients | $mode | $target | $tps | $lat | $ratio | $cpu |"
+          echo "| $workload | $clients | $mode | $target | $where | $tps | $lat | $ratio | $cpu |"
         done
       done
     done
@@ -381,6 +736,64 @@ mean() { awk -v s="$1" -v n="$2" "BEGIN { printf \"$3\", s / n }"; }
     for log in "${FAILED_RUNS[@]}"; do
       why=$(grep -m 1 -iE 'error|fatal|abort|not run|exit status' "$log" || echo "no error line")
       echo "- \`$(basename "$log")\`: $why"
+    done
+  fi
+
+  if ((BENCH_RW)); then
+    echo
+    echo "## write-then-read: insert a row, read it back at once"
+    echo
+    echo "pgbench -f write-then-read.sql -M $BENCH_RW_MODE, ${BENCH_SECONDS}s per run. Each transaction:"
+    echo "INSERT ... RETURNING id, then SELECT count(*) WHERE id = that id (both outside any"
+    echo "transaction block, so through causeway the read is routed on its own). \"reads on"
+    echo "replicas\" = share of rw_bench scans (pg_stat_user_tables) that ran on replicas."
+    echo "\"stale\" = reads that did not see the row just written (rows in rw_misses; must be 0)."
+    echo "Statement means from pgbench -r; transaction (insert + read) percentiles from pgbench -l."
+    echo
+    echo "| clients | target | TPS | reads on replicas | stale reads | failed tx | INSERT mean ms | SELECT mean ms | tx p50 ms | tx p99 ms |"
+    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for clients in "${RW_CLIENTS[@]}"; do
+      for target in "${RW_TARGETS[@]}"; do
+        key="$clients|$target"
+        if [[ -z ${RW_OK[$key]:-} ]]; then
+          echo "| $clients | $target | failed: ${RW_ERR[$key]:-?} | | | | | | | |"
+          continue
+        fi
+        echo "| $clients | $target | $(printf '%.0f' "${RW_TPS[$key]}") | ${RW_REPLICA[$key]} |" \
+          "${RW_STALE[$key]} | ${RW_FAILED[$key]} | ${RW_INS[$key]} | ${RW_SEL[$key]} |" \
+          "${RW_P50[$key]} | ${RW_P99[$key]} |"
+      done
+    done
+    echo
+    echo "causeway's own count (its /metrics, read before and after each run) of the reads of"
+    echo "the \`causeway\` target: where they went and how long they waited for a replica to"
+    echo "replay the write just made (causeway_read_wait_seconds; p50/p99 over all reads, a"
+    echo "read that found a fresh replica at once counting as 0; estimated within histogram"
+    echo "buckets 0.05/0.1/0.25/0.5/1/2/5 ms...)."
+    echo
+    echo "| clients | reads | to replicas | to the primary (reason) | waited | gave up (after max_wait_ms) | wait p50 ms | wait p99 ms | p99 of the reads that waited, ms |"
+    echo "|---:|---:|---:|---|---:|---:|---:|---:|---:|"
+    for clients in "${RW_CLIENTS[@]}"; do
+      key="$clients|causeway"
+      [[ -n ${RW_READS[$key]:-} ]] || { echo "| $clients | no metrics | | | | | | | |"; continue; }
+      echo "| $clients | ${RW_READS[$key]} | ${RW_M_REPLICA[$key]} | ${RW_M_PRIMARY[$key]} |" \
+        "${RW_WAITED[$key]} | ${RW_GAVE_UP[$key]} | ${RW_W50[$key]} | ${RW_W99[$key]} | ${RW_WW99[$key]} |"
+    done
+    echo
+    echo "Added read latency through causeway with replicas, against causeway with the primary"
+    echo "only (same proxy hop, no replica, no waiting): the cost of reading from a replica,"
+    echo "including any wait for it to replay the write."
+    echo
+    echo "| clients | SELECT mean | tx p50 | tx p99 |"
+    echo "|---:|---:|---:|---:|"
+    for clients in "${RW_CLIENTS[@]}"; do
+      a="$clients|causeway" b="$clients|causeway-primary-only"
+      if [[ -n ${RW_OK[$a]:-} && -n ${RW_OK[$b]:-} ]]; then
+        echo "| $clients | $(diff_ms "${RW_SEL[$a]}" "${RW_SEL[$b]}") ms |" \
+          "$(diff_ms "${RW_P50[$a]}" "${RW_P50[$b]}") ms | $(diff_ms "${RW_P99[$a]}" "${RW_P99[$b]}") ms |"
+      else
+        echo "| $clients | - | - | - |"
+      fi
     done
   fi
 } | tee "$OUT/results.md"
