@@ -123,7 +123,9 @@ pub struct ProxySection {
     pub max_client_connections: usize,
     /// How long a client may take to finish startup and authentication.
     pub client_login_timeout_ms: u64,
-    /// Tokio worker threads; 0 means one per core.
+    /// Threads that serve clients. 1 (the default): one event loop, like
+    /// PgBouncer, cheapest per message and best where Postgres shares the
+    /// machine; more: a work-stealing pool for many cores; 0: one per core.
     pub worker_threads: usize,
     /// How long SIGTERM waits for clients to finish before closing them.
     pub shutdown_timeout_ms: u64,
@@ -135,7 +137,7 @@ impl Default for ProxySection {
             listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
             max_client_connections: 1000,
             client_login_timeout_ms: 60_000,
-            worker_threads: 0,
+            worker_threads: 1,
             shutdown_timeout_ms: 30_000,
         }
     }

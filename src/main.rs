@@ -43,10 +43,17 @@ fn main() -> ExitCode {
         println!("{}: OK", args.config.display());
         return ExitCode::SUCCESS;
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.proxy.worker_threads > 0 {
+    // One worker: a single-threaded runtime, with no cross-thread wakeups
+    // on the per-message path. More: a work-stealing pool.
+    let mut runtime = if config.proxy.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if config.proxy.worker_threads > 1 {
         runtime.worker_threads(config.proxy.worker_threads);
     }
+    // worker_threads = 0: tokio's default, one per core.
     let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -160,8 +160,25 @@ impl FactsCache {
 }
 
 /// The facts of a SQL text, from the cache or the classifier.
+///
+/// Looked up by exact text first (drivers repeat prepared texts), then by
+/// the text with its literals blanked (simple-protocol clients inline
+/// values). Only facts that hold no text of their own are shared under
+/// the blanked key: a SET's replay statement must be its own.
 pub fn cached(cache: &FactsCache, sql: &str, extra_write_functions: &[String]) -> SharedFacts {
-    cache.get_or_insert(sql, || from_sql(sql, extra_write_functions))
+    if let Some(found) = cache.map.get(sql) {
+        return found.clone();
+    }
+    let key = super::normalize::literal_blind_key(sql);
+    if let Some(found) = key.as_deref().and_then(|k| cache.map.get(k)) {
+        return found.clone();
+    }
+    let facts = from_sql(sql, extra_write_functions);
+    let shareable = facts.effects.is_empty() && facts.executes.is_empty() && facts.pins.is_none();
+    match key {
+        Some(key) if shareable => cache.get_or_insert(&key, || facts),
+        _ => cache.get_or_insert(sql, || facts),
+    }
 }
 
 /// Classifies one SQL text (possibly several statements) and merges its

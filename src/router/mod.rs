@@ -8,6 +8,7 @@
 
 pub mod classify;
 pub mod facts;
+pub mod normalize;
 
 use std::time::Duration;
 

@@ -1,0 +1,213 @@
+//! A cache key for statement texts that differ only in their literals.
+//!
+//! Simple-protocol clients (psql, pgbench -M simple, many ORMs' raw SQL)
+//! inline values: `... WHERE aid = 52` then `... WHERE aid = 7`. Each text
+//! is new, so an exact-text cache never hits and every statement would be
+//! parsed. Numbers and string contents never change whether a statement
+//! reads or writes, so texts equal up to their literals can share a
+//! verdict. This key blanks numeric literals and the insides of string
+//! literals, and keeps everything else (identifiers, comments with their
+//! hints, dollar-quoted bodies, parameters) byte for byte.
+//!
+//! The key is only ever used to look up a verdict computed from a real
+//! text, and the session only shares verdicts that carry no text of their
+//! own (no SET to replay): see `facts::cached`. A text the scanner is not
+//! sure of (an unterminated quote or comment) has no key.
+
+/// The literal-blind key of `sql`, or `None` when the text cannot be
+/// scanned with certainty.
+pub fn literal_blind_key(sql: &str) -> Option<String> {
+    let bytes = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\'' => {
+                // E'...' strings take backslash escapes; others only ''.
+                let escapes = i >= 1
+                    && matches!(bytes[i - 1], b'e' | b'E')
+                    && (i < 2 || !ident(bytes[i - 2]));
+                let end = string_end(bytes, i + 1, escapes)?;
+                out.push_str("''");
+                i = end;
+            }
+            b'"' => {
+                let end = bytes[i + 1..].iter().position(|&c| c == b'"')? + i + 2;
+                out.push_str(&sql[i..end]);
+                i = end;
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                let end = bytes[i..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(bytes.len(), |p| i + p);
+                out.push_str(&sql[i..end]);
+                i = end;
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                let end = comment_end(bytes, i)?;
+                out.push_str(&sql[i..end]);
+                i = end;
+            }
+            b'$' if i == 0 || !ident(bytes[i - 1]) => {
+                // $1 parameters stay; $tag$ ... $tag$ bodies stay verbatim.
+                let tag_end = bytes[i + 1..]
+                    .iter()
+                    .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_'))
+                    .map_or(bytes.len(), |p| i + 1 + p);
+                if bytes.get(tag_end) == Some(&b'$')
+                    && bytes.get(i + 1).is_some_and(|c| !c.is_ascii_digit())
+                {
+                    let tag = &sql[i..=tag_end];
+                    let body = &sql[tag_end + 1..];
+                    let close = body.find(tag)? + tag_end + 1 + tag.len();
+                    out.push_str(&sql[i..close]);
+                    i = close;
+                } else {
+                    out.push_str(&sql[i..tag_end]);
+                    i = tag_end;
+                }
+            }
+            b'0'..=b'9' if i == 0 || !ident(bytes[i - 1]) => {
+                let end = bytes[i..]
+                    .iter()
+                    .position(|&c| !(c.is_ascii_digit() || c == b'.'))
+                    .map_or(bytes.len(), |p| i + p);
+                out.push('0');
+                i = end;
+            }
+            _ => {
+                // Copy one whole UTF-8 character.
+                let len = utf8_len(b);
+                out.push_str(sql.get(i..i + len)?);
+                i += len;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Index just past the quote closing a string whose body starts at `from`.
+fn string_end(bytes: &[u8], from: usize, escapes: bool) -> Option<usize> {
+    let mut i = from;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if escapes => i += 2,
+            b'\'' if bytes.get(i + 1) == Some(&b'\'') => i += 2,
+            b'\'' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Index just past a (nested) block comment starting at `from`.
+fn comment_end(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut depth = 0;
+    let mut i = from;
+    while i + 1 < bytes.len() {
+        match (bytes[i], bytes[i + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xf0..=0xff => 4,
+        0xe0..=0xef => 3,
+        0xc0..=0xdf => 2,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(sql: &str) -> String {
+        literal_blind_key(sql).unwrap_or_else(|| panic!("no key for {sql:?}"))
+    }
+
+    #[test]
+    fn texts_that_differ_in_literals_share_a_key() {
+        assert_eq!(
+            key("SELECT abalance FROM pgbench_accounts WHERE aid = 52;"),
+            key("SELECT abalance FROM pgbench_accounts WHERE aid = 1234567;")
+        );
+        assert_eq!(
+            key("SELECT * FROM t WHERE s = 'a' AND x > 1.5"),
+            key("SELECT * FROM t WHERE s = 'it''s' AND x > 20")
+        );
+        assert_eq!(key("SELECT E'a\\'b'"), key("SELECT E'c'"));
+    }
+
+    #[test]
+    fn everything_but_literals_is_kept() {
+        assert_ne!(key("SELECT * FROM t1"), key("SELECT * FROM t2"));
+        assert_ne!(key("SELECT $1"), key("SELECT $2"));
+        assert_ne!(
+            key("/* causeway: primary */ SELECT 1"),
+            key("/* causeway: replica */ SELECT 1")
+        );
+        assert_ne!(key("SELECT \"a'b\", 1"), key("SELECT \"c'd\", 1"));
+        assert_ne!(key("SELECT $$a$$"), key("SELECT $$b$$"));
+        assert_ne!(
+            key("SELECT 1 -- x\n, nextval('s')"),
+            key("SELECT 1 -- x\n, 2")
+        );
+    }
+
+    #[test]
+    fn quotes_inside_strings_never_hide_sql() {
+        // If the scanner misread where a string ends, SQL after it would be
+        // blanked and a write could share a read's key.
+        assert_ne!(key("SELECT E'\\'', nextval('s')"), key("SELECT E'\\'', 1"));
+        assert_ne!(key("SELECT 'a''', nextval('s')"), key("SELECT 'a''', 1"));
+        assert_ne!(key("SELECT /* ' */ nextval('s')"), key("SELECT /* ' */ 1"));
+        assert_ne!(
+            key("SELECT $q$ ' $q$, nextval('s')"),
+            key("SELECT $q$ ' $q$, 1")
+        );
+    }
+
+    #[test]
+    fn any_text_is_scanned_without_panic() {
+        let alphabet = [
+            "'", "\"", "$", "$a$", "E'", "\\", "--", "\n", "/*", "*/", "1", ".", "a", " ", "é", ";",
+        ];
+        let mut seed = 0x2545_f491_u64;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..12 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                text.push_str(alphabet[(seed % alphabet.len() as u64) as usize]);
+            }
+            let _ = literal_blind_key(&text);
+        }
+    }
+
+    #[test]
+    fn unsure_texts_have_no_key() {
+        assert_eq!(literal_blind_key("SELECT 'open"), None);
+        assert_eq!(literal_blind_key("SELECT /* open"), None);
+        assert_eq!(literal_blind_key("SELECT \"open"), None);
+        assert_eq!(literal_blind_key("SELECT $x$ open"), None);
+    }
+}
