@@ -194,6 +194,8 @@ pub struct PoolSection {
     pub connect_timeout_ms: u64,
     /// Run on a server connection before another client may use it.
     pub reset_query: String,
+    /// Server connections idle this long are closed (0: never).
+    pub server_idle_timeout_ms: u64,
 }
 
 impl Default for PoolSection {
@@ -204,6 +206,7 @@ impl Default for PoolSection {
             checkout_timeout_ms: 5_000,
             connect_timeout_ms: 5_000,
             reset_query: "DISCARD ALL".to_string(),
+            server_idle_timeout_ms: 600_000,
         }
     }
 }

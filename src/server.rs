@@ -46,7 +46,7 @@ pub struct Proxy {
     pub users: HashMap<String, UserAuth>,
     pub primary: ServerTarget,
     pub replicas: Vec<ServerTarget>,
-    pub pools: Pools,
+    pub pools: Arc<Pools>,
     pub cancels: Arc<CancelRegistry>,
     pub monitor: Arc<Monitor>,
     pub policy: Policy,
@@ -105,11 +105,11 @@ impl Proxy {
                 (u.name.clone(), entry)
             })
             .collect();
-        let pools = Pools::new(
+        let pools = Arc::new(Pools::new(
             config.pool.max_server_connections,
             config.pool.checkout_timeout(),
             config.pool.connect_timeout(),
-        );
+        ));
         let replicas: Vec<ServerTarget> = config.replicas.iter().map(target).collect();
         let routing = &config.routing;
         let policy = Policy {
@@ -185,6 +185,22 @@ impl Proxy {
 
     /// Starts the background tasks that watch the servers.
     pub fn start_monitor(&self) {
+        let timeout = Duration::from_millis(self.config.pool.server_idle_timeout_ms);
+        if !timeout.is_zero() {
+            let pools = Arc::downgrade(&self.pools);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(
+                        (timeout / 10).clamp(Duration::from_millis(100), Duration::from_secs(10)),
+                    )
+                    .await;
+                    match pools.upgrade() {
+                        Some(pools) => pools.close_idle_older_than(timeout),
+                        None => return,
+                    }
+                }
+            });
+        }
         self.monitor.spawn(
             self.primary.clone(),
             self.replicas.clone(),

@@ -534,3 +534,32 @@ fn check_flag_names_the_bad_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_database_is_not_blocked_by_pooled_connections() {
+    let admin = app_client().await;
+    admin
+        .batch_execute("DROP DATABASE IF EXISTS proto_dropme")
+        .await
+        .expect("clean slate");
+    admin
+        .batch_execute("CREATE DATABASE proto_dropme")
+        .await
+        .expect("create");
+    {
+        // A client uses the new database and leaves; its server
+        // connections stay idle in the proxy's pools.
+        let user = connect(proxy().port, APP_USER, APP_PASSWORD, "proto_dropme").await;
+        user.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+            .await
+            .expect("write");
+        user.simple_query("SELECT count(*) FROM t")
+            .await
+            .expect("read");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    admin
+        .batch_execute("DROP DATABASE proto_dropme")
+        .await
+        .expect("DROP DATABASE must not see the proxy's idle connections");
+}

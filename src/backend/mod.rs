@@ -58,6 +58,8 @@ pub struct ServerConn {
     /// Unique in this process, so a session can ask for the same
     /// connection again.
     pub id: u64,
+    /// When it was last given back to its pool.
+    pub idle_since: Option<std::time::Instant>,
 }
 
 static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -138,6 +140,7 @@ impl ServerConn {
             peer,
             server_name: target.name.clone(),
             id: NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            idle_since: None,
         };
         conn.login(login).await?;
         Ok(conn)

@@ -92,6 +92,30 @@ impl Pools {
         }
     }
 
+    /// Closes idle connections to `database` on every server, so that
+    /// `DROP DATABASE` (or a template copy) does not find the proxy's own
+    /// idle connections in its way.
+    pub fn drop_idle_database(&self, database: &str) {
+        for pool in self.pools.iter().filter(|p| p.login.database == database) {
+            if let Ok(mut idle) = pool.idle.lock() {
+                idle.clear();
+            }
+        }
+    }
+
+    /// Closes connections idle for longer than `timeout`.
+    pub fn close_idle_older_than(&self, timeout: Duration) {
+        let now = std::time::Instant::now();
+        for pool in self.pools.iter() {
+            if let Ok(mut idle) = pool.idle.lock() {
+                idle.retain(|c| {
+                    c.idle_since
+                        .is_none_or(|at| now.duration_since(at) < timeout)
+                });
+            }
+        }
+    }
+
     /// Counts of (lent, idle) connections per server name, for the console.
     pub fn counts(&self) -> Vec<(String, String, String, usize, usize)> {
         self.pools
@@ -175,6 +199,8 @@ impl Lease {
             pool,
             _permit,
         } = self;
+        let mut conn = conn;
+        conn.idle_since = Some(std::time::Instant::now());
         if let Ok(mut idle) = pool.idle.lock() {
             idle.push(conn);
         };

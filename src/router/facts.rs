@@ -60,6 +60,9 @@ pub struct UnitFacts {
     /// Contains `COPY ... FROM STDIN`: the server will wait for the
     /// client's data, so nothing of the proxy's may follow it on the wire.
     pub copy_in: bool,
+    /// Databases that must have no connections for it to succeed
+    /// (`DROP DATABASE x`, `CREATE DATABASE ... TEMPLATE x`, `ALTER DATABASE x RENAME`).
+    pub frees_database: Vec<String>,
 }
 
 impl UnitFacts {
@@ -116,6 +119,8 @@ impl UnitFacts {
         self.effects.extend(other.effects.iter().cloned());
         self.executes.extend(other.executes.iter().cloned());
         self.copy_in |= other.copy_in;
+        self.frees_database
+            .extend(other.frees_database.iter().cloned());
     }
 }
 
@@ -194,8 +199,57 @@ pub fn from_sql(sql: &str, extra_write_functions: &[String]) -> UnitFacts {
     };
     for statement in &classification.statements {
         add_kind(&mut facts, &statement.kind);
+        if let Some(text) = sql.get(statement.span.clone()) {
+            facts
+                .frees_database
+                .extend(database_needing_no_connections(text));
+        }
     }
     facts
+}
+
+/// The database a statement needs free of connections, if any:
+/// `DROP DATABASE [IF EXISTS] x`, `ALTER DATABASE x RENAME TO y`,
+/// `CREATE DATABASE y ... TEMPLATE [=] x`.
+fn database_needing_no_connections(statement: &str) -> Option<String> {
+    let words: Vec<&str> = statement.split_whitespace().collect();
+    let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
+    let name = |w: &str| {
+        let w = w.trim_end_matches(';');
+        if let Some(quoted) = w.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+            quoted.replace("\"\"", "\"")
+        } else {
+            w.to_ascii_lowercase()
+        }
+    };
+    match lower.as_slice() {
+        [d, db, i, e, ..] if d == "drop" && db == "database" && i == "if" && e == "exists" => {
+            words.get(4).map(|w| name(w))
+        }
+        [d, db, ..] if d == "drop" && db == "database" => words.get(2).map(|w| name(w)),
+        [a, db, _, r, ..] if a == "alter" && db == "database" && r == "rename" => {
+            words.get(2).map(|w| name(w))
+        }
+        [c, db, ..] if c == "create" && db == "database" => {
+            let at = lower
+                .iter()
+                .position(|w| w == "template" || w.starts_with("template="))?;
+            let token = &lower[at];
+            let value = match token.split_once('=') {
+                Some((_, v)) if !v.is_empty() => words[at].split_once('=').map(|(_, v)| v)?,
+                _ => {
+                    let next = words.get(at + 1)?;
+                    if *next == "=" {
+                        words.get(at + 2)?
+                    } else {
+                        next.trim_start_matches('=')
+                    }
+                }
+            };
+            Some(name(value))
+        }
+        _ => None,
+    }
 }
 
 fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
@@ -337,6 +391,21 @@ mod tests {
         let cache = FactsCache::new(4);
         assert!(cached(&cache, &huge, &extra).is_read());
         assert!(cache.map.is_empty());
+    }
+
+    #[test]
+    fn statements_that_need_a_database_free_of_connections() {
+        let free = |sql: &str| from_sql(sql, &[]).frees_database;
+        assert_eq!(free("DROP DATABASE test_app"), vec!["test_app"]);
+        assert_eq!(free("drop database if exists \"Test\";"), vec!["Test"]);
+        assert_eq!(free("ALTER DATABASE old RENAME TO new"), vec!["old"]);
+        assert_eq!(free("CREATE DATABASE copy TEMPLATE base"), vec!["base"]);
+        assert_eq!(
+            free("CREATE DATABASE copy WITH TEMPLATE = base OWNER app"),
+            vec!["base"]
+        );
+        assert!(free("CREATE DATABASE fresh").is_empty());
+        assert!(free("SELECT 'DROP DATABASE x'").is_empty());
     }
 
     #[test]

@@ -98,6 +98,10 @@ impl Session {
             let Some(unit) = self.queued.pop_front() else {
                 break;
             };
+            // The proxy's own idle connections must not block DROP DATABASE.
+            for database in &unit.facts.frees_database {
+                self.proxy.pools.drop_idle_database(database);
+            }
             self.send(unit, server, reason).await?;
         }
         Ok(())
