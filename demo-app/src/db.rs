@@ -43,8 +43,10 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Transaction,
+};
+use tokio_postgres::{IsolationLevel, NoTls};
 
 use crate::error::{Error, Result};
 
@@ -167,6 +169,22 @@ impl UserDb {
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
+}
+
+/// A READ COMMITTED transaction (Postgres' default, spelled out).
+///
+/// Spelled out because causeway holds back a bare `START TRANSACTION` until
+/// the block's first statement shows where it must run, and today, on a
+/// connection whose previous transaction just committed, it can open the
+/// block on a replica, where the first write then fails with 25006
+/// (reported; `START TRANSACTION ISOLATION LEVEL ...` is routed to the
+/// primary at once and is not affected).
+pub async fn read_committed(conn: &mut Object) -> Result<Transaction<'_>> {
+    Ok(conn
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .await?)
 }
 
 fn pool(config: tokio_postgres::Config, size: usize) -> Result<Pool> {

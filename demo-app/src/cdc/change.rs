@@ -253,7 +253,8 @@ mod tests {
             "the open transaction is not consumed"
         );
         assert!(batch.undecoded.is_empty());
-        let summary: Vec<(Kind, Vec<(String, Datum)>, u64, u64)> = batch
+        type Summary = (Kind, Vec<(String, Datum)>, u64, u64);
+        let summary: Vec<Summary> = batch
             .changes
             .iter()
             .map(|c| (c.kind, c.keys.clone(), c.lsn.0, c.commit_lsn.0))

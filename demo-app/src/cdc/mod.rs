@@ -185,7 +185,8 @@ async fn key_columns(conn: &Object, schema: &str, table: &str) -> Result<Vec<Str
                     AND (i.indisreplident OR i.indisprimary)
                   ORDER BY i.indisreplident DESC LIMIT 1)
              SELECT a.attname::text
-               FROM idx, unnest(idx.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+               FROM idx
+              CROSS JOIN LATERAL unnest(idx.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
                JOIN pg_attribute a ON a.attrelid = idx.indrelid AND a.attnum = k.attnum
               ORDER BY k.n",
             &[&schema, &table],

@@ -17,7 +17,7 @@ pub const DEFAULT_BATCH: i64 = 1000;
 /// One pass; returns how many jobs it moved.
 pub async fn run_once(pool: &Pool, queue: &JobQueue, batch: i64) -> Result<usize> {
     let mut conn = pool.get().await?;
-    let tx = conn.transaction().await?;
+    let tx = crate::db::read_committed(&mut conn).await?;
     let rows = tx
         .query(
             "DELETE FROM staged_jobs

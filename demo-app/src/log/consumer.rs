@@ -74,7 +74,7 @@ impl Consumer {
     /// One pass (module docs). An injected crash is [`Error::Injected`].
     pub async fn run_once(&self) -> Result<Pass> {
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
+        let tx = crate::db::read_committed(&mut conn).await?;
         tx.execute(
             "INSERT INTO consumer_checkpoints (stream, name) VALUES ($1, $2)
              ON CONFLICT DO NOTHING",

@@ -41,7 +41,7 @@ impl Default for StreamerConfig {
 /// [`Error::Injected`], with the batch sent and still staged.
 pub async fn run_once(pool: &Pool, stream: &LogStream, config: &StreamerConfig) -> Result<usize> {
     let mut conn = pool.get().await?;
-    let tx = conn.transaction().await?;
+    let tx = crate::db::read_committed(&mut conn).await?;
     let rows = tx
         .query(
             "SELECT id, action, object, data FROM staged_log_records

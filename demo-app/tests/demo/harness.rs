@@ -41,6 +41,10 @@ pub fn runtime() -> &'static Runtime {
 
 /// Runs a test body on the shared runtime.
 pub fn run<F: Future>(body: F) -> F::Output {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     env();
     runtime().block_on(body)
 }
@@ -51,6 +55,7 @@ pub struct Env {
     _proxy: TestProxy,
     /// `DATABASE_URL` for the app: causeway.
     pub database_url: String,
+    pub proxy_port: u16,
     pub servers: ServerNames,
 }
 
@@ -60,7 +65,7 @@ pub fn env() -> &'static Env {
     ENV.get_or_init(|| {
         let cluster = TestCluster::shared();
         let proxy = TestProxy::start(cluster);
-        let database_url = url_through(proxy.port);
+        let (proxy_port, database_url) = (proxy.port, url_through(proxy.port));
         let mut servers = vec![("primary".to_string(), cluster.primary_port())];
         for (i, port) in cluster.replica_ports().into_iter().enumerate() {
             servers.push((format!("replica{i}"), port));
@@ -86,6 +91,7 @@ pub fn env() -> &'static Env {
             cluster,
             _proxy: proxy,
             database_url,
+            proxy_port,
             servers: ServerNames::new(servers),
         }
     })
@@ -314,6 +320,11 @@ pub fn db() -> Db {
     Db::new(&env().database_url, Causality::default()).expect("db")
 }
 
+/// A `Db` through causeway for another database (see [`fresh_database`]).
+pub fn db_at(database_url: &str) -> Db {
+    Db::new(database_url, Causality::default()).expect("db")
+}
+
 /// A database of the test's own on the shared cluster, migrated through
 /// causeway and replicated: tests of the log compare totals with
 /// `sum(distance) FROM rides`, which only means something when the rides
@@ -325,9 +336,10 @@ pub async fn fresh_database(prefix: &str) -> String {
         .batch_execute(&format!("CREATE DATABASE {name} OWNER {APP_USER}"))
         .await
         .expect("create database");
-    let url = env()
-        .database_url
-        .replace(&format!("/{APP_DB}"), &format!("/{name}"));
+    let url = format!(
+        "postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/{name}",
+        env().proxy_port
+    );
     let db = Db::new(&url, Causality::default()).expect("db");
     demo_app::migrate::migrate(db.shared())
         .await

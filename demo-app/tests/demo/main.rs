@@ -10,8 +10,11 @@ mod support;
 
 mod harness;
 
+mod cdc;
+mod diagnose;
 mod idempotency;
 mod jobs;
+mod log;
 mod no_double_charge;
 mod reads;
 mod validation;
