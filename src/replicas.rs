@@ -295,6 +295,12 @@ impl Monitor {
             // age of its last replayed commit, which on an idle primary says
             // nothing about how far behind it is.
             let now = Instant::now();
+            if let (0, Some(since)) = (r.lag_bytes, r.behind_since) {
+                let behind = now.duration_since(since);
+                if behind > Duration::from_secs(1) {
+                    tracing::info!(replica = %r.name, replayed = %replayed, "replica caught up after lagging {:.1} s", behind.as_secs_f64());
+                }
+            }
             r.behind_since = match (r.lag_bytes, r.behind_since) {
                 (0, _) => None,
                 (_, Some(since)) => Some(since),
