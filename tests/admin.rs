@@ -43,6 +43,18 @@ fn config_for(cluster: &TestCluster, port: u16, replicas: usize) -> String {
     kept
 }
 
+/// Starts causeway on the shared cluster with `replicas` replicas; the
+/// config file lives in the returned directory.
+fn start_on_shared(replicas: usize) -> (tempfile::TempDir, std::path::PathBuf, Running) {
+    let cluster = TestCluster::shared();
+    let dir = tempfile::tempdir().expect("dir");
+    let port = support::free_port();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config_for(cluster, port, replicas)).expect("config");
+    let proxy = start(&path, port);
+    (dir, path, proxy)
+}
+
 fn start(config_path: &std::path::Path, port: u16) -> Running {
     let child = Command::new(env!("CARGO_BIN_EXE_causeway"))
         .arg("--config")
@@ -105,11 +117,7 @@ async fn wait_healthy(port: u16, count: usize) -> Vec<Vec<Option<String>>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_shows_live_replicas_clients_and_stats() {
     let cluster = TestCluster::shared();
-    let dir = tempfile::tempdir().expect("dir");
-    let port = support::free_port();
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, config_for(cluster, port, 2)).expect("config");
-    let proxy = start(&path, port);
+    let (_dir, _path, proxy) = start_on_shared(2);
     let replicas = wait_healthy(proxy.port, 2).await;
     let primary_lsn = cluster.primary_lsn();
     for (i, replica) in replicas.iter().enumerate() {
@@ -146,12 +154,7 @@ async fn console_shows_live_replicas_clients_and_stats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_admins_are_refused() {
-    let cluster = TestCluster::shared();
-    let dir = tempfile::tempdir().expect("dir");
-    let port = support::free_port();
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, config_for(cluster, port, 2)).expect("config");
-    let proxy = start(&path, port);
+    let (_dir, _path, proxy) = start_on_shared(2);
     let err = try_connect(
         proxy.port,
         support::MD5_USER,
@@ -167,16 +170,12 @@ async fn non_admins_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_removes_a_replica_without_dropping_clients() {
     let cluster = TestCluster::shared();
-    let dir = tempfile::tempdir().expect("dir");
-    let port = support::free_port();
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, config_for(cluster, port, 2)).expect("config");
-    let proxy = start(&path, port);
+    let (_dir, path, proxy) = start_on_shared(2);
     wait_healthy(proxy.port, 2).await;
     let app = connect(proxy.port, APP_USER, APP_PASSWORD, APP_DB).await;
     app.simple_query("SELECT 1").await.expect("before reload");
 
-    std::fs::write(&path, config_for(cluster, port, 1)).expect("config with one replica");
+    std::fs::write(&path, config_for(cluster, proxy.port, 1)).expect("config with one replica");
     let admin = connect(proxy.port, APP_USER, APP_PASSWORD, "causeway").await;
     let done = admin.simple_query("RELOAD").await.expect("reload");
     assert!(done
@@ -203,12 +202,7 @@ async fn reload_removes_a_replica_without_dropping_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_open_transactions_finish_then_closes() {
-    let cluster = TestCluster::shared();
-    let dir = tempfile::tempdir().expect("dir");
-    let port = support::free_port();
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, config_for(cluster, port, 2)).expect("config");
-    let mut proxy = start(&path, port);
+    let (_dir, _path, mut proxy) = start_on_shared(2);
     let busy = connect(proxy.port, APP_USER, APP_PASSWORD, APP_DB).await;
     let idle = connect(proxy.port, APP_USER, APP_PASSWORD, APP_DB).await;
     busy.batch_execute("BEGIN; SELECT 1")

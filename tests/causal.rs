@@ -50,23 +50,6 @@ async fn client_on(port: u16, options: Option<&str>) -> Client {
     client
 }
 
-struct Paused;
-
-impl Paused {
-    fn both() -> Paused {
-        cluster().pause_replay(0);
-        cluster().pause_replay(1);
-        Paused
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        cluster().resume_replay(0);
-        cluster().resume_replay(1);
-    }
-}
-
 async fn write_note(client: &Client, body: &str) -> i64 {
     client
         .query_one(
@@ -115,7 +98,7 @@ async fn same_client_id_shares_read_your_writes_other_ids_do_not() {
         .expect("set id");
     assert_eq!(show(&same, "causeway.client_id").await, "alice");
     let other = client_on(port, Some("-c causeway.client_id=bob")).await;
-    let _paused = Paused::both();
+    let _paused = cluster().pause_all_replay();
     let id = write_note(&writer, "alice was here").await;
     assert_eq!(
         read_note(&same, id).await,
@@ -139,7 +122,7 @@ async fn causal_token_carries_to_another_proxy() {
     let _serial = SERIAL.lock().await;
     let _ = proxy();
     let second = TestProxy::start(cluster());
-    let _paused = Paused::both();
+    let _paused = cluster().pause_all_replay();
     // The writer reads its token from the ParameterStatus sent after the write.
     let mut writer = RawClient::login_trusted(proxy().port, "trusted", APP_DB).await;
     writer
@@ -202,7 +185,7 @@ async fn shared_lsn_expires() {
     let short = TestProxy::start_with(cluster(), |c| c.routing.client_lsn_ttl_ms = 300);
     let writer = client_on(short.port, Some("-c causeway.client_id=carol")).await;
     let reader = client_on(short.port, Some("-c causeway.client_id=carol")).await;
-    let _paused = Paused::both();
+    let _paused = cluster().pause_all_replay();
     let id = write_note(&writer, "soon forgotten").await;
     assert_eq!(
         read_note(&reader, id).await,
@@ -228,7 +211,7 @@ async fn user_scope_shares_by_login_role() {
     });
     let writer = client_on(by_user.port, None).await;
     let reader = client_on(by_user.port, None).await;
-    let _paused = Paused::both();
+    let _paused = cluster().pause_all_replay();
     let id = write_note(&writer, "by role").await;
     assert_eq!(read_note(&reader, id).await, (true, false));
 }

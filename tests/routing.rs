@@ -50,24 +50,6 @@ fn server_of(port: i32) -> String {
     format!("unknown port {port}")
 }
 
-/// Pauses replay on both replicas until dropped... or until `resume`.
-struct Paused;
-
-impl Paused {
-    fn both() -> Paused {
-        cluster().pause_replay(0);
-        cluster().pause_replay(1);
-        Paused
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        cluster().resume_replay(0);
-        cluster().resume_replay(1);
-    }
-}
-
 async fn insert_ride(client: &Client, distance: i32) -> i64 {
     client
         .query_one(
@@ -96,7 +78,7 @@ async fn read_your_write_with_replay_paused_then_replica_after_catch_up() {
     let _serial = SERIAL.lock().await;
     let client = client().await;
     let id = {
-        let _paused = Paused::both();
+        let _paused = cluster().pause_all_replay();
         let id = insert_ride(&client, 42).await;
         let (distance, server) = read_ride(&client, id).await;
         assert_eq!(distance, Some(42), "the session must see its own write");
@@ -118,7 +100,7 @@ async fn update_and_delete_then_read() {
     let client = client().await;
     let id = insert_ride(&client, 1).await;
     cluster().wait_replicas_caught_up();
-    let _paused = Paused::both();
+    let _paused = cluster().pause_all_replay();
     client
         .execute("UPDATE rides SET distance = 99 WHERE id = $1", &[&id])
         .await
@@ -138,7 +120,7 @@ async fn update_and_delete_then_read() {
 async fn write_in_a_transaction_then_read_after_commit() {
     let _serial = SERIAL.lock().await;
     let client = client().await;
-    let _paused = Paused::both();
+    let _paused = cluster().pause_all_replay();
     client.batch_execute("BEGIN").await.expect("begin");
     let id = insert_ride(&client, 7).await;
     client.batch_execute("COMMIT").await.expect("commit");
@@ -152,7 +134,7 @@ async fn write_in_a_transaction_then_read_after_commit() {
 async fn rolled_back_write_does_not_force_the_primary() {
     let _serial = SERIAL.lock().await;
     let client = client().await;
-    let _paused = Paused::both();
+    let _paused = cluster().pause_all_replay();
     client
         .batch_execute("BEGIN; INSERT INTO rides (distance) VALUES (5); ROLLBACK")
         .await
@@ -248,7 +230,7 @@ async fn prepared_before_a_write_executes_on_a_replica_after() {
         .await
         .expect("prepare");
     let id = {
-        let _paused = Paused::both();
+        let _paused = cluster().pause_all_replay();
         let id = insert_ride(&client, 11).await;
         let row = client
             .query_one(&statement, &[&id])
@@ -452,7 +434,7 @@ async fn on_stale_error_gives_a_clear_error() {
         c.routing.max_wait_ms = 30;
     });
     let client = connect(strict.port, APP_USER, APP_PASSWORD, APP_DB).await;
-    let _paused = Paused::both();
+    let _paused = cluster().pause_all_replay();
     let id = insert_ride(&client, 3).await;
     let err = client
         .query_one("SELECT distance FROM rides WHERE id = $1", &[&id])
@@ -553,7 +535,7 @@ async fn currval_after_nextval_in_autocommit() {
 async fn paused_replicas_are_not_waited_for() {
     let _serial = SERIAL.lock().await;
     let client = client().await;
-    let _paused = Paused::both();
+    let _paused = cluster().pause_all_replay();
     insert_ride(&client, 1).await;
     // Both replicas now sit behind without replaying: after a moment the
     // proxy stops making reads wait for them.

@@ -97,3 +97,28 @@ impl TestCluster {
         );
     }
 }
+
+/// Replay paused on every replica until dropped; see
+/// [`TestCluster::pause_all_replay`].
+pub struct PausedReplay<'a> {
+    cluster: &'a TestCluster,
+}
+
+impl Drop for PausedReplay<'_> {
+    fn drop(&mut self) {
+        for i in 0..self.cluster.replica_count() {
+            self.cluster.resume_replay(i);
+        }
+    }
+}
+
+impl TestCluster {
+    /// Pauses replay on every replica (each really paused on return) and
+    /// resumes it when the guard is dropped, even if the test panics.
+    pub fn pause_all_replay(&self) -> PausedReplay<'_> {
+        for i in 0..self.replica_count() {
+            self.pause_replay(i);
+        }
+        PausedReplay { cluster: self }
+    }
+}
