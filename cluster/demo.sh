@@ -4,16 +4,26 @@
 #   bash cluster/demo.sh
 #
 # 1. starts the local cluster (primary, 2 replicas, Redis) with cluster.sh,
-#    unless it is already running;
-# 2. builds everything (cargo build --release);
-# 3. starts causeway with proxy.toml from the repository root;
-# 4. starts the demo app (placeholder below until demo-app is written);
+#    unless it is already running (with fsync on: a --no-fsync cluster sets
+#    synchronous_commit=off, which delays WAL shipping, so replicas lag and
+#    reads fall back to the primary);
+# 2. builds everything (cargo build --release --workspace: proxy and demo app);
+# 3. starts causeway with proxy.toml from the repository root (rewritten to
+#    the cluster's ports and CAUSEWAY_PORT / METRICS_PORT when they are not
+#    the defaults);
+# 4. runs `demo-app migrate` and `demo-app cdc --once` (creates the CDC
+#    slot, so it sees every ride), then `demo-app all` (api, payments, enqueuer,
+#    completer, reaper, streamer, two consumers, cdc, simulator), every
+#    query through causeway;
 # 5. prints the URLs, then waits. Ctrl-C stops what this script started
-#    (the proxy, the demo app, and the cluster if it was not already running).
+#    (the demo app, the proxy, and the cluster if it was not already running).
 #
-# Environment: CAUSEWAY_CONFIG (default $REPO/proxy.toml), CAUSEWAY_PORT (6432)
-# and METRICS_PORT (9187) — keep these in step with the config; RUST_LOG
-# (default info); CLUSTER_DIR, PGPORT_PRIMARY, REDIS_PORT... as for cluster.sh.
+# Environment: CAUSEWAY_CONFIG (default $REPO/proxy.toml), CAUSEWAY_PORT
+# (6432), METRICS_PORT (9187), API_PORT (5000), PAYMENTS_PORT (5001),
+# DEMO_PAUSE_MS (the simulator's pause between rides, 200), RUST_LOG
+# (default info); CLUSTER_DIR, PGPORT_PRIMARY, REDIS_PORT... as for
+# cluster.sh. DEMO_DURATION=N stops everything after N seconds (for scripts
+# and CI; default: run until Ctrl-C).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,6 +31,10 @@ CLUSTER=("bash" "$REPO/cluster/cluster.sh")
 CONFIG=${CAUSEWAY_CONFIG:-$REPO/proxy.toml}
 CAUSEWAY_PORT=${CAUSEWAY_PORT:-6432}
 METRICS_PORT=${METRICS_PORT:-9187}
+API_PORT=${API_PORT:-5000}
+PAYMENTS_PORT=${PAYMENTS_PORT:-5001}
+DEMO_PAUSE_MS=${DEMO_PAUSE_MS:-200}
+DEMO_DURATION=${DEMO_DURATION:-}
 export RUST_LOG=${RUST_LOG:-info}
 
 say() { printf 'demo: %s\n' "$*"; }
@@ -34,6 +48,7 @@ cleanup() {
   set +e
   trap - EXIT INT TERM
   local pid
+  # The demo app first (it stops its children in order), then the proxy.
   for pid in $DEMO_APP_PID $CAUSEWAY_PID; do
     kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
   done
@@ -44,11 +59,15 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+trap 'say "DEMO_DURATION (${DEMO_DURATION}s) is up"; exit 0' USR1
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 [[ -f $CONFIG ]] || die "no config at $CONFIG (set CAUSEWAY_CONFIG)"
-port_open "$CAUSEWAY_PORT" && die "port $CAUSEWAY_PORT is already in use (another causeway?)"
+for port in "$CAUSEWAY_PORT" "$METRICS_PORT" "$API_PORT" "$PAYMENTS_PORT"; do
+  port_open "$port" && die "port $port is already in use (another demo?); \
+set CAUSEWAY_PORT, METRICS_PORT, API_PORT or PAYMENTS_PORT"
+done
 
 # 1. The cluster.
 if "${CLUSTER[@]}" status >/dev/null 2>&1; then
@@ -58,13 +77,38 @@ else
   STARTED_CLUSTER=1
 fi
 eval "$("${CLUSTER[@]}" env)"
+if grep -qs '^L_NO_FSYNC=1' "$CLUSTER_DIR/cluster.env"; then
+  say "warning: this cluster was made with --no-fsync (synchronous_commit=off): WAL reaches"
+  say "         the replicas late and reads fall back to the primary; for the real picture:"
+  say "         bash cluster/cluster.sh --dir $CLUSTER_DIR destroy, then run this again"
+fi
 
 # 2. Build.
-say "cargo build --release"
-(cd "$REPO" && cargo build --release)
+say "cargo build --release --workspace"
+(cd "$REPO" && cargo build --release --workspace)
+DEMO_APP=$REPO/target/release/demo-app
 
 # 3. The proxy, its output prefixed so it reads apart from the demo app's.
-"$REPO/target/release/causeway" --config "$CONFIG" > >(sed -u 's/^/causeway | /') 2>&1 &
+# proxy.toml names the default ports; other ports get a copy that names them.
+read -r -a REPLICA_PORT_LIST <<<"$PGPORT_REPLICAS"
+if [[ $CAUSEWAY_PORT != 6432 || $METRICS_PORT != 9187 || $PGPORT_PRIMARY != 5433 ||
+      $PGPORT_REPLICAS != "5434 5435" ]]; then
+  [[ $CONFIG == "$REPO/proxy.toml" && ${#REPLICA_PORT_LIST[@]} == 2 ]] ||
+    die "non-default ports need proxy.toml (2 replicas) to derive a config from; \
+or give a config of your own in CAUSEWAY_CONFIG"
+  DERIVED=$CLUSTER_DIR/demo-proxy.toml
+  sed -e "s/^listen = \"127.0.0.1:6432\"/listen = \"127.0.0.1:$CAUSEWAY_PORT\"/" \
+      -e "s/^listen = \"127.0.0.1:9187\"/listen = \"127.0.0.1:$METRICS_PORT\"/" \
+      -e "s/^port = 5433 /port = $PGPORT_PRIMARY /" \
+      -e "s/^port = 5434$/port = ${REPLICA_PORT_LIST[0]}/" \
+      -e "s/^port = 5435$/port = ${REPLICA_PORT_LIST[1]}/" \
+      "$CONFIG" >"$DERIVED"
+  CONFIG=$DERIVED
+  say "ports differ from proxy.toml's: using $CONFIG"
+fi
+"$REPO/target/release/causeway" --check --config "$CONFIG" >/dev/null ||
+  die "causeway rejects $CONFIG"
+"$REPO/target/release/causeway" --config "$CONFIG" > >(sed -u 's/^/causeway   | /') 2>&1 &
 CAUSEWAY_PID=$!
 for _ in $(seq 1 100); do
   port_open "$CAUSEWAY_PORT" && break
@@ -73,32 +117,39 @@ for _ in $(seq 1 100); do
 done
 port_open "$CAUSEWAY_PORT" || die "causeway is not listening on $CAUSEWAY_PORT after 10 s"
 
-PROXY_URL="postgres://app:app@127.0.0.1:$CAUSEWAY_PORT/app"
+# 4. The demo app: every query through the proxy.
+export DATABASE_URL="postgres://app:app@127.0.0.1:$CAUSEWAY_PORT/app"
+export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+export PRIMARY_URL
+DEMO_SERVERS="primary=$PGPORT_PRIMARY"
+for k in "${!REPLICA_PORT_LIST[@]}"; do
+  DEMO_SERVERS+=",replica$k=${REPLICA_PORT_LIST[$k]}"
+done
+export DEMO_SERVERS
+"$DEMO_APP" migrate
+# The CDC slot before any ride, so ride_stats counts every one.
+"$DEMO_APP" cdc --once
+"$DEMO_APP" all --port "$API_PORT" --payments-port "$PAYMENTS_PORT" --pause-ms "$DEMO_PAUSE_MS" &
+DEMO_APP_PID=$!
+
 CLUSTER_CMD="bash cluster/cluster.sh"
 [[ $CLUSTER_DIR == "$REPO/.cluster" ]] || CLUSTER_CMD+=" --dir $CLUSTER_DIR"
-
-# 4. The demo app.
-# ----------------------------------------------------------------------------
-# TODO(demo-app): start every demo process here once `demo-app all` exists:
-#
-#   DATABASE_URL=$PROXY_URL REDIS_URL=$REDIS_URL \
-#     "$REPO/target/release/demo-app" all &
-#   DEMO_APP_PID=$!
-#
-# and add its HTTP address to the URLs printed below.
-# ----------------------------------------------------------------------------
-
+ADMIN_PSQL="psql -h 127.0.0.1 -p $CAUSEWAY_PORT -U app causeway -c 'SHOW REPLICAS'"
 cat <<EOF
 
-  causeway is running in front of the local cluster.
+  The demo runs through causeway in front of the local cluster.
 
-  proxy     $PROXY_URL
-            psql "$PROXY_URL"
-  admin     psql "postgres://app:app@127.0.0.1:$CAUSEWAY_PORT/causeway" -c 'SHOW REPLICAS'
-  metrics   http://127.0.0.1:$METRICS_PORT/metrics
-  primary   $PRIMARY_URL   (direct, bypassing the proxy)
-  redis     ${REDIS_URL:-none}
+  API        http://127.0.0.1:$API_PORT/rides
+             curl -s -H 'Authorization: user@example.com' http://127.0.0.1:$API_PORT/rides/1
+  metrics    http://127.0.0.1:$METRICS_PORT/metrics
+  admin      $ADMIN_PSQL   (password: app)
+  proxy      psql "$DATABASE_URL"
+  primary    $PRIMARY_URL   (direct, bypassing the proxy)
+  redis      $REDIS_URL   (the log: XLEN rocket-rides-log)
 
+  Check it:            DATABASE_URL=$DATABASE_URL \\
+                       PRIMARY_URL=$PRIMARY_URL REDIS_URL=$REDIS_URL \\
+                       target/release/demo-app diagnose
   Make a replica lag:  $CLUSTER_CMD pause replica0   (then: resume replica0)
   Cluster status:      $CLUSTER_CMD status
 
@@ -106,6 +157,9 @@ cat <<EOF
 
 EOF
 
-# Wait until Ctrl-C or until the proxy (or the demo app) exits on its own.
+# Wait until Ctrl-C, DEMO_DURATION, or until the proxy or the demo app exits.
+if [[ -n $DEMO_DURATION ]]; then
+  (sleep "$DEMO_DURATION" && kill -USR1 $$ 2>/dev/null) &
+fi
 wait -n $CAUSEWAY_PID $DEMO_APP_PID || true
 say "a demo process exited; stopping"

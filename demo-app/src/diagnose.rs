@@ -251,8 +251,8 @@ async fn slot_exists(client: &Client, slot_name: &str) -> Check {
             NAME,
             format!("replication slot '{slot_name}' does not exist"),
             format!(
-                "run `demo-app cdc` once (it creates the slot), or as a role with REPLICATION: \
-                 SELECT pg_create_logical_replication_slot('{slot_name}', '{}')",
+                "run `demo-app cdc --once` (it creates the slot), or as a role with \
+                 REPLICATION: SELECT pg_create_logical_replication_slot('{slot_name}', '{}')",
                 slot::PLUGIN
             ),
         );

@@ -226,6 +226,9 @@ struct CdcArgs {
     /// Pause when the slot is empty.
     #[arg(long, default_value_t = 500)]
     idle_ms: u64,
+    /// One pass (creating the slot if missing), then exit.
+    #[arg(long)]
+    once: bool,
 }
 
 #[derive(Args)]
@@ -411,7 +414,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     counts.join(" ")
                 );
             };
-            cdc.run(stop, summary).await;
+            if args.once {
+                let pass = cdc.run_once().await?;
+                summary(&pass);
+            } else {
+                cdc.run(stop, summary).await;
+            }
         }
         Command::Diagnose(args) => {
             let config = DiagnoseConfig {
