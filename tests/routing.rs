@@ -560,3 +560,60 @@ async fn paused_replicas_are_not_waited_for() {
         "no read waited for a paused replica"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_after_a_replica_read_runs_on_the_primary() {
+    let _serial = SERIAL.lock().await;
+    cluster().wait_replicas_caught_up();
+    let mut client = client().await;
+    for _ in 0..5 {
+        // The read leaves the session on a replica; the lone BEGIN that
+        // follows is held back and must still open the block on the primary.
+        let row = client
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .expect("read");
+        assert!(server_of(row.get(0)).starts_with("replica"));
+        let tx = client.transaction().await.expect("begin");
+        let row = tx
+            .query_one(
+                "INSERT INTO rides (distance) VALUES (8) RETURNING inet_server_port()",
+                &[],
+            )
+            .await
+            .expect("a write inside the transaction");
+        assert_eq!(server_of(row.get(0)), "primary");
+        tx.commit().await.expect("commit");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_write_transactions_stay_on_the_primary() {
+    let _serial = SERIAL.lock().await;
+    let mut client = client().await;
+    for round in 0..30 {
+        let tx = client.transaction().await.expect("begin");
+        let row = tx
+            .query_one(
+                "INSERT INTO rides (distance) VALUES ($1) RETURNING id, inet_server_port()",
+                &[&round],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: write in transaction: {e}"));
+        assert_eq!(server_of(row.get(1)), "primary", "round {round}");
+        let id: i64 = row.get(0);
+        tx.query_one(
+            "SELECT distance FROM rides WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await
+        .expect("lock");
+        tx.execute(
+            "UPDATE rides SET distance = distance + 1 WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("update");
+        tx.commit().await.expect("commit");
+    }
+}

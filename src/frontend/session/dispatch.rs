@@ -38,8 +38,10 @@ impl Session {
                 self.answer_local(&unit);
                 continue;
             }
-            let (server, reason) = if self.deferred_begin.is_some() && current.is_none() {
-                // The held-back BEGIN goes where its first statement goes.
+            let (server, reason) = if self.deferred_begin.is_some() {
+                // The held-back BEGIN goes where its first statement goes,
+                // whatever server the session used before it (nothing has
+                // been sent since the BEGIN, so moving is safe).
                 if unit.facts.set_tx_read_only && !unit.facts.writes() {
                     match self.choose_replica(true).await? {
                         Some(choice) => choice,
@@ -121,6 +123,12 @@ impl Session {
         let Some(local) = &unit.local else { return };
         let answer = match local {
             Local::ClientId(id) => {
+                // A connection that now acts for another client (a pooled
+                // connection handed to the next user) stops carrying the
+                // previous client's writes; those stay with that client's id.
+                if id.is_some() && *id != self.client_id {
+                    self.causal = None;
+                }
                 self.client_id = id.clone();
                 Answer::Set
             }
