@@ -192,7 +192,11 @@ pub struct PoolSection {
     pub checkout_timeout_ms: u64,
     /// How long opening a server connection (TCP + login) may take.
     pub connect_timeout_ms: u64,
-    /// Run on a server connection before another client may use it.
+    /// Run on the server connections a client still holds when it leaves
+    /// (session pooling, or a pinned session), before they go back to the
+    /// pool. In transaction pooling a connection changes hands between
+    /// transactions without it: the session's settings and prepared
+    /// statements are replayed on whatever connection it gets.
     pub reset_query: String,
     /// Server connections idle this long are closed (0: never).
     pub server_idle_timeout_ms: u64,

@@ -179,7 +179,9 @@ impl Monitor {
     /// Sleeps one poll interval, or much less while sessions wait.
     async fn pause(&self) {
         if self.waiters.load(Ordering::Acquire) > 0 {
-            tokio::time::sleep(Duration::from_micros(100)).await;
+            // Poll again at once: each poll is a round trip to the server,
+            // which paces it; a timer would round up to a millisecond.
+            tokio::task::yield_now().await;
             return;
         }
         tokio::select! {
@@ -343,6 +345,9 @@ impl Monitor {
     }
 }
 
+/// How long the monitor waits for a server to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 async fn connect(
     target: &ServerTarget,
     login: &Login,
@@ -354,7 +359,7 @@ async fn connect(
         .user(&login.user)
         .dbname(&login.database)
         .application_name("causeway monitor")
-        .connect_timeout(Duration::from_secs(2));
+        .connect_timeout(CONNECT_TIMEOUT);
     if let Some(password) = &login.password {
         config.password(password);
     }

@@ -617,3 +617,27 @@ async fn back_to_back_write_transactions_stay_on_the_primary() {
         tx.commit().await.expect("commit");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_lasts_while_any_of_its_reasons_does() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    client
+        .batch_execute("CREATE TEMP TABLE mine (id int); INSERT INTO mine VALUES (1)")
+        .await
+        .expect("temp table");
+    client
+        .batch_execute("LISTEN pin_test")
+        .await
+        .expect("listen");
+    client.batch_execute("UNLISTEN *").await.expect("unlisten");
+    // The temp table still ties the session to its server connection.
+    for _ in 0..10 {
+        let row = client
+            .query_one("SELECT count(*) FROM mine", &[])
+            .await
+            .expect("the temp table is still there");
+        assert_eq!(row.get::<_, i64>(0), 1);
+    }
+    client.batch_execute("DISCARD ALL").await.expect("discard");
+}

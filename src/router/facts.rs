@@ -36,8 +36,8 @@ pub enum Effect {
     DeallocateAll,
     /// `DISCARD ALL`: settings, statements, pins, all gone.
     DiscardAll,
-    /// `UNLISTEN *`, `DISCARD TEMP`, `CLOSE ALL`...: a pin may end.
-    Unpin,
+    /// `UNLISTEN *`, `DISCARD TEMP`, `CLOSE ALL`: the pin of that reason ends.
+    Unpin(&'static str),
 }
 
 /// The facts of one unit, merged over its statements.
@@ -52,8 +52,9 @@ pub struct UnitFacts {
     /// `SET TRANSACTION READ ONLY` (or `SET SESSION CHARACTERISTICS ...`).
     pub set_tx_read_only: bool,
     pub hint: Option<Hint>,
-    /// State that ties the session to the primary (LISTEN, temp table...).
-    pub pins: Option<&'static str>,
+    /// State that ties the session to its server (LISTEN, temp table...),
+    /// one entry per reason.
+    pub pins: Vec<&'static str>,
     pub effects: Vec<Effect>,
     /// Prepared statements it runs by name (`EXECUTE name`).
     pub executes: Vec<String>,
@@ -84,7 +85,7 @@ impl UnitFacts {
             && self.begin.is_none()
             && !self.ends_tx
             && !self.set_tx_read_only
-            && self.pins.is_none()
+            && self.pins.is_empty()
             && self.effects.is_empty()
     }
 
@@ -113,8 +114,10 @@ impl UnitFacts {
         if self.hint.is_none() {
             self.hint = other.hint;
         }
-        if self.pins.is_none() {
-            self.pins = other.pins;
+        for pin in &other.pins {
+            if !self.pins.contains(pin) {
+                self.pins.push(pin);
+            }
         }
         self.effects.extend(other.effects.iter().cloned());
         self.executes.extend(other.executes.iter().cloned());
@@ -179,12 +182,25 @@ pub fn cached(cache: &FactsCache, sql: &str, extra_write_functions: &[String]) -
         return found.clone();
     }
     let facts = from_sql(sql, extra_write_functions);
-    let shareable = facts.effects.is_empty() && facts.executes.is_empty() && facts.pins.is_none();
+    // set_config's third argument (is_local) decides whether it pins the
+    // session, and may be written as a string: never share its verdict.
+    let mentions_set_config = sql
+        .as_bytes()
+        .windows(10)
+        .any(|w| w.eq_ignore_ascii_case(b"set_config"));
+    let shareable = facts.effects.is_empty()
+        && facts.executes.is_empty()
+        && facts.pins.is_empty()
+        && !mentions_set_config;
     match key {
         Some(key) if shareable => cache.get_or_insert(&key, || facts),
         _ => cache.get_or_insert(sql, || facts),
     }
 }
+
+const LISTEN: &str = "listen";
+const TEMP_TABLE: &str = "temporary table";
+const CURSOR_WITH_HOLD: &str = "cursor with hold";
 
 /// Classifies one SQL text (possibly several statements) and merges its
 /// statements' verdicts into the facts the router uses.
@@ -331,19 +347,20 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
             SessionChange::Discard(DiscardTarget::All) => facts.effects.push(Effect::DiscardAll),
             SessionChange::Discard(DiscardTarget::Temp) => {
                 write(facts, "discard");
-                facts.effects.push(Effect::Unpin);
+                facts.effects.push(Effect::Unpin(TEMP_TABLE));
             }
             SessionChange::Discard(_) => write(facts, "discard"),
             SessionChange::Pin(reason) => {
-                if facts.pins.is_none() {
-                    facts.pins = Some(match reason {
-                        PinReason::Listen { .. } => "listen",
-                        PinReason::TempTable => "temporary table",
-                        PinReason::CursorWithHold { .. } => "cursor with hold",
-                        PinReason::AdvisoryLock => "session advisory lock",
-                        PinReason::SetConfig => "set_config",
-                        PinReason::Load => "load",
-                    });
+                let pin = match reason {
+                    PinReason::Listen { .. } => LISTEN,
+                    PinReason::TempTable => TEMP_TABLE,
+                    PinReason::CursorWithHold { .. } => CURSOR_WITH_HOLD,
+                    PinReason::AdvisoryLock => "session advisory lock",
+                    PinReason::SetConfig => "set_config",
+                    PinReason::Load => "load",
+                };
+                if !facts.pins.contains(&pin) {
+                    facts.pins.push(pin);
                 }
                 // Temp tables and advisory locks are written state; a write
                 // reason also asks for the commit LSN.
@@ -354,13 +371,13 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
             SessionChange::Unlisten { channel } => {
                 write(facts, "unlisten");
                 if channel.is_none() {
-                    facts.effects.push(Effect::Unpin);
+                    facts.effects.push(Effect::Unpin(LISTEN));
                 }
             }
             SessionChange::CloseCursor { name } => {
                 write(facts, "cursor");
                 if name.is_none() {
-                    facts.effects.push(Effect::Unpin);
+                    facts.effects.push(Effect::Unpin(CURSOR_WITH_HOLD));
                 }
             }
         },
@@ -394,6 +411,19 @@ mod tests {
     }
 
     #[test]
+    fn set_config_verdicts_are_never_shared_by_literal_blind_key() {
+        let cache = FactsCache::new(100);
+        let local = cached(&cache, "SELECT set_config('a', 'x', 'true')", &[]);
+        assert!(local.pins.is_empty());
+        let session = cached(
+            &cache,
+            "SELECT set_config('search_path', 'leak', 'false')",
+            &[],
+        );
+        assert_eq!(session.pins, vec!["set_config"]);
+    }
+
+    #[test]
     fn statements_that_need_a_database_free_of_connections() {
         let free = |sql: &str| from_sql(sql, &[]).frees_database;
         assert_eq!(free("DROP DATABASE test_app"), vec!["test_app"]);
@@ -420,6 +450,10 @@ mod tests {
         let facts = from_sql("/* causeway: replica */ SELECT 1", &[]);
         assert_eq!(facts.hint, Some(Hint::Replica));
         let facts = from_sql("LISTEN ch", &[]);
-        assert_eq!(facts.pins, Some("listen"));
+        assert_eq!(facts.pins, vec!["listen"]);
+        let facts = from_sql("LISTEN ch; CREATE TEMP TABLE t (id int)", &[]);
+        assert_eq!(facts.pins, vec!["listen", "temporary table"]);
+        let facts = from_sql("UNLISTEN *", &[]);
+        assert_eq!(facts.effects, vec![Effect::Unpin("listen")]);
     }
 }

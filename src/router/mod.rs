@@ -109,7 +109,7 @@ pub enum Decision {
 /// server by an open batch). `causal` is the session's causal LSN, `None`
 /// when it never wrote.
 pub fn decide(facts: &UnitFacts, pinned: bool, causal: Option<Lsn>) -> Decision {
-    if pinned || facts.pins.is_some() {
+    if pinned || !facts.pins.is_empty() {
         return Decision::Primary(Reason::Pinned);
     }
     match facts.hint {

@@ -50,11 +50,11 @@ impl Session {
                 } else {
                     (Server::Primary, Reason::Transaction)
                 }
-            } else if in_block || self.pinned.is_some() {
+            } else if in_block || !self.pinned.is_empty() {
                 match current {
                     Some(server) => (
                         server,
-                        if self.pinned.is_some() {
+                        if !self.pinned.is_empty() {
                             Reason::Pinned
                         } else {
                             Reason::Transaction
@@ -79,7 +79,7 @@ impl Session {
                 (Server::Primary, reason)
             } else if unit.retried {
                 (Server::Primary, Reason::Retry)
-            } else if unit.lone_begin && self.pinned.is_none() {
+            } else if unit.lone_begin && self.pinned.is_empty() {
                 let Some(unit) = self.queued.pop_front() else {
                     break;
                 };
@@ -197,7 +197,11 @@ impl Session {
 
     /// Routes a unit at rest. `None`: refuse it (stale, `on_stale = "error"`).
     async fn route(&self, unit: &Unit) -> Result<Option<(Server, Reason)>, End> {
-        let decision = router::decide(&unit.facts, self.pinned.is_some(), self.effective_causal());
+        let decision = router::decide(
+            &unit.facts,
+            !self.pinned.is_empty(),
+            self.effective_causal(),
+        );
         let (any_replica, read_only_block) = match decision {
             Decision::Primary(reason) => return Ok(Some((Server::Primary, reason))),
             Decision::Replica {
@@ -354,10 +358,13 @@ impl Session {
             self.pending.push_back(Expect::Internal(Internal::Begin));
             self.to_server.extend_from_slice(&begin);
         }
-        if let Some(pin) = unit.facts.pins {
-            if server == Server::Primary && self.pinned.is_none() {
-                tracing::debug!(reason = pin, "session pinned to the primary");
-                self.pinned = Some(pin);
+        // State only this server has (a temp table, a LISTEN, a cursor WITH
+        // HOLD made in a READ ONLY block on a replica...) keeps the session
+        // on it until that state ends.
+        for pin in &unit.facts.pins {
+            if !self.pinned.contains(pin) {
+                tracing::debug!(reason = pin, server = %server_name, "session pinned");
+                self.pinned.push(pin);
             }
         }
         let at_rest = self.tx_status == b'I';

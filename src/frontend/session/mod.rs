@@ -124,7 +124,7 @@ struct Session {
     /// moves `causal`.
     commit_awaiting_lsn: bool,
     /// State only the primary has (LISTEN, temp table, ...).
-    pinned: Option<&'static str>,
+    pinned: Vec<&'static str>,
     /// The answer to the last LSN query, until its ReadyForQuery.
     lsn_answer: Option<Lsn>,
     /// A write's ReadyForQuery, passed on once its commit LSN is known.
@@ -269,7 +269,7 @@ pub async fn run(
         login: ready.login.clone(),
         user: ready.params.user().unwrap_or_default().to_string(),
         client_id,
-        pinned: None,
+        pinned: Vec::new(),
         cancel,
         draining: *shutdown.borrow(),
         bytes_received: metrics::counter!("causeway_client_bytes_received_total"),
@@ -477,7 +477,7 @@ impl Session {
     /// Gives the server back (transaction pooling) or keeps it aside
     /// (session pooling) once the session is at rest.
     fn release_if_at_rest(&mut self) {
-        if self.current.is_none() || !self.at_rest() || self.pinned.is_some() {
+        if self.current.is_none() || !self.at_rest() || !self.pinned.is_empty() {
             return;
         }
         if let Some(attached) = self.current.take() {

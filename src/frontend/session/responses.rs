@@ -396,9 +396,9 @@ impl Session {
                         conn.settings.clear();
                         self.state.settings.clear();
                         self.tx_effects.clear();
-                        self.pinned = None;
+                        self.pinned.clear();
                     }
-                    Effect::Unpin => self.pinned = None,
+                    Effect::Unpin(reason) => self.pinned.retain(|p| p != reason),
                 }
             }
         }
