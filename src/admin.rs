@@ -352,6 +352,7 @@ fn config(proxy: &Proxy) -> Table {
                 crate::config::CausalScope::Session => "session",
                 crate::config::CausalScope::ClientId => "client_id",
                 crate::config::CausalScope::User => "user",
+                crate::config::CausalScope::Global => "global",
             }
             .to_string(),
         ),

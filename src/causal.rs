@@ -17,6 +17,8 @@ pub struct CausalMap {
     map: DashMap<String, (Lsn, Instant)>,
     ttl: Duration,
     max_entries: usize,
+    /// The newest commit LSN of any session (`causal_scope = "global"`).
+    newest: std::sync::atomic::AtomicU64,
 }
 
 impl CausalMap {
@@ -25,7 +27,22 @@ impl CausalMap {
             map: DashMap::new(),
             ttl,
             max_entries: max_entries.max(1),
+            newest: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The newest commit LSN any session of this proxy has seen, if any.
+    pub fn newest(&self) -> Option<Lsn> {
+        match self.newest.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            lsn => Some(Lsn(lsn)),
+        }
+    }
+
+    /// Raises the proxy-wide newest commit LSN to at least `lsn`.
+    pub fn advance_newest(&self, lsn: Lsn) {
+        self.newest
+            .fetch_max(lsn.0, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The client's causal LSN, if it wrote within the last `ttl`.

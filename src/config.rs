@@ -61,6 +61,9 @@ pub enum CausalScope {
     Session,
     ClientId,
     User,
+    /// Every read waits for every commit made through this proxy before it
+    /// began, as a single Postgres server behaves across connections.
+    Global,
 }
 
 /// How reads find a replica.
@@ -82,7 +85,9 @@ pub struct RoutingSection {
     pub statement_cache_size: usize,
     /// Who shares a causal LSN: "session" (each connection alone),
     /// "client_id" (connections with the same `causeway.client_id`; a
-    /// connection without one is alone), or "user" (the login role).
+    /// connection without one is alone), "user" (the login role), or
+    /// "global" (every connection: each read sees every commit made through
+    /// this proxy before it began).
     pub causal_scope: CausalScope,
     /// A shared client's causal LSN is forgotten after this long without writes.
     pub client_lsn_ttl_ms: u64,

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod backend;
 pub mod cancel;
+pub mod catalog;
 pub mod causal;
 pub mod config;
 pub mod frontend;

@@ -37,8 +37,8 @@ pub fn waited(elapsed: Duration, caught_up: bool) {
 }
 
 /// A read was re-run elsewhere after a replica refused it or failed.
-pub fn retried(server: &str, why: &'static str) {
-    metrics::counter!("causeway_read_retries_total", "server" => server.to_string(), "reason" => why).increment(1);
+pub fn retried(server: &str, why: &'static str, sqlstate: &str) {
+    metrics::counter!("causeway_read_retries_total", "server" => server.to_string(), "reason" => why, "sqlstate" => sqlstate.to_string()).increment(1);
 }
 
 /// A read was refused because no replica was fresh (`on_stale = "error"`).

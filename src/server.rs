@@ -56,6 +56,8 @@ pub struct Proxy {
     /// Causal LSNs shared by connections of one client.
     pub causal: Arc<CausalMap>,
     pub stats: Arc<Stats>,
+    /// Function volatility by database, read from the primary.
+    pub catalogs: crate::catalog::Catalogs,
 }
 
 impl Drop for Proxy {
@@ -141,6 +143,7 @@ impl Proxy {
                 |p| p.causal.clone(),
             ),
             stats: previous.map_or_else(|| Arc::new(Stats::default()), |p| p.stats.clone()),
+            catalogs: crate::catalog::Catalogs::default(),
             config,
         }
     }

@@ -60,6 +60,13 @@ pub struct ServerConn {
     pub id: u64,
     /// When it was last given back to its pool.
     pub idle_since: Option<std::time::Instant>,
+    /// Something the proxy sent to bring it up to date failed, so what it
+    /// holds is not what `settings` says: it is closed, never lent again.
+    pub unclean: bool,
+    /// `default_transaction_isolation` as the connection started (the
+    /// role's or database's default), read once after login: a hot standby
+    /// refuses reads of sessions whose default is serializable.
+    pub default_isolation: String,
 }
 
 static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -141,8 +148,16 @@ impl ServerConn {
             server_name: target.name.clone(),
             id: NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             idle_since: None,
+            unclean: false,
+            default_isolation: String::new(),
         };
         conn.login(login).await?;
+        if let Ok(Ok(rows)) = conn
+            .query_column("SHOW default_transaction_isolation")
+            .await
+        {
+            conn.default_isolation = rows.into_iter().next().unwrap_or_default();
+        }
         Ok(conn)
     }
 
@@ -339,6 +354,33 @@ impl ServerConn {
                 }
                 b'E' if error.is_none() => error = Some(messages::parse_error_fields(&body)),
                 b'Z' => return Ok(error),
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs one statement of the proxy's own and returns its first column,
+    /// row by row (NULLs left out), or the server's error.
+    pub async fn query_column(
+        &mut self,
+        sql: &str,
+    ) -> Result<Result<Vec<String>, messages::ErrorFields>, BackendError> {
+        let mut out = BytesMut::new();
+        messages::query(&mut out, sql);
+        self.send(&out).await?;
+        let mut error = None;
+        let mut rows = Vec::new();
+        loop {
+            let (tag, body, _) = self.read_message().await?;
+            match tag {
+                b'S' => {
+                    if let Some((name, value)) = messages::parse_parameter_status(&body) {
+                        self.params.insert(name, value);
+                    }
+                }
+                b'D' => rows.extend(messages::first_column_text(&body).map(str::to_string)),
+                b'E' if error.is_none() => error = Some(messages::parse_error_fields(&body)),
+                b'Z' => return Ok(error.map_or(Ok(rows), Err)),
                 _ => {}
             }
         }

@@ -148,18 +148,33 @@ impl Pool {
     /// Lends connection `preferred` if it is idle, else as [`Pool::checkout`].
     /// A client that gets its last connection back finds what the proxy
     /// cannot replay still there (`currval`, `lastval`, the plan cache).
-    pub async fn checkout_preferring(
-        self: &Arc<Self>,
-        preferred: Option<u64>,
-    ) -> Result<Lease, BackendError> {
-        let permit = tokio::time::timeout(self.checkout_timeout, self.lent.clone().acquire_owned())
+    /// A newly opened connection, never one another client used.
+    pub async fn checkout_new(self: &Arc<Self>) -> Result<Lease, BackendError> {
+        let permit = self.permit().await?;
+        let conn = ServerConn::connect(&self.target, &self.login, self.connect_timeout).await?;
+        Ok(Lease {
+            conn,
+            pool: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, BackendError> {
+        tokio::time::timeout(self.checkout_timeout, self.lent.clone().acquire_owned())
             .await
             .map_err(|_| BackendError::PoolTimeout {
                 server: self.target.name.clone(),
             })?
             .map_err(|_| BackendError::PoolTimeout {
                 server: self.target.name.clone(),
-            })?;
+            })
+    }
+
+    pub async fn checkout_preferring(
+        self: &Arc<Self>,
+        preferred: Option<u64>,
+    ) -> Result<Lease, BackendError> {
+        let permit = self.permit().await?;
         let mut preferred = preferred;
         let conn = loop {
             let idle = self.idle.lock().ok().and_then(|mut idle| {
@@ -200,6 +215,10 @@ impl Lease {
             _permit,
         } = self;
         let mut conn = conn;
+        if conn.unclean {
+            tracing::warn!(server = %conn.server_name, "closing a server connection whose session state is unknown");
+            return;
+        }
         conn.idle_since = Some(std::time::Instant::now());
         if let Ok(mut idle) = pool.idle.lock() {
             idle.push(conn);

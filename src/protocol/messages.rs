@@ -270,9 +270,55 @@ pub fn first_column_text(body: &[u8]) -> Option<&str> {
     std::str::from_utf8(value).ok()
 }
 
+/// The parameter values of a Bind body, as text: `None` for the whole
+/// message if it is malformed, `None` for a value that is NULL or not
+/// UTF-8. (A `text` value's binary format is its text, so the format codes
+/// do not matter for the settings this is used for.)
+pub fn bind_text_parameters(body: &[u8]) -> Option<Vec<Option<String>>> {
+    let mut rest = body;
+    for _ in 0..2 {
+        let end = rest.iter().position(|&b| b == 0)?;
+        rest = rest.get(end + 1..)?;
+    }
+    let take_i16 = |rest: &mut &[u8]| -> Option<i16> {
+        let v = i16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
+        *rest = rest.get(2..)?;
+        Some(v)
+    };
+    let formats = usize::try_from(take_i16(&mut rest)?).ok()?;
+    rest = rest.get(formats * 2..)?;
+    let count = usize::try_from(take_i16(&mut rest)?).ok()?;
+    let mut values = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = rest.get(4..)?;
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let value = rest.get(..len as usize)?;
+        rest = rest.get(len as usize..)?;
+        values.push(std::str::from_utf8(value).ok().map(str::to_string));
+    }
+    Some(values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bind_parameters_are_read_as_text() {
+        // portal "", statement "s1", one format (text), two values: "UTC", NULL.
+        let body = b"\0s1\0\0\x01\0\0\0\x02\0\0\0\x03UTC\xff\xff\xff\xff\0\0";
+        assert_eq!(
+            bind_text_parameters(body),
+            Some(vec![Some("UTC".to_string()), None])
+        );
+        assert_eq!(bind_text_parameters(b"\0s1\0\0\x01\0"), None);
+        assert_eq!(bind_text_parameters(b"\0\0\0\0\0\x01\0\0\0\x09ab"), None);
+        assert_eq!(bind_text_parameters(b""), None);
+    }
 
     #[test]
     fn error_response_round_trips() {

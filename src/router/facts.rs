@@ -19,6 +19,9 @@ pub enum Hint {
 pub enum Effect {
     /// `SET name ...`: replay `sql` verbatim.
     Set { name: String, sql: String },
+    /// `SELECT set_config('name', $n, false)`: a `Set` once the Bind
+    /// gives parameter `param` (0-based).
+    SetFromParameter { name: String, param: usize },
     /// `RESET name`.
     Reset { name: String },
     /// `RESET ALL`.
@@ -49,8 +52,14 @@ pub struct UnitFacts {
     pub begin: Option<bool>,
     /// Ends a transaction block (COMMIT, ROLLBACK, PREPARE TRANSACTION...).
     pub ends_tx: bool,
-    /// `SET TRANSACTION READ ONLY` (or `SET SESSION CHARACTERISTICS ...`).
+    /// `SET TRANSACTION READ ONLY`.
     pub set_tx_read_only: bool,
+    /// Asks for SERIALIZABLE isolation (`BEGIN ISOLATION LEVEL
+    /// SERIALIZABLE`, `SET TRANSACTION ...`), which a hot standby refuses.
+    pub serializable: bool,
+    /// Says `READ WRITE` explicitly (`BEGIN READ WRITE`), so even a session
+    /// whose blocks are read-only by default opens a writable one.
+    pub read_write: bool,
     pub hint: Option<Hint>,
     /// State that ties the session to its server (LISTEN, temp table...),
     /// one entry per reason.
@@ -61,6 +70,12 @@ pub struct UnitFacts {
     /// Contains `COPY ... FROM STDIN`: the server will wait for the
     /// client's data, so nothing of the proxy's may follow it on the wire.
     pub copy_in: bool,
+    /// Functions it calls (see `Classification::calls`); a read calling a
+    /// VOLATILE user function is a possible write.
+    pub calls: Vec<String>,
+    /// May create, change or drop functions: the catalog of function
+    /// volatility is read again after it.
+    pub changes_functions: bool,
     /// Databases that must have no connections for it to succeed
     /// (`DROP DATABASE x`, `CREATE DATABASE ... TEMPLATE x`, `ALTER DATABASE x RENAME`).
     pub frees_database: Vec<String>,
@@ -98,7 +113,11 @@ impl UnitFacts {
     /// `SET TRANSACTION READ ONLY` in the same unit) and writes nothing.
     pub fn begins_read_only(&self) -> bool {
         let read_only = self.begin == Some(true) || (self.begin.is_some() && self.set_tx_read_only);
-        read_only && !self.ends_tx && self.write_reason.is_none() && self.effects.is_empty()
+        read_only
+            && !self.ends_tx
+            && !self.serializable
+            && self.write_reason.is_none()
+            && self.effects.is_empty()
     }
 
     /// Adds the facts of a later statement of the same unit.
@@ -111,6 +130,8 @@ impl UnitFacts {
         }
         self.ends_tx |= other.ends_tx;
         self.set_tx_read_only |= other.set_tx_read_only;
+        self.serializable |= other.serializable;
+        self.read_write |= other.read_write;
         if self.hint.is_none() {
             self.hint = other.hint;
         }
@@ -122,6 +143,12 @@ impl UnitFacts {
         self.effects.extend(other.effects.iter().cloned());
         self.executes.extend(other.executes.iter().cloned());
         self.copy_in |= other.copy_in;
+        for call in &other.calls {
+            if !self.calls.contains(call) {
+                self.calls.push(call.clone());
+            }
+        }
+        self.changes_functions |= other.changes_functions;
         self.frees_database
             .extend(other.frees_database.iter().cloned());
     }
@@ -167,6 +194,30 @@ impl FactsCache {
     }
 }
 
+impl FactsCache {
+    /// Records that `sql` needs the primary after all (a replica refused
+    /// it), so every session routes it there from now on. Kept until the
+    /// cache is next cleared, when a replica will teach it again.
+    pub fn learn_write(&self, sql: &str, reason: &'static str) {
+        if sql.len() > Self::MAX_CACHED_SQL_BYTES || self.capacity == 0 {
+            return;
+        }
+        let mut facts = match self.map.get(sql) {
+            Some(found) => (**found).clone(),
+            None => from_sql(sql, &[]),
+        };
+        if facts.write_reason.is_some() {
+            return;
+        }
+        facts.write_reason = Some(reason);
+        facts.calls.clear();
+        if self.map.len() >= self.capacity {
+            self.map.clear();
+        }
+        self.map.insert(sql.to_string(), Arc::new(facts));
+    }
+}
+
 /// The facts of a SQL text, from the cache or the classifier.
 ///
 /// Looked up by exact text first (drivers repeat prepared texts), then by
@@ -199,6 +250,8 @@ pub fn cached(cache: &FactsCache, sql: &str, extra_write_functions: &[String]) -
 }
 
 const LISTEN: &str = "listen";
+/// The pin of a `set_config` whose value the proxy cannot know.
+pub const SET_CONFIG: &str = "set_config";
 const TEMP_TABLE: &str = "temporary table";
 const CURSOR_WITH_HOLD: &str = "cursor with hold";
 
@@ -219,9 +272,34 @@ pub fn from_sql(sql: &str, extra_write_functions: &[String]) -> UnitFacts {
             facts
                 .frees_database
                 .extend(database_needing_no_connections(text));
+            if matches!(statement.kind, classify::Kind::Write { reason: "ddl" }) {
+                facts.changes_functions |= may_change_functions(text);
+            }
         }
     }
+    if facts.write_reason.is_none() {
+        facts.calls = classification.calls;
+    }
     facts
+}
+
+/// A DDL statement that may create, change or drop a function: one that
+/// names functions, procedures, extensions, schemas (`DROP SCHEMA ...
+/// CASCADE`), languages or ownership. Over-approximates; the cost of a
+/// false alarm is one catalog query.
+fn may_change_functions(statement: &str) -> bool {
+    let lower = statement.to_ascii_lowercase();
+    [
+        "function",
+        "procedure",
+        "routine",
+        "extension",
+        "schema",
+        "language",
+        "owned",
+    ]
+    .iter()
+    .any(|word| lower.contains(word))
 }
 
 /// The database a statement needs free of connections, if any:
@@ -282,20 +360,27 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
         }
         Kind::Execute { name } => facts.executes.push(name.clone()),
         Kind::Transaction(tx) => match tx {
-            TxControl::Begin { read_only } => {
+            TxControl::Begin { modes } => {
                 if facts.begin.is_none() {
-                    facts.begin = Some(*read_only == Some(true));
+                    facts.begin = Some(modes.read_only == Some(true));
                 }
+                facts.serializable |= modes.serializable();
+                facts.read_write |= modes.read_only == Some(false);
             }
             TxControl::Commit { .. } | TxControl::Rollback { .. } => facts.ends_tx = true,
             TxControl::PrepareTransaction { .. } => {
                 facts.ends_tx = true;
                 write(facts, "prepare transaction");
             }
-            TxControl::SetTransaction {
-                read_only: Some(true),
-            } => facts.set_tx_read_only = true,
-            TxControl::SetTransaction { .. } => write(facts, "transaction control"),
+            TxControl::SetTransaction { modes } => {
+                facts.serializable |= modes.serializable();
+                facts.read_write |= modes.read_only == Some(false);
+                if modes.read_only == Some(true) {
+                    facts.set_tx_read_only = true;
+                } else {
+                    write(facts, "transaction control");
+                }
+            }
             TxControl::Savepoint { .. }
             | TxControl::ReleaseSavepoint { .. }
             | TxControl::RollbackToSavepoint { .. } => write(facts, "savepoint"),
@@ -318,10 +403,29 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
                 facts.effects.push(Effect::Reset { name: name.clone() })
             }
             SessionChange::ResetAll => facts.effects.push(Effect::ResetAll),
-            SessionChange::TransactionDefaults { statement, .. } => {
-                facts.effects.push(Effect::Set {
-                    name: "session characteristics".to_string(),
-                    sql: statement.clone(),
+            // The defaults are three settings; each is replayed and undone
+            // under its own name, as if set one by one.
+            SessionChange::TransactionDefaults { modes, .. } => {
+                let mut set = |name: &str, value: String| {
+                    facts.effects.push(Effect::Set {
+                        name: name.to_string(),
+                        sql: format!("SET {name} = {value}"),
+                    })
+                };
+                if let Some(isolation) = modes.isolation {
+                    set("default_transaction_isolation", format!("'{isolation}'"));
+                }
+                if let Some(read_only) = modes.read_only {
+                    set("default_transaction_read_only", on_off(read_only));
+                }
+                if let Some(deferrable) = modes.deferrable {
+                    set("default_transaction_deferrable", on_off(deferrable));
+                }
+            }
+            SessionChange::SetFromParameter { name, param } => {
+                facts.effects.push(Effect::SetFromParameter {
+                    name: name.clone(),
+                    param: *param,
                 })
             }
             SessionChange::Prepare {
@@ -356,7 +460,7 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
                     PinReason::TempTable => TEMP_TABLE,
                     PinReason::CursorWithHold { .. } => CURSOR_WITH_HOLD,
                     PinReason::AdvisoryLock => "session advisory lock",
-                    PinReason::SetConfig => "set_config",
+                    PinReason::SetConfig => SET_CONFIG,
                     PinReason::Load => "load",
                 };
                 if !facts.pins.contains(&pin) {
@@ -382,6 +486,10 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
             }
         },
     }
+}
+
+fn on_off(on: bool) -> String {
+    if on { "on" } else { "off" }.to_string()
 }
 
 #[cfg(test)]
@@ -420,7 +528,20 @@ mod tests {
             "SELECT set_config('search_path', 'leak', 'false')",
             &[],
         );
-        assert_eq!(session.pins, vec!["set_config"]);
+        assert!(session.pins.is_empty());
+        assert_eq!(
+            session.effects,
+            vec![Effect::Set {
+                name: "search_path".into(),
+                sql: "SELECT set_config('search_path', 'leak', 'false')".into()
+            }]
+        );
+        let computed = cached(
+            &cache,
+            "SELECT set_config('search_path', 'a' || 'b', 'false')",
+            &[],
+        );
+        assert_eq!(computed.pins, vec!["set_config"]);
     }
 
     #[test]
@@ -455,5 +576,31 @@ mod tests {
         assert_eq!(facts.pins, vec!["listen", "temporary table"]);
         let facts = from_sql("UNLISTEN *", &[]);
         assert_eq!(facts.effects, vec![Effect::Unpin("listen")]);
+        let facts = from_sql(
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY",
+            &[],
+        );
+        assert_eq!(
+            facts.effects,
+            vec![
+                Effect::Set {
+                    name: "default_transaction_isolation".into(),
+                    sql: "SET default_transaction_isolation = 'serializable'".into()
+                },
+                Effect::Set {
+                    name: "default_transaction_read_only".into(),
+                    sql: "SET default_transaction_read_only = on".into()
+                },
+            ]
+        );
+        let facts = from_sql("SELECT my_fn(a), count(*) FROM t WHERE x IN (1)", &[]);
+        assert_eq!(facts.calls, vec!["my_fn", "count"]);
+        assert!(facts.is_read());
+        let facts = from_sql(
+            "CREATE OR REPLACE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql",
+            &[],
+        );
+        assert!(facts.changes_functions);
+        assert!(!from_sql("CREATE TABLE t (a int)", &[]).changes_functions);
     }
 }

@@ -50,6 +50,8 @@ pub enum Reason {
     Retry,
     /// Changes session state only (SET, PREPARE, ...).
     Session,
+    /// A read in a SERIALIZABLE transaction, which a hot standby refuses.
+    Serializable,
 }
 
 impl Reason {
@@ -67,6 +69,7 @@ impl Reason {
             Reason::Pipelined => "pipelined",
             Reason::Retry => "retry",
             Reason::Session => "session_state",
+            Reason::Serializable => "serializable",
         }
     }
 }
@@ -105,16 +108,46 @@ pub enum Decision {
     },
 }
 
+/// What routing needs to know of the session a unit comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionView {
+    /// Holds state only its server has (LISTEN, temp table...).
+    pub pinned: bool,
+    /// The session's causal LSN, `None` when it never wrote.
+    pub causal: Option<Lsn>,
+    /// Its transactions are SERIALIZABLE by default (setting, role or
+    /// database default, or learned from a replica's refusal).
+    pub serializable: bool,
+    /// `default_transaction_read_only` is on: a plain `BEGIN` opens a
+    /// read-only block.
+    pub read_only_blocks: bool,
+}
+
+impl SessionView {
+    /// Whether a block the unit opens is read-only, and so may run on a
+    /// replica: declared so, or by the session's default.
+    pub fn opens_read_only_block(&self, facts: &UnitFacts) -> bool {
+        let declared = facts.begins_read_only();
+        let by_default = self.read_only_blocks
+            && facts.begin.is_some()
+            && !facts.read_write
+            && !facts.serializable
+            && !facts.ends_tx
+            && facts.write_reason.is_none()
+            && facts.effects.is_empty();
+        (declared || by_default) && !self.serializable
+    }
+}
+
 /// Routes a unit that starts at rest (no transaction open, not pinned to a
-/// server by an open batch). `causal` is the session's causal LSN, `None`
-/// when it never wrote.
-pub fn decide(facts: &UnitFacts, pinned: bool, causal: Option<Lsn>) -> Decision {
-    if pinned || !facts.pins.is_empty() {
+/// server by an open batch).
+pub fn decide(facts: &UnitFacts, session: &SessionView) -> Decision {
+    if session.pinned || !facts.pins.is_empty() {
         return Decision::Primary(Reason::Pinned);
     }
     match facts.hint {
         Some(facts::Hint::Primary) => return Decision::Primary(Reason::Hint),
-        Some(facts::Hint::Replica) if facts.is_read() => {
+        Some(facts::Hint::Replica) if facts.is_read() && !session.serializable => {
             return Decision::Replica {
                 causal: None,
                 any_replica: true,
@@ -123,21 +156,29 @@ pub fn decide(facts: &UnitFacts, pinned: bool, causal: Option<Lsn>) -> Decision 
         }
         _ => {}
     }
-    if facts.begins_read_only() {
+    if session.opens_read_only_block(facts) {
         return Decision::Replica {
-            causal,
+            causal: session.causal,
             any_replica: false,
             read_only_block: true,
         };
     }
     if facts.is_read() {
+        if session.serializable {
+            return Decision::Primary(Reason::Serializable);
+        }
         return Decision::Replica {
-            causal,
+            causal: session.causal,
             any_replica: false,
             read_only_block: false,
         };
     }
-    if facts.begin.is_some() || facts.ends_tx || facts.set_tx_read_only {
+    if facts.begin.is_some()
+        && (facts.serializable || session.serializable)
+        && facts.write_reason.is_none()
+    {
+        Decision::Primary(Reason::Serializable)
+    } else if facts.begin.is_some() || facts.ends_tx || facts.set_tx_read_only {
         Decision::Primary(Reason::Transaction)
     } else if facts.write_reason.is_none() {
         Decision::Primary(Reason::Session)
@@ -317,34 +358,107 @@ mod tests {
         assert!(worth_waiting(&positions(vec![replaying]), now));
     }
 
+    fn session(causal: Option<Lsn>) -> SessionView {
+        SessionView {
+            causal,
+            ..SessionView::default()
+        }
+    }
+
     #[test]
     fn decisions_follow_the_facts() {
         let read = UnitFacts::read();
         assert_eq!(
-            decide(&read, false, Some(Lsn(7))),
+            decide(&read, &session(Some(Lsn(7)))),
             Decision::Replica {
                 causal: Some(Lsn(7)),
                 any_replica: false,
                 read_only_block: false
             }
         );
-        assert_eq!(decide(&read, true, None), Decision::Primary(Reason::Pinned));
+        let pinned = SessionView {
+            pinned: true,
+            ..SessionView::default()
+        };
+        assert_eq!(decide(&read, &pinned), Decision::Primary(Reason::Pinned));
         let write = UnitFacts::write("insert");
         assert_eq!(
-            decide(&write, false, None),
+            decide(&write, &session(None)),
             Decision::Primary(Reason::Write)
         );
         let mut hinted = UnitFacts::write("insert");
         hinted.hint = Some(facts::Hint::Replica);
         assert_eq!(
-            decide(&hinted, false, None),
+            decide(&hinted, &session(None)),
             Decision::Primary(Reason::Write)
         );
         let mut hinted = UnitFacts::read();
         hinted.hint = Some(facts::Hint::Primary);
         assert_eq!(
-            decide(&hinted, false, None),
+            decide(&hinted, &session(None)),
             Decision::Primary(Reason::Hint)
         );
+    }
+
+    #[test]
+    fn serializable_never_reaches_a_replica() {
+        let serializable = SessionView {
+            serializable: true,
+            ..SessionView::default()
+        };
+        let read = UnitFacts::read();
+        assert_eq!(
+            decide(&read, &serializable),
+            Decision::Primary(Reason::Serializable)
+        );
+        let mut hinted = UnitFacts::read();
+        hinted.hint = Some(facts::Hint::Replica);
+        assert_eq!(
+            decide(&hinted, &serializable),
+            Decision::Primary(Reason::Serializable)
+        );
+        let begin = facts::from_sql("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", &[]);
+        assert_eq!(
+            decide(&begin, &session(None)),
+            Decision::Primary(Reason::Serializable)
+        );
+        let begin = facts::from_sql("BEGIN READ ONLY", &[]);
+        assert_eq!(
+            decide(&begin, &serializable),
+            Decision::Primary(Reason::Serializable)
+        );
+        let begin = facts::from_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", &[]);
+        assert!(matches!(
+            decide(&begin, &session(None)),
+            Decision::Replica {
+                read_only_block: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn read_only_sessions_open_read_only_blocks() {
+        let read_only = SessionView {
+            read_only_blocks: true,
+            ..SessionView::default()
+        };
+        for sql in [
+            "BEGIN ISOLATION LEVEL READ COMMITTED",
+            "START TRANSACTION",
+            "BEGIN",
+        ] {
+            let facts = facts::from_sql(sql, &[]);
+            assert!(read_only.opens_read_only_block(&facts), "{sql}");
+            assert!(!session(None).opens_read_only_block(&facts), "{sql}");
+        }
+        for sql in [
+            "BEGIN READ WRITE",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            "BEGIN; INSERT INTO t VALUES (1)",
+        ] {
+            let facts = facts::from_sql(sql, &[]);
+            assert!(!read_only.opens_read_only_block(&facts), "{sql}");
+        }
     }
 }

@@ -42,7 +42,14 @@ impl Session {
                 // The held-back BEGIN goes where its first statement goes,
                 // whatever server the session used before it (nothing has
                 // been sent since the BEGIN, so moving is safe).
-                if unit.facts.set_tx_read_only && !unit.facts.writes() {
+                let view = self.view();
+                let read_only = !unit.facts.writes()
+                    && !unit.facts.serializable
+                    && !unit.facts.read_write
+                    && (unit.facts.set_tx_read_only || view.read_only_blocks);
+                if view.serializable && read_only {
+                    (Server::Primary, Reason::Serializable)
+                } else if read_only {
                     match self.choose_replica(true).await? {
                         Some(choice) => choice,
                         None => (Server::Primary, Reason::Transaction),
@@ -107,6 +114,17 @@ impl Session {
             self.send(unit, server, reason).await?;
         }
         Ok(())
+    }
+
+    /// The session as routing sees it.
+    fn view(&self) -> router::SessionView {
+        router::SessionView {
+            pinned: !self.pinned.is_empty(),
+            causal: self.effective_causal(),
+            serializable: self.serializable_refused
+                || self.state.serializable(&self.role_isolation),
+            read_only_blocks: self.declared_read_only,
+        }
     }
 
     /// Answers a lone BEGIN itself and keeps it for the next unit.
@@ -197,11 +215,7 @@ impl Session {
 
     /// Routes a unit at rest. `None`: refuse it (stale, `on_stale = "error"`).
     async fn route(&self, unit: &Unit) -> Result<Option<(Server, Reason)>, End> {
-        let decision = router::decide(
-            &unit.facts,
-            !self.pinned.is_empty(),
-            self.effective_causal(),
-        );
+        let decision = router::decide(&unit.facts, &self.view());
         let (any_replica, read_only_block) = match decision {
             Decision::Primary(reason) => return Ok(Some((Server::Primary, reason))),
             Decision::Replica {
@@ -382,6 +396,20 @@ impl Session {
                 unit.facts.ends_tx && (self.tx_wrote || wrote)
             };
         self.to_server.extend_from_slice(&unit.bytes);
+        // DDL that may change functions: the catalog is read again once
+        // its transaction is over (a rolled-back DROP must not drop a
+        // function from the catalog).
+        self.functions_changed |= unit.facts.changes_functions;
+        let ends_work = if at_rest {
+            unit.facts.begin.is_none() || unit.facts.ends_tx
+        } else {
+            unit.facts.ends_tx
+        };
+        let reload_catalog = self.functions_changed
+            && server == Server::Primary
+            && unit.synced
+            && !unit.facts.copy_in
+            && ends_work;
         let mut inflight = InFlight::new(&unit, server, at_rest);
         if let Some(open) = self.open_batch.take() {
             inflight.absorb(open);
@@ -397,6 +425,18 @@ impl Session {
             if want_lsn {
                 self.pending.push_back(Expect::Internal(Internal::Lsn));
                 messages::query(&mut self.to_server, LSN_QUERY);
+            }
+            if reload_catalog {
+                self.functions_changed = false;
+                // Read the catalog again on the same connection, right
+                // behind the DDL: the session's next read already knows
+                // whether a function it just made may write.
+                self.catalog_rows = Some(Vec::new());
+                self.pending.push_back(Expect::Internal(Internal::Catalog));
+                messages::query(
+                    &mut self.to_server,
+                    crate::catalog::VOLATILE_FUNCTIONS_QUERY,
+                );
             }
         } else {
             self.open_batch = Some(inflight);

@@ -125,6 +125,22 @@ struct Session {
     commit_awaiting_lsn: bool,
     /// State only the primary has (LISTEN, temp table, ...).
     pinned: Vec<&'static str>,
+    /// Function volatility of the session's database.
+    catalog: Arc<crate::catalog::Catalog>,
+    /// It ran DDL that may change functions; the catalog is read again
+    /// when its transaction ends.
+    functions_changed: bool,
+    /// Rows of a catalog query in flight (`None` if it failed).
+    catalog_rows: Option<Vec<String>>,
+    /// `default_transaction_read_only` is on (as the server reports it):
+    /// plain `BEGIN` blocks are read-only and may run on a replica.
+    declared_read_only: bool,
+    /// The role's or database's `default_transaction_isolation`, as the
+    /// greeting connection found it.
+    role_isolation: String,
+    /// A replica refused this session's reads as SERIALIZABLE (a default
+    /// the proxy could not see): its reads go to the primary from now on.
+    serializable_refused: bool,
     /// The answer to the last LSN query, until its ReadyForQuery.
     lsn_answer: Option<Lsn>,
     /// A write's ReadyForQuery, passed on once its commit LSN is known.
@@ -187,11 +203,32 @@ pub async fn run(
             return;
         }
     };
-    let catchup = state.catch_up(&mut lease.conn, &[], &[]);
-    if let Some(sql) = catchup.settings {
+    // Bring the greeting connection to the client's startup settings. A
+    // connection another client used first may fail to be undone: it is
+    // closed, and a new one tried, before the client is blamed.
+    let mut attempt = 0;
+    loop {
+        let used_before = !lease.conn.settings.is_empty();
+        let catchup = state.catch_up(&mut lease.conn, &[], &[]);
+        let Some(sql) = catchup.settings else { break };
         match lease.conn.run_internal(&sql).await {
-            Ok(None) => {}
+            Ok(None) => break,
+            Ok(Some(e)) if used_before && attempt == 0 => {
+                tracing::warn!(code = %e.code, message = %e.message, "could not undo another client's settings; closing that server connection");
+                lease.conn.unclean = true;
+                lease.give_back();
+                attempt += 1;
+                lease = match pool.checkout_new().await {
+                    Ok(lease) => lease,
+                    Err(e) => {
+                        refuse(&mut io, backend_login_error(e)).await;
+                        return;
+                    }
+                };
+            }
             Ok(Some(e)) => {
+                lease.conn.unclean = true;
+                lease.give_back();
                 refuse(
                     &mut io,
                     super::LoginError::Fatal {
@@ -208,6 +245,31 @@ pub async fn run(
             }
         }
     }
+    // The first session of a database reads which of its functions may
+    // write, before any of its reads is routed.
+    let catalog = proxy.catalogs.get(&ready.login.database);
+    if !catalog.is_loaded() {
+        match lease
+            .conn
+            .query_column(crate::catalog::VOLATILE_FUNCTIONS_QUERY)
+            .await
+        {
+            Ok(Ok(names)) => catalog.load(names),
+            Ok(Err(e)) => {
+                tracing::warn!(code = %e.code, message = %e.message, "could not read the function catalog; calls go to the primary")
+            }
+            Err(e) => {
+                refuse(&mut io, backend_login_error(e)).await;
+                return;
+            }
+        }
+    }
+    let declared_read_only = lease
+        .conn
+        .params
+        .get("default_transaction_read_only")
+        .is_some_and(|v| v == "on");
+    let role_isolation = lease.conn.default_isolation.clone();
     let mut greeting = BytesMut::with_capacity(512);
     let mut params: Vec<_> = lease.conn.params.iter().collect();
     params.sort();
@@ -270,6 +332,12 @@ pub async fn run(
         user: ready.params.user().unwrap_or_default().to_string(),
         client_id,
         pinned: Vec::new(),
+        catalog,
+        functions_changed: false,
+        catalog_rows: None,
+        declared_read_only,
+        role_isolation,
+        serializable_refused: false,
         cancel,
         draining: *shutdown.borrow(),
         bytes_received: metrics::counter!("causeway_client_bytes_received_total"),
@@ -336,15 +404,19 @@ impl Session {
                 self.client_id.as_ref().map(|id| format!("id:{id}"))
             }
             crate::config::CausalScope::User => Some(format!("user:{}", self.user)),
+            crate::config::CausalScope::Global => None,
         }
     }
 
     /// The LSN a replica must have replayed before it may serve this
     /// session's reads: its own writes, and those of its client.
     fn effective_causal(&self) -> Option<Lsn> {
-        let shared = self
-            .causal_key()
-            .and_then(|key| self.proxy.causal.get(&key));
+        let shared = match self.proxy.config.routing.causal_scope {
+            crate::config::CausalScope::Global => self.proxy.causal.newest(),
+            _ => self
+                .causal_key()
+                .and_then(|key| self.proxy.causal.get(&key)),
+        };
         match (self.causal, shared) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -448,6 +520,7 @@ impl Session {
         let source = units::CachedFacts {
             cache: &self.proxy.facts_cache,
             extra_write_functions: &self.proxy.config.routing.extra_write_functions,
+            catalog: &self.catalog,
         };
         // COPY data goes to the server in COPY mode, which is the current
         // one; if units are still queued it must wait behind them.
@@ -513,7 +586,7 @@ impl Session {
         tracing::warn!(replica = %name, reason = %why, "replica failed during a read; re-running it elsewhere");
         self.proxy.monitor.report_failure(&name, &why);
         self.proxy.pools.drop_idle(&name);
-        crate::metrics::retried(&name, "replica_lost");
+        crate::metrics::retried(&name, "replica_lost", "");
         self.proxy
             .stats
             .retries

@@ -17,9 +17,17 @@ use crate::router::{Effect, Server};
 /// then on the read cannot be re-run invisibly.
 const MAX_HELD: usize = 256 * 1024;
 
-/// SQLSTATEs with which a replica refuses what the primary would run:
-/// read-only transaction, and a query cancelled by a recovery conflict.
-const REPLICA_REFUSALS: [&str; 2] = ["25006", "40001"];
+/// SQLSTATEs with which a hot standby refuses what the primary would run:
+/// a write it could not see coming (25006 read-only transaction), a
+/// recovery conflict (40001, 40P01), serializable isolation (0A000), and
+/// functions that need a server not in recovery (55000). A read refused
+/// with one of these before anything reached the client re-runs on the
+/// primary; if the primary refuses it too, the client gets its answer.
+const REPLICA_REFUSALS: [&str; 5] = ["25006", "40001", "40P01", "0A000", "55000"];
+
+/// Refusals that show the statement itself needs the primary: it writes,
+/// or calls a function that does. It counts as a write from then on.
+const STATEMENT_NEEDS_PRIMARY: [&str; 2] = ["25006", "55000"];
 
 /// A ReadyForQuery the session waits for, and whose request it ends.
 #[derive(Debug)]
@@ -37,6 +45,8 @@ pub enum Internal {
     Begin,
     /// The commit LSN after a write.
     Lsn,
+    /// The function catalog, read again after DDL that may change it.
+    Catalog,
 }
 
 /// A client unit the server is working on, and what its answers showed.
@@ -56,6 +66,8 @@ pub struct InFlight {
     pub retry: Option<Unit>,
     /// A replica refused it; its answers are dropped and it runs again.
     pub refused: bool,
+    /// The refusal's SQLSTATE and message.
+    pub refusal: Option<(String, String)>,
     pub saw_error: bool,
     pub saw_commit: bool,
     pub saw_rollback: bool,
@@ -79,6 +91,7 @@ impl InFlight {
             closes: unit.closes.clone(),
             retry: None,
             refused: false,
+            refusal: None,
             saw_error: false,
             saw_commit: false,
             saw_rollback: false,
@@ -118,6 +131,9 @@ impl InFlight {
                 let fields = messages::parse_error_fields(&message[5..]);
                 if self.retry.is_some() && !self.refused {
                     self.refused = REPLICA_REFUSALS.contains(&fields.code.as_str());
+                    if self.refused {
+                        self.refusal = Some((fields.code.clone(), fields.message.clone()));
+                    }
                 }
                 if self.retry.is_some() {
                     // Held back: counted only if it reaches the client.
@@ -209,6 +225,12 @@ impl Session {
                 self.current.as_mut(),
                 messages::parse_parameter_status(&message[5..]),
             ) {
+                if name == "default_transaction_read_only" {
+                    // However it was set (SET, set_config, SESSION
+                    // CHARACTERISTICS, startup option, role default), the
+                    // server says so.
+                    self.declared_read_only = value == "on";
+                }
                 attached.lease.conn.params.insert(name, value);
             }
         }
@@ -227,15 +249,40 @@ impl Session {
                         self.lsn_answer = messages::first_column_text(&message[5..])
                             .and_then(|t| t.parse::<Lsn>().ok());
                     }
+                    b'D' if kind == Internal::Catalog => {
+                        if let (Some(rows), Some(name)) = (
+                            self.catalog_rows.as_mut(),
+                            messages::first_column_text(&message[5..]),
+                        ) {
+                            rows.push(name.to_string());
+                        }
+                    }
                     b'E' => {
                         let fields = messages::parse_error_fields(&message[5..]);
                         tracing::warn!(?kind, code = %fields.code, message = %fields.message, "proxy statement failed on server");
+                        match kind {
+                            // What the connection holds is no longer what
+                            // its mirror says: never lend it again.
+                            Internal::Setup => {
+                                if let Some(attached) = self.current.as_mut() {
+                                    attached.lease.conn.unclean = true;
+                                }
+                            }
+                            Internal::Catalog => self.catalog_rows = None,
+                            _ => {}
+                        }
                     }
                     b'Z' => {
                         self.pending.pop_front();
                         self.tx_status = message[5];
-                        if kind == Internal::Lsn {
-                            self.lsn_arrived();
+                        match kind {
+                            Internal::Lsn => self.lsn_arrived(),
+                            Internal::Catalog => {
+                                if let Some(rows) = self.catalog_rows.take() {
+                                    self.catalog.load(rows);
+                                }
+                            }
+                            _ => {}
                         }
                     }
                     _ => {}
@@ -272,8 +319,10 @@ impl Session {
                     .as_ref()
                     .map(|a| a.lease.conn.server_name.clone())
                     .unwrap_or_default();
-                tracing::debug!(replica = %name, "replica refused a read; re-running it on the primary");
-                crate::metrics::retried(&name, "refused");
+                let (code, message) = inflight.refusal.take().unwrap_or_default();
+                tracing::debug!(replica = %name, %code, %message, "replica refused a read; re-running it on the primary");
+                crate::metrics::retried(&name, "refused", &code);
+                self.learn_from_refusal(&mut unit, &code, &message);
                 self.proxy
                     .stats
                     .retries
@@ -325,6 +374,46 @@ impl Session {
         }
     }
 
+    /// Remembers what a replica's refusal showed, so it is not paid twice:
+    /// a session whose transactions are SERIALIZABLE reads from the primary
+    /// from now on; a statement that writes (or calls what does) is a write
+    /// for every session, and this run of it asks for the commit LSN.
+    fn learn_from_refusal(&mut self, unit: &mut Unit, code: &str, message: &str) {
+        if code == "0A000" && message.contains("serializable") {
+            self.serializable_refused = true;
+        }
+        if !STATEMENT_NEEDS_PRIMARY.contains(&code) {
+            return;
+        }
+        const REASON: &str = "refused by a replica";
+        unit.facts.write_reason.get_or_insert(REASON);
+        let mut texts: Vec<String> = super::units::sql_texts(&unit.bytes)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        // Statements prepared earlier: their text is in how they were
+        // prepared, and their facts in the session.
+        for name in unit.needs() {
+            let Some(prepared) = self.state.prepared.get_mut(&name) else {
+                continue;
+            };
+            match &prepared.replay {
+                super::state::Replay::Parse(parse) => texts.extend(
+                    super::units::sql_texts(parse)
+                        .into_iter()
+                        .map(str::to_string),
+                ),
+                super::state::Replay::Sql(sql) => texts.push(sql.clone()),
+            }
+            let mut facts = (*prepared.facts).clone();
+            facts.write_reason.get_or_insert(REASON);
+            prepared.facts = std::sync::Arc::new(facts);
+        }
+        for sql in texts {
+            self.proxy.facts_cache.learn_write(&sql, REASON);
+        }
+    }
+
     fn lsn_arrived(&mut self) {
         self.record_lsn();
         if let Some(ready) = self.ready_after_lsn.take() {
@@ -343,6 +432,7 @@ impl Session {
         if self.causal.is_none_or(|c| c < lsn) {
             self.causal = Some(lsn);
         }
+        self.proxy.causal.advance_newest(lsn);
         if let Some(key) = self.causal_key() {
             self.proxy.causal.advance(&key, lsn);
         }
@@ -381,7 +471,7 @@ impl Session {
                     Effect::Set { .. } | Effect::Reset { .. } | Effect::ResetAll => {
                         self.tx_effects.push(effect.clone());
                     }
-                    Effect::Prepare { .. } => {}
+                    Effect::Prepare { .. } | Effect::SetFromParameter { .. } => {}
                     Effect::Deallocate { name } => {
                         conn.prepared.remove(name);
                         self.state.prepared.remove(name);

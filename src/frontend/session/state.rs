@@ -77,17 +77,28 @@ impl SessionState {
     pub fn catch_up(&self, conn: &mut ServerConn, uses: &[String], creates: &[String]) -> Catchup {
         let mut out = Catchup::default();
         if conn.settings != self.settings {
+            // Undo what another client left first, privileges before the
+            // rest (a RESET may need the role that was replaced); replay
+            // this session's own settings, privileges last.
             let mut sql = String::new();
-            for name in conn.settings.keys() {
-                if !self.settings.contains_key(name) {
-                    sql.push_str(&format!("RESET {};", quote_ident(name)));
-                }
+            let mut resets: Vec<&String> = conn
+                .settings
+                .keys()
+                .filter(|name| !self.settings.contains_key(*name))
+                .collect();
+            resets.sort_by_key(|name| !is_privilege(name));
+            for name in resets {
+                sql.push_str(&format!("RESET {};", quote_ident(name)));
             }
-            for (name, replay) in &self.settings {
-                if conn.settings.get(name) != Some(replay) {
-                    sql.push_str(replay);
-                    sql.push(';');
-                }
+            let mut replays: Vec<(&String, &String)> = self
+                .settings
+                .iter()
+                .filter(|(name, replay)| conn.settings.get(*name) != Some(replay))
+                .collect();
+            replays.sort_by_key(|(name, _)| is_privilege(name));
+            for (_, replay) in replays {
+                sql.push_str(replay);
+                sql.push(';');
             }
             conn.settings = self.settings.clone();
             out.settings = Some(sql);
@@ -127,6 +138,30 @@ impl SessionState {
             out.sql_prepares = Some(prepares);
         }
         out
+    }
+}
+
+/// Settings that change who the session is, and so what else it may set.
+fn is_privilege(name: &str) -> bool {
+    name == "role" || name == "session_authorization"
+}
+
+impl SessionState {
+    /// The session's own setting of `name` asks for `value` (the word
+    /// appears in the statement that set it; the name itself never holds
+    /// these values).
+    fn setting_says(&self, name: &str, value: &str) -> Option<bool> {
+        self.settings
+            .get(name)
+            .map(|sql| sql.to_ascii_lowercase().contains(value))
+    }
+
+    /// Transactions default to SERIALIZABLE: by the session's own setting,
+    /// or else by the role's or database's default (`role_default`, as the
+    /// server connection found it).
+    pub fn serializable(&self, role_default: &str) -> bool {
+        self.setting_says("default_transaction_isolation", "serializable")
+            .unwrap_or_else(|| role_default.eq_ignore_ascii_case("serializable"))
     }
 }
 

@@ -238,6 +238,7 @@ fn extended_message(
         b'B' => {
             let (_portal, rest) = split_cstr(body);
             use_statement(unit, cstr(rest), state);
+            bind_settings(unit, body);
         }
         b'D' if body.first() == Some(&b'S') => use_statement(unit, cstr(&body[1..]), state),
         b'C' if body.first() == Some(&b'S') => {
@@ -248,6 +249,72 @@ fn extended_message(
         }
         _ => {}
     }
+}
+
+/// Gives a `set_config('name', $n, false)` of this unit the value of its
+/// Bind parameter, so it is replayed like a `SET`. A value that cannot be
+/// read (NULL, not UTF-8, missing) leaves the setting unknown: the session
+/// is pinned to its server instead.
+fn bind_settings(unit: &mut Unit, bind: &[u8]) {
+    use crate::router::Effect;
+    let unresolved = |e: &Effect| matches!(e, Effect::SetFromParameter { .. });
+    if !unit.facts.effects.iter().any(unresolved) {
+        return;
+    }
+    let params = crate::protocol::messages::bind_text_parameters(bind);
+    let mut pin = false;
+    for effect in unit.facts.effects.iter_mut() {
+        let Effect::SetFromParameter { name, param } = effect else {
+            continue;
+        };
+        match params
+            .as_ref()
+            .and_then(|p| p.get(*param))
+            .cloned()
+            .flatten()
+        {
+            Some(value) => {
+                let sql = format!(
+                    "SELECT pg_catalog.set_config({}, {}, false)",
+                    super::state::quote_literal(name),
+                    super::state::quote_literal(&value)
+                );
+                *effect = Effect::Set {
+                    name: std::mem::take(name),
+                    sql,
+                };
+            }
+            None => pin = true,
+        }
+    }
+    if pin {
+        unit.facts.effects.retain(|e| !unresolved(e));
+        if !unit.facts.pins.contains(&crate::router::facts::SET_CONFIG) {
+            unit.facts.pins.push(crate::router::facts::SET_CONFIG);
+        }
+    }
+}
+
+/// The SQL texts of a unit's Query and Parse messages.
+pub fn sql_texts(bytes: &[u8]) -> Vec<&str> {
+    let mut texts = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 5 {
+        let tag = rest[0];
+        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
+        let Some(message) = usize::try_from(len).ok().and_then(|n| rest.get(1..1 + n)) else {
+            break;
+        };
+        let body = message.get(4..).unwrap_or_default();
+        match tag {
+            b'Q' => texts.push(cstr(body)),
+            b'P' => texts.push(cstr(split_cstr(body).1)),
+            _ => {}
+        }
+        rest = &rest[1 + message.len()..];
+    }
+    texts.retain(|t| !t.is_empty());
+    texts
 }
 
 /// Splits a NUL-terminated string off the front of `body`.
@@ -299,15 +366,28 @@ fn is_lone_begin(sql: &str) -> bool {
     )
 }
 
-/// Facts with a cache, shared by all sessions.
+/// Facts with a cache, shared by all sessions, and the session's database
+/// catalog, which tells reads that call VOLATILE user functions.
 pub struct CachedFacts<'a> {
     pub cache: &'a crate::router::facts::FactsCache,
     pub extra_write_functions: &'a [String],
+    pub catalog: &'a crate::catalog::Catalog,
 }
 
 impl FactsSource for CachedFacts<'_> {
     fn facts(&self, sql: &str) -> SharedFacts {
-        crate::router::facts::cached(self.cache, sql, self.extra_write_functions)
+        let facts = crate::router::facts::cached(self.cache, sql, self.extra_write_functions);
+        if facts.write_reason.is_some() || facts.calls.is_empty() {
+            return facts;
+        }
+        match self.catalog.writing_call(&facts.calls) {
+            Some(_) => {
+                let mut facts = (*facts).clone();
+                facts.write_reason = Some("volatile function");
+                Arc::new(facts)
+            }
+            None => facts,
+        }
     }
 }
 

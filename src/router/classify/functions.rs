@@ -12,6 +12,7 @@
 
 use sqlparser::tokenizer::Token;
 
+use super::lex::Lexeme;
 use super::statement::Context;
 use super::tokens::{is, lparen, matching_paren, split_commas, tok, Toks};
 use super::PinReason;
@@ -127,4 +128,36 @@ fn is_local_set_config(t: &Toks, open: usize) -> bool {
         },
         _ => false,
     }
+}
+
+/// Words that take a parenthesis in SQL's own grammar, never a call of a
+/// function of the user's: left out of [`called_names`] to keep it short.
+const GRAMMAR_WORDS: [&str; 24] = [
+    "all", "and", "any", "array", "as", "by", "cast", "coalesce", "exists", "filter", "from", "in",
+    "join", "not", "on", "or", "over", "row", "select", "some", "using", "values", "where", "with",
+];
+
+/// Every name followed by `(` in the text, lowercased, once each. Type
+/// modifiers (`varchar(10)`) and the like come along; they cost a lookup,
+/// never a wrong verdict.
+pub(super) fn called_names(lexemes: &[Lexeme]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut previous_word: Option<&str> = None;
+    for lexeme in lexemes {
+        match &lexeme.token.token {
+            Token::Whitespace(_) => continue,
+            Token::LParen => {
+                if let Some(word) = previous_word {
+                    let name = word.to_ascii_lowercase();
+                    if !GRAMMAR_WORDS.contains(&name.as_str()) && !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+                previous_word = None;
+            }
+            Token::Word(w) => previous_word = Some(&w.value),
+            _ => previous_word = None,
+        }
+    }
+    names
 }

@@ -70,6 +70,11 @@ pub struct Classification {
     /// Every non-empty statement in order, for transaction and session
     /// tracking.
     pub statements: Vec<StatementClass>,
+    /// The names of the functions the text calls (a name before `(`),
+    /// lowercased, without schema, once each: a read calling a VOLATILE
+    /// user function may write, which only the database's catalog can
+    /// tell (see `crate::catalog`).
+    pub calls: Vec<String>,
 }
 
 /// The verdict on one statement of a text.
@@ -98,13 +103,29 @@ pub enum Kind {
     Execute { name: String },
 }
 
-/// Transaction control. `read_only` is `Some(true)` for `READ ONLY`,
-/// `Some(false)` for `READ WRITE`, `None` when the statement says neither.
+/// The modes a transaction statement names; `None` where it says nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxModes {
+    /// `Some(true)` for `READ ONLY`, `Some(false)` for `READ WRITE`.
+    pub read_only: Option<bool>,
+    /// The isolation level as `default_transaction_isolation` spells it
+    /// (`"serializable"`, `"repeatable read"`, ...).
+    pub isolation: Option<&'static str>,
+    pub deferrable: Option<bool>,
+}
+
+impl TxModes {
+    pub fn serializable(&self) -> bool {
+        self.isolation == Some("serializable")
+    }
+}
+
+/// Transaction control, with the modes the statement names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxControl {
     /// `BEGIN` / `START TRANSACTION`.
     Begin {
-        read_only: Option<bool>,
+        modes: TxModes,
     },
     /// `COMMIT` / `END`; `chain`: `AND CHAIN` opens a new block at once.
     Commit {
@@ -136,7 +157,7 @@ pub enum TxControl {
     },
     /// `SET TRANSACTION ...`: the current block only.
     SetTransaction {
-        read_only: Option<bool>,
+        modes: TxModes,
     },
 }
 
@@ -151,15 +172,21 @@ pub enum SessionChange {
         scope: SetScope,
         statement: String,
     },
+    /// `SELECT set_config('name', $n, false)`: a session-level setting whose
+    /// value is the unit's Bind parameter `param` (0-based).
+    SetFromParameter {
+        name: String,
+        param: usize,
+    },
     /// `RESET name`: forget the recorded `SET` of `name`.
     Reset {
         name: String,
     },
     ResetAll,
-    /// `SET SESSION CHARACTERISTICS AS TRANSACTION ...`: replay like a SET;
-    /// `read_only` is the new default of later blocks.
+    /// `SET SESSION CHARACTERISTICS AS TRANSACTION ...`: the new defaults
+    /// of later blocks, which are the settings `default_transaction_*`.
     TransactionDefaults {
-        read_only: Option<bool>,
+        modes: TxModes,
         statement: String,
     },
     /// `PREPARE name AS ...`: replay it; `inner` is the verdict for a later
@@ -213,7 +240,8 @@ pub enum PinReason {
     },
     /// A session-level `pg_advisory_lock`/`pg_try_advisory_lock` (shared too).
     AdvisoryLock,
-    /// `set_config(name, value, is_local)` unless `is_local` is literally true.
+    /// `set_config(name, value, is_local)` that cannot be replayed: a
+    /// computed name or value, or `is_local` not a literal.
     SetConfig,
     /// `LOAD 'library'`.
     Load,
@@ -246,8 +274,10 @@ pub fn classify(sql: &str, extra_write_functions: &[String]) -> Classification {
             kind,
             hint: None,
             statements: vec![statement],
+            calls: Vec::new(),
         };
     };
+    let calls = functions::called_names(&lexemes);
     let statements: Vec<StatementClass> = split(&lexemes)
         .into_iter()
         .filter_map(|piece| classify_piece(&cx, piece))
@@ -256,6 +286,7 @@ pub fn classify(sql: &str, extra_write_functions: &[String]) -> Classification {
         kind: combine(&statements),
         hint: statements.first().and_then(|s| s.hint),
         statements,
+        calls,
     }
 }
 

@@ -9,6 +9,11 @@
 //! `SET TRANSACTION` and `SET SESSION CHARACTERISTICS` are read here
 //! because they share the `SET` prefix, but their verdicts are
 //! transaction control and transaction defaults.
+//!
+//! `SELECT set_config('name', value, false)` is a `SET` in other words,
+//! and frameworks send it on every new connection (Django's time zone):
+//! when it is the whole statement, with a literal name and flag and a
+//! literal or `$n` value, it is session state like `SET`, not a pin.
 
 use sqlparser::tokenizer::Token;
 
@@ -71,17 +76,17 @@ pub(super) fn set(cx: &Context, t: &Toks) -> Option<Kind> {
     if words(&["TRANSACTION", "SNAPSHOT"]) {
         final_string(t, i + 2)?;
         return Some(Kind::Transaction(TxControl::SetTransaction {
-            read_only: None,
+            modes: Default::default(),
         }));
     }
     if words(&["TRANSACTION"]) && has_value(i + 1) {
-        let read_only = transaction_modes(t, i + 1)?;
-        return Some(Kind::Transaction(TxControl::SetTransaction { read_only }));
+        let modes = transaction_modes(t, i + 1)?;
+        return Some(Kind::Transaction(TxControl::SetTransaction { modes }));
     }
     if words(&["SESSION", "CHARACTERISTICS", "AS", "TRANSACTION"]) && has_value(i + 4) {
-        let read_only = transaction_modes(t, i + 4)?;
+        let modes = transaction_modes(t, i + 4)?;
         return Some(session(SessionChange::TransactionDefaults {
-            read_only,
+            modes,
             statement,
         }));
     }
@@ -90,6 +95,11 @@ pub(super) fn set(cx: &Context, t: &Toks) -> Option<Kind> {
     // All forms take a value except SET NAMES (the default encoding).
     let generic = var_name(t, i).filter(|&(_, j)| assigns(j));
     let (name, scope) = match generic {
+        // `transaction_isolation` and friends are the current block's
+        // modes under another name: they end with it.
+        Some((name, j)) if has_value(j + 1) && name.starts_with("transaction_") => {
+            (name, SetScope::Local)
+        }
         Some((name, j)) if has_value(j + 1) => (name, scope),
         Some(_) => return None,
         None if words(&["TIME", "ZONE"]) && has_value(i + 2) => ("timezone".into(), scope),
@@ -117,6 +127,63 @@ pub(super) fn set(cx: &Context, t: &Toks) -> Option<Kind> {
         scope,
         statement,
     }))
+}
+
+/// `SELECT [pg_catalog.]set_config('name', value, false) [[AS] alias]`:
+/// a session-level setting the router can replay. The value is a literal
+/// or a `$n` parameter (taken from the Bind). Anything else (a computed
+/// value, a flag that is not a literal false) is `None`, and the call's
+/// usual verdict (a pin) stands.
+pub(super) fn select_set_config(cx: &Context, t: &Toks) -> Option<Kind> {
+    let mut i = 1;
+    if kw(t, i, "PG_CATALOG") && is(t, i + 1, &Token::Period) {
+        i += 2;
+    }
+    if !kw(t, i, "SET_CONFIG") || !lparen(t, i + 1) {
+        return None;
+    }
+    let close = matching_paren(t, i + 1)?;
+    let rest = t.len() - (close + 1);
+    let alias = match rest {
+        0 => true,
+        1 => matches!(tok(t, close + 1), Some(Token::Word(_))),
+        2 => kw(t, close + 1, "AS") && matches!(tok(t, close + 2), Some(Token::Word(_))),
+        _ => false,
+    };
+    if !alias {
+        return None;
+    }
+    let args = super::tokens::split_commas(&t[i + 2..close]);
+    let [[name], [value], [flag]] = args.as_slice() else {
+        return None;
+    };
+    let name = match &name.token.token {
+        Token::SingleQuotedString(s) => s.to_ascii_lowercase(),
+        _ => return None,
+    };
+    let is_false = match &flag.token.token {
+        Token::Word(w) => w.quote_style.is_none() && w.value.eq_ignore_ascii_case("false"),
+        Token::SingleQuotedString(s) => ["f", "false", "off", "no", "0"]
+            .iter()
+            .any(|v| s.eq_ignore_ascii_case(v)),
+        _ => false,
+    };
+    if !is_false || name.is_empty() {
+        return None;
+    }
+    let statement = cx.text(t);
+    match &value.token.token {
+        Token::SingleQuotedString(_) => Some(session(SessionChange::Set {
+            name,
+            scope: SetScope::Session,
+            statement,
+        })),
+        Token::Placeholder(p) => {
+            let param = p.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1)?;
+            Some(session(SessionChange::SetFromParameter { name, param }))
+        }
+        _ => None,
+    }
 }
 
 pub(super) fn reset(t: &Toks) -> Option<SessionChange> {

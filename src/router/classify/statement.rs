@@ -14,7 +14,7 @@ use sqlparser::tokenizer::Token;
 use super::functions::{function_effect, Effect};
 use super::nested::{copy, declare, explain};
 use super::query::{query, table};
-use super::session::{discard, execute, prepare, reset, set};
+use super::session::{discard, execute, prepare, reset, select_set_config, set};
 use super::tokens::{
     final_ident, final_string, in_pg_temp, is, kw, kw_any, lparen, name_or_all, tok, Toks,
 };
@@ -91,7 +91,7 @@ fn statement_kind(cx: &Context, t: &Toks) -> Option<Kind> {
         _ => return None,
     };
     let kind = match head.as_str() {
-        "SELECT" => query(cx, t, "select"),
+        "SELECT" => select_set_config(cx, t).unwrap_or_else(|| query(cx, t, "select")),
         "VALUES" => query(cx, t, "values"),
         "WITH" => query(cx, t, "with"),
         "TABLE" => table(cx, t),

@@ -6,13 +6,13 @@
 //! grammar accepts exactly the forms the server does and answers `None`
 //! for anything else (`BEGIN ISOLATION LEVEL BOGUS`): such a statement goes
 //! to the primary as unparsable instead of being taken for a block
-//! boundary. Only the access mode is kept (`READ ONLY` blocks may run on a
-//! replica); isolation levels and deferrability are checked and dropped.
+//! boundary. The modes are kept: `READ ONLY` blocks may run on a replica,
+//! and `SERIALIZABLE` ones may not (a hot standby refuses them).
 
 use sqlparser::tokenizer::Token;
 
 use super::tokens::{final_ident, final_string, is, kw, kw_any, Toks};
-use super::TxControl;
+use super::{TxControl, TxModes};
 
 pub(super) fn transaction(t: &Toks) -> Option<TxControl> {
     let after_work = |j| {
@@ -25,11 +25,11 @@ pub(super) fn transaction(t: &Toks) -> Option<TxControl> {
     let to = after_work(1);
     Some(if kw(t, 0, "BEGIN") {
         TxControl::Begin {
-            read_only: transaction_modes(t, to)?,
+            modes: transaction_modes(t, to)?,
         }
     } else if kw(t, 0, "START") && kw(t, 1, "TRANSACTION") {
         TxControl::Begin {
-            read_only: transaction_modes(t, 2)?,
+            modes: transaction_modes(t, 2)?,
         }
     } else if kw(t, 0, "COMMIT") && kw(t, 1, "PREPARED") {
         TxControl::CommitPrepared {
@@ -83,31 +83,42 @@ fn chain(t: &Toks, i: usize) -> Option<bool> {
 }
 
 /// A transaction mode list ending the statement; `None` on a syntax error.
-/// Like the server, the last access mode wins.
-pub(super) fn transaction_modes(t: &Toks, mut i: usize) -> Option<Option<bool>> {
-    let mut read_only = None;
+/// Like the server, the last mode of each kind wins.
+pub(super) fn transaction_modes(t: &Toks, mut i: usize) -> Option<TxModes> {
+    let mut modes = TxModes::default();
     let start = i;
     while i < t.len() {
         if i > start && is(t, i, &Token::Comma) {
             i += 1;
         }
         let level = kw(t, i, "ISOLATION") && kw(t, i + 1, "LEVEL");
-        let two_words = (kw(t, i + 2, "REPEATABLE") && kw(t, i + 3, "READ"))
-            || (kw(t, i + 2, "READ") && kw_any(t, i + 3, &["COMMITTED", "UNCOMMITTED"]));
+        let two_words = if kw(t, i + 2, "REPEATABLE") && kw(t, i + 3, "READ") {
+            Some("repeatable read")
+        } else if kw(t, i + 2, "READ") && kw(t, i + 3, "COMMITTED") {
+            Some("read committed")
+        } else if kw(t, i + 2, "READ") && kw(t, i + 3, "UNCOMMITTED") {
+            Some("read uncommitted")
+        } else {
+            None
+        };
         i += if level && kw(t, i + 2, "SERIALIZABLE") {
+            modes.isolation = Some("serializable");
             3
-        } else if level && two_words {
+        } else if let (true, Some(isolation)) = (level, two_words) {
+            modes.isolation = Some(isolation);
             4
         } else if kw(t, i, "READ") && kw_any(t, i + 1, &["ONLY", "WRITE"]) {
-            read_only = Some(kw(t, i + 1, "ONLY"));
+            modes.read_only = Some(kw(t, i + 1, "ONLY"));
             2
         } else if kw(t, i, "DEFERRABLE") {
+            modes.deferrable = Some(true);
             1
         } else if kw(t, i, "NOT") && kw(t, i + 1, "DEFERRABLE") {
+            modes.deferrable = Some(false);
             2
         } else {
             return None;
         };
     }
-    Some(read_only)
+    Some(modes)
 }

@@ -9,7 +9,7 @@ use super::*;
 pub(super) enum X {
     K(Kind),
     Set(&'static str, SetScope),
-    Defaults(Option<bool>),
+    Defaults(TxModes),
     Prepare(&'static str, Kind),
 }
 
@@ -22,8 +22,17 @@ fn w(reason: &'static str) -> X {
 fn tx(control: TxControl) -> X {
     X::K(Kind::Transaction(control))
 }
+fn modes(read_only: Option<bool>, isolation: Option<&'static str>) -> TxModes {
+    TxModes {
+        read_only,
+        isolation,
+        deferrable: None,
+    }
+}
 fn begin(read_only: Option<bool>) -> X {
-    tx(TxControl::Begin { read_only })
+    tx(TxControl::Begin {
+        modes: modes(read_only, None),
+    })
 }
 fn s(change: SessionChange) -> X {
     X::K(session(change))
@@ -260,11 +269,12 @@ pub(super) fn corpus() -> Vec<(&'static str, X)> {
         ("begin;", begin(None)),
         ("BEGIN WORK", begin(None)),
         ("BEGIN READ ONLY", begin(Some(true))),
-        ("BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY, DEFERRABLE", begin(Some(true))),
-        ("BEGIN ISOLATION LEVEL SERIALIZABLE", begin(None)),
+        ("BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY, DEFERRABLE", tx(TC::Begin { modes: TxModes { read_only: Some(true), isolation: Some("repeatable read"), deferrable: Some(true) } })),
+        ("BEGIN ISOLATION LEVEL SERIALIZABLE", tx(TC::Begin { modes: modes(None, Some("serializable")) })),
+        ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE", tx(TC::Begin { modes: TxModes { read_only: Some(true), isolation: Some("serializable"), deferrable: Some(true) } })),
         ("BEGIN READ ONLY, READ WRITE", begin(Some(false))),
         ("START TRANSACTION READ WRITE", begin(Some(false))),
-        ("START TRANSACTION ISOLATION LEVEL READ COMMITTED READ ONLY", begin(Some(true))),
+        ("START TRANSACTION ISOLATION LEVEL READ COMMITTED READ ONLY", tx(TC::Begin { modes: modes(Some(true), Some("read committed")) })),
         ("BEGIN ISOLATION LEVEL BOGUS", w("unparsable")),
         ("BEGIN READ", w("unparsable")),
         ("COMMIT", tx(TC::Commit { chain: false })),
@@ -283,12 +293,12 @@ pub(super) fn corpus() -> Vec<(&'static str, X)> {
         ("PREPARE TRANSACTION 'tx-1'", tx(TC::PrepareTransaction { gid: name("tx-1") })),
         ("COMMIT PREPARED 'tx-1'", tx(TC::CommitPrepared { gid: name("tx-1") })),
         ("ROLLBACK PREPARED 'tx-1'", tx(TC::RollbackPrepared { gid: name("tx-1") })),
-        ("SET TRANSACTION READ ONLY", tx(TC::SetTransaction { read_only: Some(true) })),
-        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", tx(TC::SetTransaction { read_only: None })),
-        ("SET LOCAL TRANSACTION READ WRITE", tx(TC::SetTransaction { read_only: Some(false) })),
-        ("SET TRANSACTION SNAPSHOT '00000003-0000001B-1'", tx(TC::SetTransaction { read_only: None })),
-        ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", X::Defaults(Some(true))),
-        ("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", X::Defaults(None)),
+        ("SET TRANSACTION READ ONLY", tx(TC::SetTransaction { modes: modes(Some(true), None) })),
+        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", tx(TC::SetTransaction { modes: modes(None, Some("serializable")) })),
+        ("SET LOCAL TRANSACTION READ WRITE", tx(TC::SetTransaction { modes: modes(Some(false), None) })),
+        ("SET TRANSACTION SNAPSHOT '00000003-0000001B-1'", tx(TC::SetTransaction { modes: TxModes::default() })),
+        ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", X::Defaults(modes(Some(true), None))),
+        ("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", X::Defaults(modes(None, Some("serializable")))),
         // --- session state
         ("SET search_path TO app, public", set("search_path")),
         ("SET search_path = \"$user\", public", set("search_path")),
@@ -361,8 +371,14 @@ pub(super) fn corpus() -> Vec<(&'static str, X)> {
         ("SELECT nextval('s'), pg_advisory_lock(1)", pinned(AdvisoryLock)),
         ("INSERT INTO locks SELECT pg_advisory_lock(1)", pinned(AdvisoryLock)),
         ("EXPLAIN ANALYZE SELECT pg_advisory_lock(1)", pinned(AdvisoryLock)),
-        ("SELECT set_config('search_path', 'tenant_1', false)", pinned(SetConfig)),
+        ("SELECT set_config('search_path', 'tenant_1', false)", set("search_path")),
+        ("SELECT pg_catalog.set_config('TimeZone', 'UTC', 'false') AS tz", set("timezone")),
+        ("SELECT set_config('TimeZone', $1, false)", s(SC::SetFromParameter { name: name("timezone"), param: 0 })),
+        ("select set_config('app.tenant', $2, false) tenant", s(SC::SetFromParameter { name: name("app.tenant"), param: 1 })),
         ("SELECT set_config('app.tenant', $1, $2)", pinned(SetConfig)),
+        ("SELECT set_config('a.b', current_setting('a.c'), false)", pinned(SetConfig)),
+        ("SELECT set_config($1, 'x', false)", pinned(SetConfig)),
+        ("SELECT 1, set_config('a.b', 'x', false)", pinned(SetConfig)),
         ("CREATE TABLE pg_advisory_lock_log (a int)", w("ddl")),
     ]
 }

@@ -28,10 +28,7 @@ fn corpus_verdicts() {
                 scope,
                 statement,
             }),
-            X::Defaults(read_only) => session(SessionChange::TransactionDefaults {
-                read_only,
-                statement,
-            }),
+            X::Defaults(modes) => session(SessionChange::TransactionDefaults { modes, statement }),
             X::Prepare(name, inner) => session(SessionChange::Prepare {
                 name: name.to_owned(),
                 inner: Box::new(inner),
@@ -74,7 +71,9 @@ fn multi_statement_texts_show_every_statement() {
 
     let c = classify("BEGIN; SELECT 1; COMMIT;", &[]);
     assert_eq!(c.kind, write("multi-statement"));
-    let begin = Kind::Transaction(TxControl::Begin { read_only: None });
+    let begin = Kind::Transaction(TxControl::Begin {
+        modes: TxModes::default(),
+    });
     let commit = Kind::Transaction(TxControl::Commit { chain: false });
     assert_eq!(
         kinds("BEGIN; SELECT 1; COMMIT;"),

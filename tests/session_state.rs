@@ -1,0 +1,221 @@
+//! Session state never crosses clients, and frameworks' connection set-up
+//! never pins a session: against a real primary and two streaming replicas,
+//! with transaction pooling and a pool small enough that every server
+//! connection is reused by the next client.
+
+mod support;
+
+use std::sync::OnceLock;
+
+use support::{TestCluster, TestProxy, APP_DB, APP_PASSWORD, APP_USER};
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+/// The leak test counts on which connections exist: one test at a time.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn cluster() -> &'static TestCluster {
+    TestCluster::shared()
+}
+
+/// Two server connections per server: a client's leftovers are on the
+/// connections the next clients get.
+fn proxy() -> &'static TestProxy {
+    static PROXY: OnceLock<TestProxy> = OnceLock::new();
+    PROXY.get_or_init(|| {
+        let proxy = TestProxy::start_with(cluster(), |c| c.pool.max_server_connections = 2);
+        cluster().psql_db(
+            cluster().primary_port(),
+            APP_DB,
+            "CREATE TABLE IF NOT EXISTS state_notes (id bigserial PRIMARY KEY, body text); \
+             CREATE SCHEMA IF NOT EXISTS leak_schema;",
+        );
+        cluster().wait_replicas_caught_up();
+        proxy
+    })
+}
+
+async fn client_on(port: u16, options: Option<&str>) -> Client {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(APP_USER)
+        .password(APP_PASSWORD)
+        .dbname(APP_DB);
+    if let Some(options) = options {
+        config.options(options);
+    }
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {port}: {}", support::describe_error(&e)));
+    tokio::spawn(connection);
+    client
+}
+
+async fn values(client: &Client, sql: &str) -> Vec<String> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", support::describe_error(&e)));
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("NULL").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+/// Everything a client can change about its session, as a fresh session
+/// sees it.
+const STATE: &str = "SELECT current_setting('default_transaction_isolation'), \
+     current_setting('default_transaction_read_only'), \
+     current_setting('default_transaction_deferrable'), \
+     current_setting('TimeZone'), current_setting('search_path'), \
+     current_setting('xmloption'), current_setting('client_encoding'), \
+     current_setting('statement_timeout'), current_setting('work_mem'), \
+     current_setting('application_name'), \
+     coalesce(current_setting('app.tenant', true), ''), \
+     current_user::text, session_user::text";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_settings_never_reach_the_next_clients() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    let direct = client_on(cluster().primary_port(), None).await;
+    let defaults = values(&direct, STATE).await;
+
+    // Several clients at once change everything they can, on primary and
+    // replica connections alike, and leave.
+    let mut leavers = Vec::new();
+    for n in 0..3 {
+        leavers.push(tokio::spawn(async move {
+            let client =
+                client_on(port, Some("-c statement_timeout=12345 -c work_mem=7777kB")).await;
+            let statements = [
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ, DEFERRABLE",
+                "SET TIME ZONE 'America/New_York'",
+                "SET SCHEMA 'leak_schema'",
+                "SET XML OPTION DOCUMENT",
+                "SET NAMES 'LATIN1'",
+                "SET application_name = 'leaker'",
+                "SELECT set_config('app.tenant', 'leaked', false)",
+                "SET default_transaction_read_only = on",
+                "SET SESSION AUTHORIZATION md5user",
+                "SET ROLE app",
+            ];
+            for sql in statements {
+                client
+                    .batch_execute(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {}", support::describe_error(&e)));
+            }
+            // Extended protocol, the value as a parameter (Django, psycopg).
+            client
+                .query("SELECT set_config('TimeZone', $1, false)", &[&"Asia/Tokyo"])
+                .await
+                .expect("set_config with a parameter");
+            for _ in 0..4 {
+                let state = values(&client, STATE).await;
+                assert_eq!(state[3], "Asia/Tokyo", "client {n}: {state:?}");
+                assert_eq!(state[10], "leaked");
+            }
+            drop(client);
+        }));
+    }
+    for leaver in leavers {
+        leaver.await.expect("leaver");
+    }
+
+    // Fresh clients, on every server connection the pool has, see
+    // Postgres's defaults: no leak, no error.
+    let mut seen = 0;
+    for _ in 0..8 {
+        let client = client_on(port, None).await;
+        for _ in 0..4 {
+            let state = values(&client, STATE).await;
+            assert_eq!(state, defaults, "a fresh client saw another's settings");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_config_at_connect_does_not_pin_reads_to_the_primary() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    // What Django sends on connect, in both spellings it may use.
+    let simple = client_on(port, None).await;
+    simple
+        .batch_execute("SELECT set_config('TimeZone', 'Etc/GMT+3', false)")
+        .await
+        .expect("simple set_config");
+    let extended = client_on(port, None).await;
+    extended
+        .query("SELECT set_config('TimeZone', $1, false)", &[&"Etc/GMT+3"])
+        .await
+        .expect("extended set_config");
+    for client in [&simple, &extended] {
+        let mut on_replicas = 0;
+        for _ in 0..6 {
+            let row = values(
+                client,
+                "SELECT pg_is_in_recovery()::text, current_setting('TimeZone')",
+            )
+            .await;
+            assert_eq!(row[1], "Etc/GMT+3", "the setting follows the session");
+            if row[0] == "true" {
+                on_replicas += 1;
+            }
+        }
+        assert_eq!(on_replicas, 6, "reads after set_config stay on replicas");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_read_only_sessions_run_their_blocks_on_replicas() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    let spellings: [(&str, Option<&str>); 4] = [
+        ("SET default_transaction_read_only = on", None),
+        ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", None),
+        (
+            "SELECT set_config('default_transaction_read_only', 'on', false)",
+            None,
+        ),
+        ("SELECT 1", Some("-c default_transaction_read_only=on")),
+    ];
+    for (setup, options) in spellings {
+        let client = client_on(port, options).await;
+        client.batch_execute(setup).await.expect(setup);
+        for begin in ["BEGIN", "BEGIN ISOLATION LEVEL REPEATABLE READ"] {
+            client.batch_execute(begin).await.expect(begin);
+            let row = values(&client, "SELECT pg_is_in_recovery()::text").await;
+            client.batch_execute("COMMIT").await.expect("commit");
+            assert_eq!(
+                row[0], "true",
+                "{setup} / {begin}: the block ran on the primary"
+            );
+        }
+        // A write in such a block is refused as Postgres refuses it.
+        client.batch_execute("BEGIN").await.expect("begin");
+        let err = client
+            .batch_execute("INSERT INTO state_notes (body) VALUES ('x')")
+            .await
+            .expect_err("a write in a read-only block");
+        assert_eq!(err.code().map(|c| c.code()), Some("25006"));
+        client.batch_execute("ROLLBACK").await.expect("rollback");
+        // BEGIN READ WRITE still opens a writable block, on the primary.
+        client
+            .batch_execute("BEGIN READ WRITE; INSERT INTO state_notes (body) VALUES ('rw'); COMMIT")
+            .await
+            .expect("read write block");
+    }
+}
