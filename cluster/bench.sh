@@ -20,6 +20,9 @@
 #                          cost of the proxy hop
 #   pgbouncer              PgBouncer in front of the primary, pool_mode=$POOL_MODE
 #                          (by default the same as causeway's pool mode)
+#   causeway-global        causeway with the replicas and causal_scope = "global"
+#                          (every read waits for every commit made before it);
+#                          not in the default target lists
 #
 # What it does:
 #   1. Uses the cluster in $CLUSTER_DIR (default $REPO/.cluster). If it is not
@@ -58,11 +61,16 @@
 #   BENCH_MODES="simple extended prepared"
 #   BENCH_TARGETS="direct causeway causeway-primary-only pgbouncer"
 #   BENCH_RW=1  BENCH_RW_CLIENTS="1 8"  BENCH_RW_MODE=simple
+#   BENCH_RW_MIX=0   (percent of write-then-read transactions that are plain
+#                     reads of a random recent row instead: 95 gives a
+#                     read-heavy 95/5 mix; stale reads are still counted on
+#                     the 5% that read their own write)
 #   BENCH_RW_TARGETS="direct causeway causeway-primary-only"
 #   BENCH_SETTLE=11   (s; Postgres 15 flushes an idle backend's statistics
 #                      within 10 s)
 #   CAUSEWAY_PORT=6432  CAUSEWAY_PRIMARY_ONLY_PORT=6433  PGBOUNCER_PORT=6532
 #   CAUSEWAY_METRICS_PORT=9187  CAUSEWAY_PRIMARY_ONLY_METRICS_PORT=9188
+#   CAUSEWAY_GLOBAL_PORT=6434  CAUSEWAY_GLOBAL_METRICS_PORT=9189
 #   CAUSEWAY_POOL_MODE=transaction   POOL_MODE=$CAUSEWAY_POOL_MODE (PgBouncer)
 #   CAUSEWAY_BIN=   (a prebuilt causeway binary; default: cargo build --release
 #                    in this repository and use target/release/causeway)
@@ -95,6 +103,9 @@ CAUSEWAY_PORT=${CAUSEWAY_PORT:-6432}
 CAUSEWAY_PRIMARY_ONLY_PORT=${CAUSEWAY_PRIMARY_ONLY_PORT:-6433}
 CAUSEWAY_METRICS_PORT=${CAUSEWAY_METRICS_PORT:-9187}
 CAUSEWAY_PRIMARY_ONLY_METRICS_PORT=${CAUSEWAY_PRIMARY_ONLY_METRICS_PORT:-9188}
+CAUSEWAY_GLOBAL_PORT=${CAUSEWAY_GLOBAL_PORT:-6434}
+CAUSEWAY_GLOBAL_METRICS_PORT=${CAUSEWAY_GLOBAL_METRICS_PORT:-9189}
+BENCH_RW_MIX=${BENCH_RW_MIX:-0}
 PGBOUNCER_PORT=${PGBOUNCER_PORT:-6532}
 CAUSEWAY_POOL_MODE=${CAUSEWAY_POOL_MODE:-transaction}
 POOL_MODE=${POOL_MODE:-$CAUSEWAY_POOL_MODE}
@@ -248,7 +259,7 @@ fi
 # using only keys of src/config.rs (see proxy.toml for all of them); defaults
 # otherwise.
 causeway_config() {
-  local port=$1 metrics_port=$2 with_replicas=$3 k
+  local port=$1 metrics_port=$2 with_replicas=$3 scope=${4:-client_id} k
   ((with_replicas)) || echo "replicas = []"
   cat <<EOF
 [proxy]
@@ -279,6 +290,7 @@ on_stale = "wait"
 max_wait_ms = 50
 poll_interval_ms = 10
 monitor_database = "postgres"
+causal_scope = "$scope"
 
 [metrics]
 enabled = true
@@ -289,12 +301,12 @@ EOF
 # start_causeway TARGET PORT METRICS_PORT WITH_REPLICAS: starts the proxy in
 # front of the cluster; sets START_PID. Returns non-zero if it does not listen.
 start_causeway() {
-  local target=$1 port=$2 metrics_port=$3 with_replicas=$4 config=$WORK/$1.toml pid
+  local target=$1 port=$2 metrics_port=$3 with_replicas=$4 scope=${5:-client_id} config=$WORK/$1.toml pid
   if port_open "$metrics_port"; then
     say "$target: metrics port $metrics_port is already in use"
     return 1
   fi
-  causeway_config "$port" "$metrics_port" "$with_replicas" >"$config"
+  causeway_config "$port" "$metrics_port" "$with_replicas" "$scope" >"$config"
   cp "$config" "$OUT/$target.toml"
   "$CAUSEWAY_BIN" --check --config "$config" >"$OUT/$target.log" 2>&1 || {
     say "$target: config refused; see $OUT/$target.log"
@@ -361,10 +373,12 @@ declare -A PORT PID UNAVAILABLE
 PORT[direct]=$PGPORT_PRIMARY
 PORT[causeway]=$CAUSEWAY_PORT
 PORT[causeway-primary-only]=$CAUSEWAY_PRIMARY_ONLY_PORT
+PORT[causeway-global]=$CAUSEWAY_GLOBAL_PORT
 PORT[pgbouncer]=$PGBOUNCER_PORT
 declare -A METRICS_PORT
 METRICS_PORT[causeway]=$CAUSEWAY_METRICS_PORT
 METRICS_PORT[causeway-primary-only]=$CAUSEWAY_PRIMARY_ONLY_METRICS_PORT
+METRICS_PORT[causeway-global]=$CAUSEWAY_GLOBAL_METRICS_PORT
 REUSED=()
 
 ALL_TARGETS=("${TARGETS[@]}")
@@ -376,7 +390,7 @@ for target in "${ALL_TARGETS[@]}"; do
   SEEN_TARGET[$target]=1
   case $target in
     direct) ;;
-    causeway | causeway-primary-only)
+    causeway | causeway-primary-only | causeway-global)
       port=${PORT[$target]}
       if port_open "$port"; then
         PID[$target]=$(listener_pid "$port")
@@ -384,7 +398,8 @@ for target in "${ALL_TARGETS[@]}"; do
         say "using the $target already listening on $port (pid ${PID[$target]:-unknown})"
       elif { ((BUILT)) || causeway_binary; } && BUILT=1 &&
         start_causeway "$target" "$port" "${METRICS_PORT[$target]}" \
-          "$([[ $target == causeway ]] && echo 1 || echo 0)"; then
+          "$([[ $target == causeway-primary-only ]] && echo 0 || echo 1)" \
+          "$([[ $target == causeway-global ]] && echo global || echo client_id)"; then
         PID[$target]=$START_PID
       else
         UNAVAILABLE[$target]="did not start"
@@ -397,7 +412,7 @@ for target in "${ALL_TARGETS[@]}"; do
       else
         UNAVAILABLE[pgbouncer]="did not start"
       fi ;;
-    *) die "unknown target '$target' (direct, causeway, causeway-primary-only, pgbouncer)" ;;
+    *) die "unknown target '$target' (direct, causeway, causeway-primary-only, causeway-global, pgbouncer)" ;;
   esac
 done
 # Give the replica monitor time to see the replicas healthy before reads.
@@ -490,6 +505,17 @@ INSERT INTO rw_misses(id) VALUES (:id);
 \endif
 EOF
 cp "$RW_SCRIPT" "$OUT/write-then-read.sql"
+# The plain reads of a read-heavy mix (BENCH_RW_MIX): a row that may or may
+# not exist, read with no write before it.
+READ_SCRIPT=$WORK/read-only.sql
+cat >"$READ_SCRIPT" <<'EOF'
+\set rid random(1, 1000000)
+SELECT count(*) AS seen FROM rw_bench WHERE id = :rid \gset
+EOF
+RW_FILES=(-f "$RW_SCRIPT")
+if ((BENCH_RW_MIX > 0)); then
+  RW_FILES=(-f "$RW_SCRIPT@$((100 - BENCH_RW_MIX))" -f "$READ_SCRIPT@$BENCH_RW_MIX")
+fi
 
 declare -A RW_TPS RW_OK RW_REPLICA RW_STALE RW_INS RW_SEL RW_P50 RW_P99 RW_FAILED RW_ERR
 declare -A RW_READS RW_M_REPLICA RW_M_PRIMARY RW_WAITED RW_GAVE_UP RW_W50 RW_W99 RW_WW99
@@ -581,7 +607,7 @@ rw_one() {
   scans_before=$(scans rw_bench)
   scrape "$target" "$metrics_before"
   timeout -k 5 $((BENCH_SECONDS + 60)) "$PGBENCH" -h 127.0.0.1 -p "${PORT[$target]}" -U app \
-    -n -f "$RW_SCRIPT" -M "$BENCH_RW_MODE" -c "$clients" -j "$jobs" -T "$BENCH_SECONDS" \
+    -n "${RW_FILES[@]}" -M "$BENCH_RW_MODE" -c "$clients" -j "$jobs" -T "$BENCH_SECONDS" \
     -r -l --log-prefix="$prefix" app >"$log" 2>&1 || rc=$?
   scrape "$target" "$metrics_after"
   sleep "$BENCH_SETTLE"
@@ -604,8 +630,8 @@ rw_one() {
   RW_REPLICA[$key]=$(awk -v p="$p" -v r="$r" 'BEGIN { if (p + r > 0) printf "%.1f%%", 100 * r / (p + r); else print "-" }')
   RW_STALE[$key]=$(as_app "SELECT count(*) FROM rw_misses")
   # pgbench -r: "  latency  failures  statement" under "statement latencies".
-  RW_INS[$key]=$(awk '/^ *[0-9.]+ +[0-9]+ +INSERT INTO rw_bench/ { printf "%.3f", $1 }' "$log")
-  RW_SEL[$key]=$(awk '/^ *[0-9.]+ +[0-9]+ +SELECT count/ { printf "%.3f", $1 }' "$log")
+  RW_INS[$key]=$(awk '/^ *[0-9.]+ +[0-9]+ +INSERT INTO rw_bench/ { printf "%.3f", $1; exit }' "$log")
+  RW_SEL[$key]=$(awk '/^ *[0-9.]+ +[0-9]+ +SELECT count/ { printf "%.3f", $1; exit }' "$log")
   # pgbench -l: the third field of each line is the transaction's latency in µs.
   local sorted=$WORK/latencies
   cat "$prefix".* 2>/dev/null | awk '{ print $3 }' | sort -n >"$sorted"
@@ -744,6 +770,10 @@ diff_ms() {
     echo "## write-then-read: insert a row, read it back at once"
     echo
     echo "pgbench -f write-then-read.sql -M $BENCH_RW_MODE, ${BENCH_SECONDS}s per run. Each transaction:"
+    if ((BENCH_RW_MIX > 0)); then
+      echo "Read-heavy mix: $((100 - BENCH_RW_MIX))% of transactions write then read (below), $BENCH_RW_MIX% only" \
+        "read a random row (read-only.sql); \"reads\" counts both."
+    fi
     echo "INSERT ... RETURNING id, then SELECT count(*) WHERE id = that id (both outside any"
     echo "transaction block, so through causeway the read is routed on its own). \"reads on"
     echo "replicas\" = share of rw_bench scans (pg_stat_user_tables) that ran on replicas."

@@ -219,3 +219,32 @@ async fn declared_read_only_sessions_run_their_blocks_on_replicas() {
             .expect("read write block");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_all_keeps_the_role_as_postgres_does() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    let client = client_on(port, None).await;
+    client
+        .batch_execute("SET ROLE md5user; SET search_path = leak_schema")
+        .await
+        .expect("set");
+    client.batch_execute("RESET ALL").await.expect("reset all");
+    for _ in 0..4 {
+        let row = values(
+            &client,
+            "SELECT current_user::text, current_setting('search_path')",
+        )
+        .await;
+        assert_eq!(row[0], "md5user", "RESET ALL does not reset the role");
+        assert_eq!(row[1], "\"$user\", public");
+    }
+    drop(client);
+    for _ in 0..4 {
+        let client = client_on(port, None).await;
+        for _ in 0..3 {
+            let row = values(&client, "SELECT current_user::text").await;
+            assert_eq!(row[0], APP_USER, "a fresh client got another's role");
+        }
+    }
+}

@@ -231,7 +231,22 @@ impl Session {
                     // server says so.
                     self.declared_read_only = value == "on";
                 }
-                attached.lease.conn.params.insert(name, value);
+                // A client unit that changed a reported setting without
+                // any statement the proxy follows (a SET inside a function
+                // or DO block, SET LOCAL): the connection may hold state its
+                // mirror lacks, so it is not lent to another client.
+                let unfollowed = matches!(
+                    self.pending.front(),
+                    Some(Expect::Client(inflight)) if inflight.effects.is_empty()
+                );
+                let conn = &mut attached.lease.conn;
+                if unfollowed && conn.params.get(&name) != Some(&value) {
+                    if !conn.unclean {
+                        tracing::debug!(parameter = %name, %value, "setting changed out of sight; the connection will be closed after use");
+                    }
+                    conn.unclean = true;
+                }
+                conn.params.insert(name, value);
             }
         }
         if tag == b'E' {
@@ -510,9 +525,14 @@ impl Session {
                     conn.settings.remove(&name);
                     self.state.settings.remove(&name);
                 }
+                // RESET ALL leaves the role and session authorization as
+                // they are, as the server does.
                 Effect::ResetAll => {
-                    conn.settings.clear();
-                    self.state.settings.clear();
+                    conn.settings
+                        .retain(|name, _| super::state::is_privilege(name));
+                    self.state
+                        .settings
+                        .retain(|name, _| super::state::is_privilege(name));
                 }
                 _ => {}
             }

@@ -95,7 +95,7 @@ impl SessionState {
                 .iter()
                 .filter(|(name, replay)| conn.settings.get(*name) != Some(replay))
                 .collect();
-            replays.sort_by_key(|(name, _)| is_privilege(name));
+            replays.sort_by_key(|(name, _)| replay_rank(name));
             for (_, replay) in replays {
                 sql.push_str(replay);
                 sql.push(';');
@@ -141,9 +141,20 @@ impl SessionState {
     }
 }
 
-/// Settings that change who the session is, and so what else it may set.
-fn is_privilege(name: &str) -> bool {
+/// Settings that change who the session is, and so what else it may set;
+/// `RESET ALL` leaves them alone.
+pub fn is_privilege(name: &str) -> bool {
     name == "role" || name == "session_authorization"
+}
+
+/// The order in which settings are replayed: who the session is last,
+/// the session authorization before the role (setting it resets the role).
+fn replay_rank(name: &str) -> u8 {
+    match name {
+        "session_authorization" => 1,
+        "role" => 2,
+        _ => 0,
+    }
 }
 
 impl SessionState {
