@@ -357,6 +357,10 @@ fn config(proxy: &Proxy) -> Table {
             .to_string(),
         ),
         (
+            "routing.optimistic_transactions",
+            c.routing.optimistic_transactions.to_string(),
+        ),
+        (
             "routing.client_lsn_ttl_ms",
             c.routing.client_lsn_ttl_ms.to_string(),
         ),

@@ -89,6 +89,16 @@ pub struct RoutingSection {
     /// "global" (every connection: each read sees every commit made through
     /// this proxy before it began).
     pub causal_scope: CausalScope,
+    /// Plain `BEGIN` blocks start on a fresh replica; at their first write
+    /// they move to the primary, replaying what they read there and
+    /// checking the answers match (else 40001). Off: blocks run on the
+    /// primary.
+    pub optimistic_transactions: bool,
+    /// Most units an optimistic block runs on a replica before it moves to
+    /// the primary anyway (reason `optimistic_overflow`).
+    pub optimistic_max_statements: usize,
+    /// Most bytes of client messages an optimistic block keeps for replay.
+    pub optimistic_max_bytes: usize,
     /// A shared client's causal LSN is forgotten after this long without writes.
     pub client_lsn_ttl_ms: u64,
     /// Most clients whose causal LSN is remembered at once.
@@ -110,6 +120,9 @@ impl Default for RoutingSection {
             extra_write_functions: Vec::new(),
             statement_cache_size: 10_000,
             causal_scope: CausalScope::ClientId,
+            optimistic_transactions: false,
+            optimistic_max_statements: 32,
+            optimistic_max_bytes: 256 * 1024,
             client_lsn_ttl_ms: 300_000,
             client_lsn_max_entries: 100_000,
             monitor_user: None,
@@ -356,6 +369,14 @@ impl Config {
             (
                 "routing.statement_cache_size",
                 self.routing.statement_cache_size as u64,
+            ),
+            (
+                "routing.optimistic_max_statements",
+                self.routing.optimistic_max_statements as u64,
+            ),
+            (
+                "routing.optimistic_max_bytes",
+                self.routing.optimistic_max_bytes as u64,
             ),
         ];
         for (key, value) in positive {

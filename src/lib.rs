@@ -18,4 +18,5 @@ pub mod protocol;
 pub mod replicas;
 pub mod router;
 pub mod server;
+pub mod shapes;
 pub mod stats;

@@ -41,6 +41,21 @@ pub fn retried(server: &str, why: &'static str, sqlstate: &str) {
     metrics::counter!("causeway_read_retries_total", "server" => server.to_string(), "reason" => why, "sqlstate" => sqlstate.to_string()).increment(1);
 }
 
+/// How an optimistic transaction ended: `read_only` (committed on its
+/// replica), `matched` / `mismatched` (moved to the primary, `why`: write,
+/// overflow, replica), `started_on_primary` (its shape usually writes).
+pub fn optimistic(outcome: &'static str, why: &'static str) {
+    metrics::counter!("causeway_optimistic_transactions_total", "outcome" => outcome, "why" => why)
+        .increment(1);
+}
+
+/// An optimistic transaction moved to the primary, replaying `statements`
+/// units there.
+pub fn optimistic_replayed(statements: usize) {
+    metrics::counter!("causeway_optimistic_replays_total").increment(1);
+    metrics::counter!("causeway_optimistic_replayed_units_total").increment(statements as u64);
+}
+
 /// A read was refused because no replica was fresh (`on_stale = "error"`).
 pub fn stale_refused() {
     metrics::counter!("causeway_stale_reads_refused_total").increment(1);

@@ -58,6 +58,8 @@ pub struct Proxy {
     pub stats: Arc<Stats>,
     /// Function volatility by database, read from the primary.
     pub catalogs: crate::catalog::Catalogs,
+    /// Which transaction shapes write (optimistic transactions).
+    pub shapes: Arc<crate::shapes::Shapes>,
 }
 
 impl Drop for Proxy {
@@ -144,6 +146,10 @@ impl Proxy {
             ),
             stats: previous.map_or_else(|| Arc::new(Stats::default()), |p| p.stats.clone()),
             catalogs: crate::catalog::Catalogs::default(),
+            shapes: previous.map_or_else(
+                || Arc::new(crate::shapes::Shapes::new(10_000)),
+                |p| p.shapes.clone(),
+            ),
             config,
         }
     }

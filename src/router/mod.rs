@@ -52,6 +52,12 @@ pub enum Reason {
     Session,
     /// A read in a SERIALIZABLE transaction, which a hot standby refuses.
     Serializable,
+    /// Part of an optimistic transaction block, on a replica.
+    Optimistic,
+    /// An optimistic block past its replay bound, moved to the primary.
+    OptimisticOverflow,
+    /// A block whose shape usually writes: started on the primary.
+    LearnedWrite,
 }
 
 impl Reason {
@@ -70,6 +76,9 @@ impl Reason {
             Reason::Retry => "retry",
             Reason::Session => "session_state",
             Reason::Serializable => "serializable",
+            Reason::Optimistic => "optimistic",
+            Reason::OptimisticOverflow => "optimistic_overflow",
+            Reason::LearnedWrite => "learned_write",
         }
     }
 }

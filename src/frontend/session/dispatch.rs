@@ -38,6 +38,28 @@ impl Session {
                 self.answer_local(&unit);
                 continue;
             }
+            if self.optimistic.is_some() {
+                use super::optimistic::Step;
+                match self.optimistic_step().await? {
+                    Step::Wait => return Ok(()),
+                    Step::Continue => continue,
+                    Step::Route(server, reason) => {
+                        let Some(unit) = self.queued.pop_front() else {
+                            break;
+                        };
+                        if reason == Reason::Optimistic && unit.facts.is_read() {
+                            if let Some(block) = self.optimistic.as_mut() {
+                                block.record(&unit);
+                            }
+                        }
+                        self.send(unit, server, reason).await?;
+                        continue;
+                    }
+                }
+            }
+            let Some(unit) = self.queued.front() else {
+                break;
+            };
             let (server, reason) = if self.deferred_begin.is_some() {
                 // The held-back BEGIN goes where its first statement goes,
                 // whatever server the session used before it (nothing has
@@ -46,7 +68,13 @@ impl Session {
                 let read_only = !unit.facts.writes()
                     && !unit.facts.serializable
                     && !unit.facts.read_write
+                    && !self.deferred_begin_read_write
                     && (unit.facts.set_tx_read_only || view.read_only_blocks);
+                let optimistic = self.optimistic_enabled()
+                    && unit.facts.is_read()
+                    && unit.synced
+                    && !view.serializable
+                    && !view.pinned;
                 if view.serializable && read_only {
                     (Server::Primary, Reason::Serializable)
                 } else if read_only {
@@ -54,6 +82,8 @@ impl Session {
                         Some(choice) => choice,
                         None => (Server::Primary, Reason::Transaction),
                     }
+                } else if optimistic {
+                    self.start_optimistic().await?
                 } else {
                     (Server::Primary, Reason::Transaction)
                 }
@@ -86,7 +116,9 @@ impl Session {
                 (Server::Primary, reason)
             } else if unit.retried {
                 (Server::Primary, Reason::Retry)
-            } else if unit.lone_begin && self.pinned.is_empty() {
+            } else if (unit.lone_begin || (unit.begin_with_modes && self.optimistic_enabled()))
+                && self.pinned.is_empty()
+            {
                 let Some(unit) = self.queued.pop_front() else {
                     break;
                 };
@@ -107,6 +139,11 @@ impl Session {
             let Some(unit) = self.queued.pop_front() else {
                 break;
             };
+            if reason == Reason::Optimistic {
+                if let Some(block) = self.optimistic.as_mut() {
+                    block.record(&unit);
+                }
+            }
             // The proxy's own idle connections must not block DROP DATABASE.
             for database in &unit.facts.frees_database {
                 self.proxy.pools.drop_idle_database(database);
@@ -129,6 +166,7 @@ impl Session {
 
     /// Answers a lone BEGIN itself and keeps it for the next unit.
     fn hold_begin(&mut self, unit: Unit) {
+        self.deferred_begin_read_write = unit.facts.read_write;
         self.deferred_begin = Some(unit.bytes);
         messages::command_complete(&mut self.to_client, "BEGIN");
         messages::ready_for_query(&mut self.to_client, b'T');
@@ -244,7 +282,10 @@ impl Session {
 
     /// A replica fresh enough for this session, waiting as the policy says.
     /// Falls back to the primary; `None` only under `on_stale = "error"`.
-    async fn choose_replica(&self, read_only_block: bool) -> Result<Option<(Server, Reason)>, End> {
+    pub(super) async fn choose_replica(
+        &self,
+        read_only_block: bool,
+    ) -> Result<Option<(Server, Reason)>, End> {
         let proxy = self.proxy.clone();
         let policy = proxy.policy;
         let causal = self.effective_causal();
@@ -299,6 +340,16 @@ impl Session {
     /// Attaches to `server`, replays what it lacks, and sends the unit.
     async fn send(&mut self, unit: Unit, server: Server, reason: Reason) -> Result<(), End> {
         let server = self.attach(server).await?;
+        if server == Server::Primary
+            && self
+                .optimistic
+                .as_ref()
+                .is_some_and(|b| b.phase == super::optimistic::Phase::OnReplica)
+        {
+            // The replica could not be reached: the block simply runs on
+            // the primary.
+            self.optimistic = None;
+        }
         let reason = if server == Server::Primary && reason == Reason::Fresh {
             Reason::NoReplica
         } else {
@@ -349,25 +400,7 @@ impl Session {
                 }
             }
         }
-        // Bring the connection up to date with the session.
-        let Some(attached) = self.current.as_mut() else {
-            return Err(End::ServerLost("no server attached".into()));
-        };
-        let catchup = self
-            .state
-            .catch_up(&mut attached.lease.conn, &unit.needs(), &unit.creates());
-        if let Some(sql) = catchup.settings {
-            self.pending.push_back(Expect::Internal(Internal::Setup));
-            messages::query(&mut self.to_server, &sql);
-        }
-        if let Some(batch) = catchup.statements {
-            self.pending.push_back(Expect::Internal(Internal::Setup));
-            self.to_server.extend_from_slice(&batch);
-        }
-        if let Some(sql) = catchup.sql_prepares {
-            self.pending.push_back(Expect::Internal(Internal::Setup));
-            messages::query(&mut self.to_server, &sql);
-        }
+        self.catch_up_for(&unit)?;
         if let Some(begin) = self.deferred_begin.take() {
             self.pending.push_back(Expect::Internal(Internal::Begin));
             self.to_server.extend_from_slice(&begin);
@@ -414,11 +447,22 @@ impl Session {
         if let Some(open) = self.open_batch.take() {
             inflight.absorb(open);
         }
+        // An optimistic block's answers are digested, to compare with the
+        // primary's if the block has to move there.
+        let optimistic = matches!(server, Server::Replica(_))
+            && self
+                .optimistic
+                .as_ref()
+                .is_some_and(|b| b.phase == super::optimistic::Phase::OnReplica);
+        if optimistic {
+            inflight.digest = Some(super::optimistic::DIGEST_START);
+        }
         if unit.synced {
             // A read outside any transaction may run again elsewhere if the
             // replica refuses it or dies; inside one, its snapshot is gone
-            // with the replica.
-            if matches!(server, Server::Replica(_)) && at_rest {
+            // with the replica, unless the block is optimistic: then the
+            // whole block moves to the primary.
+            if matches!(server, Server::Replica(_)) && (at_rest || optimistic) {
                 inflight.retry = Some(unit);
             }
             self.pending.push_back(Expect::Client(Box::new(inflight)));
@@ -444,10 +488,34 @@ impl Session {
         Ok(())
     }
 
+    /// Brings the current connection up to date with the session for
+    /// `unit`: settings, and the prepared statements it uses or makes.
+    pub(super) fn catch_up_for(&mut self, unit: &Unit) -> Result<(), End> {
+        let Some(attached) = self.current.as_mut() else {
+            return Err(End::ServerLost("no server attached".into()));
+        };
+        let catchup = self
+            .state
+            .catch_up(&mut attached.lease.conn, &unit.needs(), &unit.creates());
+        if let Some(sql) = catchup.settings {
+            self.pending.push_back(Expect::Internal(Internal::Setup));
+            messages::query(&mut self.to_server, &sql);
+        }
+        if let Some(batch) = catchup.statements {
+            self.pending.push_back(Expect::Internal(Internal::Setup));
+            self.to_server.extend_from_slice(&batch);
+        }
+        if let Some(sql) = catchup.sql_prepares {
+            self.pending.push_back(Expect::Internal(Internal::Setup));
+            messages::query(&mut self.to_server, &sql);
+        }
+        Ok(())
+    }
+
     /// Makes `server` the current connection, keeping the one in use if it
     /// is the same. A replica that cannot be reached is reported and the
     /// primary used instead. Returns the server attached.
-    async fn attach(&mut self, server: Server) -> Result<Server, End> {
+    pub(super) async fn attach(&mut self, server: Server) -> Result<Server, End> {
         if self.current.as_ref().map(|a| a.server) == Some(server) {
             return Ok(server);
         }

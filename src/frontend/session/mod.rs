@@ -15,6 +15,7 @@
 mod dispatch;
 mod end;
 mod local;
+mod optimistic;
 mod responses;
 pub mod state;
 pub mod units;
@@ -108,6 +109,10 @@ struct Session {
     /// A lone BEGIN held back until the next unit shows where the
     /// transaction should run.
     deferred_begin: Option<bytes::Bytes>,
+    /// The held-back BEGIN said `READ WRITE`.
+    deferred_begin_read_write: bool,
+    /// A block running optimistically on a replica, or moving off it.
+    optimistic: Option<Box<optimistic::Optimistic>>,
     /// Bytes left of a client CopyData being streamed to the server.
     client_streaming: usize,
     /// Bytes left of a server message being streamed to the client.
@@ -319,6 +324,8 @@ pub async fn run(
         tx_wrote: false,
         tx_effects: Vec::new(),
         deferred_begin: None,
+        deferred_begin_read_write: false,
+        optimistic: None,
         client_streaming: 0,
         server_streaming: 0,
         held: BytesMut::new(),
@@ -389,6 +396,7 @@ impl Session {
             && self.tx_status == b'I'
             && self.open_batch.is_none()
             && self.deferred_begin.is_none()
+            && self.optimistic.is_none()
             && self.queued.is_empty()
             && !self.builder.is_building()
             && self.client_streaming == 0
@@ -578,10 +586,19 @@ impl Session {
             (Server::Replica(_), Some(Expect::Client(inflight))) => inflight.retry.clone(),
             _ => None,
         };
-        let Some(mut unit) = retry else {
+        // An optimistic block on a replica moves to the primary whole, as
+        // long as no answer of the unit in flight reached the client.
+        let client_waiting = self.pending.iter().any(|e| matches!(e, Expect::Client(_)));
+        let optimistic = matches!(attached.server, Server::Replica(_))
+            && (retry.is_some() || !client_waiting)
+            && self
+                .optimistic
+                .as_ref()
+                .is_some_and(|b| b.phase == optimistic::Phase::OnReplica);
+        if retry.is_none() && !optimistic {
             self.current = Some(attached);
             return Err(End::ServerLost(why));
-        };
+        }
         let name = attached.lease.conn.server_name.clone();
         tracing::warn!(replica = %name, reason = %why, "replica failed during a read; re-running it elsewhere");
         self.proxy.monitor.report_failure(&name, &why);
@@ -596,8 +613,16 @@ impl Session {
         self.server_streaming = 0;
         self.server_fatal = false;
         self.tx_status = b'I';
-        unit.retried = true;
-        self.queued.push_front(unit);
+        if let Some(block) = self.optimistic.as_mut().filter(|_| optimistic) {
+            block.phase = optimistic::Phase::Leaving;
+            block.moved = Some(optimistic::Move::Replica);
+            // The client is still in its transaction, now being moved.
+            self.tx_status = b'T';
+        }
+        if let Some(mut unit) = retry {
+            unit.retried = true;
+            self.queued.push_front(unit);
+        }
         Ok(())
     }
 }

@@ -47,6 +47,8 @@ pub enum Internal {
     Lsn,
     /// The function catalog, read again after DDL that may change it.
     Catalog,
+    /// The ROLLBACK of an optimistic block's replica transaction.
+    Abandon,
 }
 
 /// A client unit the server is working on, and what its answers showed.
@@ -76,6 +78,11 @@ pub struct InFlight {
     pub sent_at: std::time::Instant,
     /// SQLSTATEs of errors in a held-back answer.
     pub held_errors: Vec<String>,
+    /// Digest of its answers (units of an optimistic block, and replays).
+    pub digest: Option<u64>,
+    /// A unit of an optimistic block replayed on the primary: its answers
+    /// are digested, never passed on.
+    pub replay: bool,
 }
 
 impl InFlight {
@@ -99,6 +106,8 @@ impl InFlight {
             close_completes: 0,
             sent_at: std::time::Instant::now(),
             held_errors: Vec::new(),
+            digest: None,
+            replay: false,
         }
     }
 
@@ -135,7 +144,9 @@ impl InFlight {
                         self.refusal = Some((fields.code.clone(), fields.message.clone()));
                     }
                 }
-                if self.retry.is_some() {
+                if self.replay {
+                    // Never reaches the client.
+                } else if self.retry.is_some() {
                     // Held back: counted only if it reaches the client.
                     self.held_errors.push(fields.code);
                 } else {
@@ -201,9 +212,14 @@ impl Session {
 
     /// Sends answer bytes where the current request's answers go.
     fn pass_on(&mut self, bytes: &[u8]) {
+        if let Some(Expect::Client(inflight)) = self.pending.front_mut() {
+            if let Some(digest) = inflight.digest.as_mut() {
+                *digest = super::optimistic::fold(*digest, bytes);
+            }
+        }
         match self.pending.front_mut() {
             Some(Expect::Internal(_)) => {}
-            Some(Expect::Client(inflight)) if inflight.refused => {}
+            Some(Expect::Client(inflight)) if inflight.refused || inflight.replay => {}
             Some(Expect::Client(inflight)) if inflight.retry.is_some() => {
                 self.held.extend_from_slice(bytes);
                 if self.held.len() > MAX_HELD {
@@ -326,6 +342,16 @@ impl Session {
     /// pass its answers on and apply what it changed.
     fn finish_unit(&mut self, mut inflight: InFlight, ready: &[u8]) {
         let status = ready[5];
+        if inflight.replay {
+            // Part of moving an optimistic block: the client saw this
+            // answer already, from the replica.
+            self.tx_status = status;
+            self.apply_effects(&inflight, status);
+            if let Some(block) = self.optimistic.as_mut() {
+                block.replayed(inflight.digest.unwrap_or_default());
+            }
+            return;
+        }
         if inflight.refused {
             self.held.clear();
             if let Some(mut unit) = inflight.retry.take() {
@@ -360,6 +386,17 @@ impl Session {
         );
         self.tx_status = status;
         self.apply_effects(&inflight, status);
+        if let (Some(digest), Some(block)) = (inflight.digest, self.optimistic.as_mut()) {
+            block.answered(digest);
+            if status == b'I' {
+                // The block ended on its replica: it only read.
+                if let Some(shape) = &block.shape {
+                    self.proxy.shapes.record(shape, false);
+                }
+                crate::metrics::optimistic("read_only", "");
+                self.optimistic = None;
+            }
+        }
         let wrote = inflight.tx_wrote || self.tx_wrote;
         let committed_write = status == b'I'
             && inflight.server == Server::Primary

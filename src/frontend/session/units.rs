@@ -24,6 +24,11 @@ pub struct Unit {
     /// A lone simple-protocol `BEGIN`, which the session may hold back until
     /// it knows where the transaction should run.
     pub lone_begin: bool,
+    /// A simple-protocol `BEGIN`/`START TRANSACTION` alone, with modes that
+    /// neither make it read-only nor serializable (`ISOLATION LEVEL READ
+    /// COMMITTED`, `READ WRITE`...): held back too when blocks may start
+    /// optimistically on a replica.
+    pub begin_with_modes: bool,
     /// Named statements it uses (Bind, Describe, EXECUTE, DEALLOCATE).
     pub uses: Vec<String>,
     /// Statements it prepares, in order: the name and how to prepare it
@@ -138,11 +143,18 @@ impl UnitBuilder {
                         && facts.effects.is_empty()
                         && !facts.ends_tx
                         && is_lone_begin(sql);
+                    let begin_with_modes = facts.begin == Some(false)
+                        && !facts.serializable
+                        && facts.effects.is_empty()
+                        && !facts.ends_tx
+                        && facts.write_reason.is_none()
+                        && !sql.trim().trim_end_matches(';').contains(';');
                     let mut unit = Unit {
                         local: super::local::parse(sql),
                         bytes: message.freeze(),
                         synced: true,
                         lone_begin,
+                        begin_with_modes,
                         ..Unit::default()
                     };
                     let mut facts = facts;

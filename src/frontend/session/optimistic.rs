@@ -1,0 +1,364 @@
+//! Optimistic transactions (`[routing] optimistic_transactions`): a plain
+//! `BEGIN` block starts on a replica fresh for the session, and moves to the
+//! primary only when a statement that may write arrives.
+//!
+//! ORMs wrap every unit of work in `BEGIN` ... `COMMIT` (SQLAlchemy's
+//! session, pgjdbc with `autoCommit=false`, Spring's `@Transactional`), and
+//! most of those blocks only read. Sending them all to the primary, because
+//! a write *may* follow, leaves the replicas idle. Here the block runs on a
+//! replica, and the proxy keeps two things: the client's units, for replay
+//! (bounded by `optimistic_max_statements` and `optimistic_max_bytes`), and
+//! a digest of every byte it passed back to the client. When a unit that
+//! may write comes (or the bound is reached, or a replica refuses or
+//! fails), the replica's transaction is rolled back, the `BEGIN` and every
+//! unit so far are replayed on the primary with their answers swallowed,
+//! and the digests are compared:
+//! - equal: the primary gave exactly the answers the client already has, so
+//!   the block goes on there as if it had started there; the write runs;
+//! - different: the client gets SQLSTATE 40001 (`could not serialize
+//!   access`) instead of its write, and its transaction is failed on the
+//!   primary: it rolls back and retries, as drivers and ORMs do for 40001.
+//!   Nothing is written on the basis of answers the primary would not give.
+//!
+//! Which blocks write is learned by the shape of their first statement
+//! (see `crate::shapes`): shapes that usually write start on the primary and
+//! pay no replay.
+
+use bytes::{Bytes, BytesMut};
+
+use super::responses::{Expect, InFlight, Internal};
+use super::units::Unit;
+use super::{End, Session};
+use crate::router::{Reason, Server};
+
+/// FNV-1a, 64 bits: the digest of answers. Not for security: both sides
+/// are our servers; it only has to tell different answers apart.
+pub const DIGEST_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+pub fn fold(mut digest: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        digest ^= u64::from(b);
+        digest = digest.wrapping_mul(0x0100_0000_01b3);
+    }
+    digest
+}
+
+/// Where an optimistic block is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Running on a replica.
+    OnReplica,
+    /// Moving: the replica's transaction is being rolled back (or the
+    /// replica is gone); the replay starts once nothing is in flight.
+    Leaving,
+    /// The primary is answering the replayed units; `left` still to come.
+    Replaying { left: usize },
+}
+
+/// Why the block moved to the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Move {
+    /// A unit that may write.
+    Write,
+    /// Past `optimistic_max_statements` or `optimistic_max_bytes`.
+    Overflow,
+    /// The replica refused a unit, or failed.
+    Replica,
+}
+
+impl Move {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Move::Write => "write",
+            Move::Overflow => "overflow",
+            Move::Replica => "replica",
+        }
+    }
+}
+
+/// An optimistic block in progress.
+#[derive(Debug)]
+pub struct Optimistic {
+    /// The client's `BEGIN`, held back by the proxy.
+    pub begin: Bytes,
+    /// The units run on the replica, in order, for replay.
+    pub units: Vec<Unit>,
+    /// Bytes of `units`.
+    pub bytes: usize,
+    /// Digest of every answer byte the client was given in the block.
+    pub digest: u64,
+    /// Digest of the primary's answers to the replay.
+    pub replay_digest: u64,
+    pub phase: Phase,
+    pub moved: Option<Move>,
+    /// The block's shape, for learning which blocks write.
+    pub shape: Option<String>,
+}
+
+impl Optimistic {
+    pub fn new(begin: Bytes, shape: Option<String>) -> Optimistic {
+        Optimistic {
+            begin,
+            units: Vec::new(),
+            bytes: 0,
+            digest: DIGEST_START,
+            replay_digest: DIGEST_START,
+            phase: Phase::OnReplica,
+            moved: None,
+            shape,
+        }
+    }
+
+    /// Whether one more unit of `len` bytes stays within the bounds.
+    pub fn has_room(&self, len: usize, max_units: usize, max_bytes: usize) -> bool {
+        self.units.len() < max_units && self.bytes + len <= max_bytes
+    }
+
+    pub fn record(&mut self, unit: &Unit) {
+        self.bytes += unit.bytes.len();
+        self.units.push(unit.clone());
+    }
+
+    /// Adds a finished unit's answer digest to the block's.
+    pub fn answered(&mut self, unit_digest: u64) {
+        self.digest = fold(self.digest, &unit_digest.to_le_bytes());
+    }
+
+    /// Adds a replayed unit's answer digest; true once the last is in.
+    pub fn replayed(&mut self, unit_digest: u64) -> bool {
+        self.replay_digest = fold(self.replay_digest, &unit_digest.to_le_bytes());
+        if let Phase::Replaying { left } = &mut self.phase {
+            *left = left.saturating_sub(1);
+            return *left == 0;
+        }
+        false
+    }
+
+    pub fn matches(&self) -> bool {
+        self.digest == self.replay_digest
+    }
+}
+
+/// The statement that fails the client's transaction on the primary when
+/// the replay's answers differ: an ErrorResponse 40001 and ReadyForQuery
+/// 'E', which is also what an extended batch that fails answers.
+pub fn mismatch_unit() -> Unit {
+    let mut bytes = BytesMut::new();
+    crate::protocol::messages::query(
+        &mut bytes,
+        "DO $causeway$BEGIN RAISE EXCEPTION USING ERRCODE = '40001', \
+         MESSAGE = 'could not serialize access due to concurrent update', \
+         DETAIL = 'causeway: this transaction read on a replica, and the primary gave other answers when its first write arrived', \
+         HINT = 'The transaction might succeed if retried.'; END$causeway$",
+    );
+    Unit {
+        bytes: bytes.freeze(),
+        synced: true,
+        ..Unit::default()
+    }
+}
+
+/// What the dispatcher does with the next unit of an optimistic block.
+pub enum Step {
+    /// Nothing now: answers are still coming.
+    Wait,
+    /// Look again: the block changed phase.
+    Continue,
+    /// Send the next unit here.
+    Route(Server, Reason),
+}
+
+impl Session {
+    /// Whether plain blocks may start on a replica.
+    pub(super) fn optimistic_enabled(&self) -> bool {
+        self.proxy.config.routing.optimistic_transactions
+    }
+
+    /// Starts a held-back BEGIN's block on a replica fresh for the session,
+    /// unless its shape usually writes (then the primary, reason
+    /// `learned_write`) or no replica can take it.
+    pub(super) async fn start_optimistic(&mut self) -> Result<(Server, Reason), End> {
+        let shape = self.queued.front().and_then(|unit| self.shape_of(unit));
+        if shape
+            .as_deref()
+            .is_some_and(|s| self.proxy.shapes.mostly_writes(s))
+        {
+            crate::metrics::optimistic("started_on_primary", "");
+            return Ok((Server::Primary, Reason::LearnedWrite));
+        }
+        let Some(begin) = self.deferred_begin.clone() else {
+            return Ok((Server::Primary, Reason::Transaction));
+        };
+        match self.choose_replica(false).await? {
+            Some((Server::Replica(i), _)) => {
+                self.optimistic = Some(Box::new(Optimistic::new(begin, shape)));
+                Ok((Server::Replica(i), Reason::Optimistic))
+            }
+            _ => Ok((Server::Primary, Reason::Transaction)),
+        }
+    }
+
+    /// The shape of a block that starts with `unit`: its first SQL text
+    /// with literals blanked.
+    fn shape_of(&self, unit: &Unit) -> Option<String> {
+        let sql = match super::units::sql_texts(&unit.bytes).first() {
+            Some(sql) => sql.to_string(),
+            None => {
+                let name = unit.uses.first()?;
+                match &self.state.prepared.get(name)?.replay {
+                    super::state::Replay::Parse(parse) => {
+                        super::units::sql_texts(parse).first()?.to_string()
+                    }
+                    super::state::Replay::Sql(sql) => sql.clone(),
+                }
+            }
+        };
+        Some(crate::router::normalize::literal_blind_key(&sql).unwrap_or(sql))
+    }
+
+    /// The next step of the optimistic block in progress.
+    pub(super) async fn optimistic_step(&mut self) -> Result<Step, End> {
+        let Some(phase) = self.optimistic.as_ref().map(|b| b.phase) else {
+            return Ok(Step::Wait);
+        };
+        match phase {
+            Phase::OnReplica => Ok(self.on_replica_step()),
+            Phase::Leaving => {
+                if !self.pending.is_empty() {
+                    return Ok(Step::Wait);
+                }
+                self.replay_on_primary().await?;
+                Ok(Step::Continue)
+            }
+            Phase::Replaying { left } if left > 0 || !self.pending.is_empty() => Ok(Step::Wait),
+            Phase::Replaying { .. } => {
+                let Some(block) = self.optimistic.take() else {
+                    return Ok(Step::Continue);
+                };
+                let why = block.moved.unwrap_or(Move::Write);
+                if let Some(shape) = &block.shape {
+                    self.proxy.shapes.record(shape, why == Move::Write);
+                }
+                if block.matches() {
+                    crate::metrics::optimistic("matched", why.as_str());
+                    let reason = if why == Move::Overflow {
+                        Reason::OptimisticOverflow
+                    } else {
+                        Reason::Transaction
+                    };
+                    return Ok(Step::Route(Server::Primary, reason));
+                }
+                crate::metrics::optimistic("mismatched", why.as_str());
+                tracing::debug!(
+                    "optimistic transaction: the primary's answers differ; failing it with 40001"
+                );
+                // The client's unit is answered by the 40001 in its place.
+                self.queued.pop_front();
+                self.queued.push_front(mismatch_unit());
+                Ok(Step::Route(Server::Primary, Reason::Transaction))
+            }
+        }
+    }
+
+    /// On the replica: reads stay (and are kept for replay) while there is
+    /// room; the end of the block ends it there; anything else moves it.
+    fn on_replica_step(&mut self) -> Step {
+        let routing = &self.proxy.config.routing;
+        let (max_units, max_bytes) = (
+            routing.optimistic_max_statements,
+            routing.optimistic_max_bytes,
+        );
+        let replica = match self.current.as_ref().map(|a| a.server) {
+            Some(server @ Server::Replica(_)) => Some(server),
+            _ => None,
+        };
+        let (Some(unit), Some(block)) = (self.queued.front(), self.optimistic.as_mut()) else {
+            return Step::Wait;
+        };
+        let usable = unit.synced && !unit.retried;
+        let ends = usable
+            && unit.facts.ends_tx
+            && unit.facts.begin.is_none()
+            && !unit.facts.writes()
+            && unit.facts.effects.is_empty();
+        let reads = usable && unit.facts.is_read();
+        let room = block.has_room(unit.bytes.len(), max_units, max_bytes);
+        if let Some(server) = replica {
+            if ends || (reads && room) {
+                return Step::Route(server, Reason::Optimistic);
+            }
+        }
+        // Move to the primary, once the replica has answered everything.
+        if !self.pending.is_empty() || self.open_batch.is_some() {
+            return Step::Wait;
+        }
+        let why = if replica.is_none() || unit.retried {
+            Move::Replica
+        } else if reads {
+            Move::Overflow
+        } else {
+            Move::Write
+        };
+        block.moved = Some(why);
+        block.phase = Phase::Leaving;
+        if replica.is_some() {
+            self.pending.push_back(Expect::Internal(Internal::Abandon));
+            crate::protocol::messages::query(&mut self.to_server, "ROLLBACK");
+        }
+        Step::Continue
+    }
+
+    /// Opens the block on the primary and replays its units there, their
+    /// answers swallowed and digested.
+    async fn replay_on_primary(&mut self) -> Result<(), End> {
+        self.attach(Server::Primary).await?;
+        let Some(block) = self.optimistic.as_mut() else {
+            return Ok(());
+        };
+        let units = std::mem::take(&mut block.units);
+        block.phase = Phase::Replaying { left: units.len() };
+        let begin = block.begin.clone();
+        crate::metrics::optimistic_replayed(units.len());
+        // Settings outside the transaction, as they were when it began.
+        self.catch_up_for(&Unit::default())?;
+        self.pending.push_back(Expect::Internal(Internal::Begin));
+        self.to_server.extend_from_slice(&begin);
+        for unit in units {
+            self.catch_up_for(&unit)?;
+            self.to_server.extend_from_slice(&unit.bytes);
+            let mut inflight = InFlight::new(&unit, Server::Primary, false);
+            inflight.replay = true;
+            inflight.digest = Some(DIGEST_START);
+            self.pending.push_back(Expect::Client(Box::new(inflight)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_tell_answers_apart_and_replays_complete() {
+        assert_ne!(fold(DIGEST_START, b"D1"), fold(DIGEST_START, b"D2"));
+        assert_eq!(
+            fold(fold(DIGEST_START, b"ab"), b"c"),
+            fold(DIGEST_START, b"abc")
+        );
+        let mut block = Optimistic::new(Bytes::from_static(b"Q"), None);
+        block.answered(fold(DIGEST_START, b"row 1"));
+        block.answered(fold(DIGEST_START, b"row 2"));
+        block.phase = Phase::Replaying { left: 2 };
+        assert!(!block.replayed(fold(DIGEST_START, b"row 1")));
+        assert!(block.replayed(fold(DIGEST_START, b"row 2")));
+        assert!(block.matches());
+        let mut other = Optimistic::new(Bytes::new(), None);
+        other.answered(fold(DIGEST_START, b"row 1"));
+        other.phase = Phase::Replaying { left: 1 };
+        assert!(other.replayed(fold(DIGEST_START, b"row 1, changed")));
+        assert!(!other.matches());
+        assert!(block.has_room(10, 3, 100));
+        assert!(!block.has_room(101, 3, 100));
+    }
+}

@@ -1,0 +1,291 @@
+//! Optimistic transactions (`[routing] optimistic_transactions = true`):
+//! plain `BEGIN` blocks, as ORMs send them, start on a fresh replica; at
+//! their first write they move to the primary, where what they read is
+//! replayed and compared; a difference fails the block with 40001 and
+//! writes nothing. Against a real primary and two streaming replicas;
+//! where staleness must be certain, replay is paused on both replicas.
+
+mod support;
+
+use std::sync::OnceLock;
+
+use support::{TestCluster, TestProxy, APP_DB, APP_PASSWORD, APP_USER};
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls, Statement};
+
+/// Tests that pause replay run one at a time.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn cluster() -> &'static TestCluster {
+    TestCluster::shared()
+}
+
+fn setup() {
+    static SETUP: OnceLock<()> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        cluster().psql_db(
+            cluster().primary_port(),
+            APP_DB,
+            "CREATE TABLE IF NOT EXISTS accounts (id int PRIMARY KEY, balance bigint NOT NULL); \
+             INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 50) g ON CONFLICT DO NOTHING;",
+        );
+        cluster().wait_replicas_caught_up();
+    });
+}
+
+/// The proxy with optimistic transactions on, and a small bound.
+fn optimistic() -> &'static TestProxy {
+    static PROXY: OnceLock<TestProxy> = OnceLock::new();
+    PROXY.get_or_init(|| {
+        setup();
+        TestProxy::start_with(cluster(), |c| {
+            c.routing.optimistic_transactions = true;
+            c.routing.optimistic_max_statements = 8;
+        })
+    })
+}
+
+/// The proxy as configured by default: optimistic transactions off.
+fn plain() -> &'static TestProxy {
+    static PROXY: OnceLock<TestProxy> = OnceLock::new();
+    PROXY.get_or_init(|| {
+        setup();
+        TestProxy::start(cluster())
+    })
+}
+
+async fn client(proxy: &TestProxy) -> Client {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.port)
+        .user(APP_USER)
+        .password(APP_PASSWORD)
+        .dbname(APP_DB)
+        .connect(NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {}", support::describe_error(&e)));
+    tokio::spawn(connection);
+    client
+}
+
+async fn direct() -> Client {
+    support::connect(cluster().primary_port(), APP_USER, APP_PASSWORD, APP_DB).await
+}
+
+/// The balance and whether a replica answered.
+async fn balance(client: &Client, id: i32) -> (i64, bool) {
+    let row = client
+        .query_one(
+            "SELECT balance, pg_is_in_recovery() FROM accounts WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("read balance: {}", support::describe_error(&e)));
+    (row.get(0), row.get(1))
+}
+
+/// The balance alone: a read whose answer is the same on every server, so
+/// a block that reads it and then writes replays it without a difference.
+/// `statement` is [`balance_statement`], prepared once, so that each read
+/// is one unit.
+async fn balance_only(client: &Client, statement: &Statement, id: i32) -> i64 {
+    client
+        .query_one(statement, &[&id])
+        .await
+        .unwrap_or_else(|e| panic!("read balance: {}", support::describe_error(&e)))
+        .get(0)
+}
+
+async fn balance_statement(client: &Client) -> Statement {
+    client
+        .prepare("SELECT balance FROM accounts WHERE id = $1")
+        .await
+        .expect("prepare")
+}
+
+/// Units the proxy has run on replicas so far (replays are not counted).
+fn replica_units(proxy: &TestProxy) -> u64 {
+    (0..cluster().replica_count())
+        .map(|i| proxy.proxy.stats.units(&format!("replica{i}")))
+        .sum()
+}
+
+async fn batch(client: &Client, sql: &str) {
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", support::describe_error(&e)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_blocks_run_on_replicas() {
+    let _serial = SERIAL.lock().await;
+    let c = client(optimistic()).await;
+    for begin in [
+        "BEGIN",
+        "BEGIN ISOLATION LEVEL READ COMMITTED",
+        "START TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        "BEGIN READ WRITE",
+    ] {
+        batch(&c, begin).await;
+        let (first, on_replica) = balance(&c, 1).await;
+        assert!(on_replica, "{begin}: the block started on the primary");
+        let (again, still) = balance(&c, 1).await;
+        assert!(still);
+        assert_eq!(first, again);
+        batch(&c, "COMMIT").await;
+    }
+    // With the feature off, plain blocks run on the primary, as before.
+    let off = client(plain()).await;
+    batch(&off, "BEGIN").await;
+    let (_, on_replica) = balance(&off, 1).await;
+    batch(&off, "COMMIT").await;
+    assert!(!on_replica, "optimistic transactions are off by default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_then_write_moves_to_the_primary_and_commits() {
+    let _serial = SERIAL.lock().await;
+    let proxy = optimistic();
+    let c = client(proxy).await;
+    let statement = balance_statement(&c).await;
+    let id = 2;
+    let (before, _) = balance(&c, id).await;
+    let on_replicas = replica_units(proxy);
+    batch(&c, "BEGIN").await;
+    let read = balance_only(&c, &statement, id).await;
+    assert!(
+        replica_units(proxy) > on_replicas,
+        "the block's read ran on the primary"
+    );
+    assert_eq!(read, before);
+    let updated = c
+        .query_one(
+            "UPDATE accounts SET balance = balance + 5 WHERE id = $1 RETURNING balance, pg_is_in_recovery()",
+            &[&id],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("update: {}", support::describe_error(&e)));
+    assert_eq!(updated.get::<_, i64>(0), before + 5);
+    assert!(!updated.get::<_, bool>(1), "the write ran on a replica");
+    let (inside, on_replica) = balance(&c, id).await;
+    assert_eq!(inside, before + 5);
+    assert!(!on_replica, "after the move the block stays on the primary");
+    batch(&c, "COMMIT").await;
+    // Read-your-writes after the commit.
+    let (after, _) = balance(&c, id).await;
+    assert_eq!(after, before + 5);
+    let (primary, _) = balance(&direct().await, id).await;
+    assert_eq!(primary, before + 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_the_primary_would_not_give_fails_the_block_with_40001() {
+    let _serial = SERIAL.lock().await;
+    let proxy = optimistic();
+    let c = client(proxy).await;
+    let statement = balance_statement(&c).await;
+    let id = 3;
+    let _paused = cluster().pause_all_replay();
+    let on_replicas = replica_units(proxy);
+    batch(&c, "BEGIN").await;
+    let read = balance_only(&c, &statement, id).await;
+    assert!(
+        replica_units(proxy) > on_replicas,
+        "a session that never wrote reads a replica within lag"
+    );
+    // Another client changes the row on the primary meanwhile.
+    direct()
+        .await
+        .execute(
+            "UPDATE accounts SET balance = balance + 1000 WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("concurrent update");
+    let err = c
+        .execute(
+            "UPDATE accounts SET balance = $1 WHERE id = $2",
+            &[&(read - 10), &id],
+        )
+        .await
+        .expect_err("a write based on an answer the primary would not give");
+    assert_eq!(err.code().map(|c| c.code()), Some("40001"), "{err:?}");
+    batch(&c, "ROLLBACK").await;
+    let (now, _) = balance(&direct().await, id).await;
+    assert_eq!(now, read + 1000, "the failed block wrote nothing");
+    // The connection goes on.
+    let (_, _) = balance(&c, id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_past_the_bound_move_at_once_and_stay_correct() {
+    let _serial = SERIAL.lock().await;
+    let proxy = optimistic();
+    let c = client(proxy).await;
+    let statement = balance_statement(&c).await;
+    batch(&c, "BEGIN").await;
+    let mut places = Vec::new();
+    for id in 10..22 {
+        let before = replica_units(proxy);
+        assert_eq!(balance_only(&c, &statement, id).await, 100);
+        places.push(replica_units(proxy) > before);
+    }
+    batch(&c, "COMMIT").await;
+    assert!(
+        places[..8].iter().all(|&r| r),
+        "within the bound: a replica {places:?}"
+    );
+    assert!(
+        places[8..].iter().all(|&r| !r),
+        "past it: the primary {places:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_reads_its_own_earlier_writes() {
+    let _serial = SERIAL.lock().await;
+    let c = client(optimistic()).await;
+    let _paused = cluster().pause_all_replay();
+    for round in 0..3 {
+        let value = 5000 + round;
+        c.execute("UPDATE accounts SET balance = $1 WHERE id = 4", &[&value])
+            .await
+            .expect("autocommit write");
+        batch(&c, "BEGIN").await;
+        let (read, _) = balance(&c, 4).await;
+        batch(&c, "COMMIT").await;
+        assert_eq!(read, value, "an optimistic block read its own write stale");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shapes_that_usually_write_start_on_the_primary() {
+    let _serial = SERIAL.lock().await;
+    let proxy = optimistic();
+    let c = client(proxy).await;
+    let mut first_on_replica = Vec::new();
+    for round in 0..8i64 {
+        batch(&c, "BEGIN").await;
+        let before = replica_units(proxy);
+        c.query_one(
+            "SELECT balance FROM accounts WHERE id = 5 AND balance > $1",
+            &[&-1i64],
+        )
+        .await
+        .expect("read");
+        first_on_replica.push(replica_units(proxy) > before);
+        c.execute(
+            "UPDATE accounts SET balance = $1 WHERE id = 5",
+            &[&(200 + round)],
+        )
+        .await
+        .expect("write");
+        batch(&c, "COMMIT").await;
+    }
+    assert!(first_on_replica[0], "an unknown shape starts on a replica");
+    assert!(
+        !first_on_replica[7],
+        "a shape that always wrote still starts on a replica: {first_on_replica:?}"
+    );
+}
