@@ -83,7 +83,8 @@ impl Session {
                         None => (Server::Primary, Reason::Transaction),
                     }
                 } else if optimistic {
-                    self.start_optimistic().await?
+                    let begin = self.deferred_begin.clone().unwrap_or_default();
+                    self.start_optimistic(begin).await?
                 } else {
                     (Server::Primary, Reason::Transaction)
                 }
@@ -124,6 +125,10 @@ impl Session {
                 };
                 self.hold_begin(unit);
                 continue;
+            } else if self.opens_optimistic_block(unit) {
+                // BEGIN and its first reads in one batch (pgjdbc sends
+                // them so): the batch is the block's first unit.
+                self.start_optimistic(bytes::Bytes::new()).await?
             } else {
                 match self.route(unit).await? {
                     Some(choice) => choice,
@@ -154,7 +159,7 @@ impl Session {
     }
 
     /// The session as routing sees it.
-    fn view(&self) -> router::SessionView {
+    pub(super) fn view(&self) -> router::SessionView {
         router::SessionView {
             pinned: !self.pinned.is_empty(),
             causal: self.effective_causal(),

@@ -616,6 +616,10 @@ impl Session {
         if let Some(block) = self.optimistic.as_mut().filter(|_| optimistic) {
             block.phase = optimistic::Phase::Leaving;
             block.moved = Some(optimistic::Move::Replica);
+            if retry.is_some() {
+                // It runs again after the replay, not in it.
+                block.forget_last();
+            }
             // The client is still in its transaction, now being moved.
             self.tx_status = b'T';
         }

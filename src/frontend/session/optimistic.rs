@@ -119,6 +119,14 @@ impl Optimistic {
         self.units.push(unit.clone());
     }
 
+    /// Forgets the last unit recorded: the replica refused it, and it will
+    /// run again on the primary after the replay.
+    pub fn forget_last(&mut self) {
+        if let Some(unit) = self.units.pop() {
+            self.bytes -= unit.bytes.len();
+        }
+    }
+
     /// Adds a finished unit's answer digest to the block's.
     pub fn answered(&mut self, unit_digest: u64) {
         self.digest = fold(self.digest, &unit_digest.to_le_bytes());
@@ -177,7 +185,7 @@ impl Session {
     /// Starts a held-back BEGIN's block on a replica fresh for the session,
     /// unless its shape usually writes (then the primary, reason
     /// `learned_write`) or no replica can take it.
-    pub(super) async fn start_optimistic(&mut self) -> Result<(Server, Reason), End> {
+    pub(super) async fn start_optimistic(&mut self, begin: Bytes) -> Result<(Server, Reason), End> {
         let shape = self.queued.front().and_then(|unit| self.shape_of(unit));
         if shape
             .as_deref()
@@ -186,9 +194,6 @@ impl Session {
             crate::metrics::optimistic("started_on_primary", "");
             return Ok((Server::Primary, Reason::LearnedWrite));
         }
-        let Some(begin) = self.deferred_begin.clone() else {
-            return Ok((Server::Primary, Reason::Transaction));
-        };
         match self.choose_replica(false).await? {
             Some((Server::Replica(i), _)) => {
                 self.optimistic = Some(Box::new(Optimistic::new(begin, shape)));
@@ -198,10 +203,32 @@ impl Session {
         }
     }
 
+    /// A unit at rest that opens a plain block and only reads in it
+    /// (`BEGIN` sent in one batch with the first statements).
+    pub(super) fn opens_optimistic_block(&self, unit: &Unit) -> bool {
+        let facts = &unit.facts;
+        self.optimistic_enabled()
+            && unit.synced
+            && facts.begin == Some(false)
+            && !facts.ends_tx
+            && !facts.serializable
+            && facts.write_reason.is_none()
+            && facts.effects.is_empty()
+            && facts.pins.is_empty()
+            && facts.hint.is_none()
+            && self.pinned.is_empty()
+            && !self.view().serializable
+    }
+
     /// The shape of a block that starts with `unit`: its first SQL text
-    /// with literals blanked.
+    /// after the BEGIN, with literals blanked.
     fn shape_of(&self, unit: &Unit) -> Option<String> {
-        let sql = match super::units::sql_texts(&unit.bytes).first() {
+        let texts = super::units::sql_texts(&unit.bytes);
+        let first = texts.into_iter().find(|sql| {
+            let head = sql.trim_start().get(..5).unwrap_or("").to_ascii_uppercase();
+            head != "BEGIN" && head != "START"
+        });
+        let sql = match first {
             Some(sql) => sql.to_string(),
             None => {
                 let name = unit.uses.first()?;
@@ -272,6 +299,11 @@ impl Session {
             Some(server @ Server::Replica(_)) => Some(server),
             _ => None,
         };
+        // One unit at a time: if the replica refuses one, nothing sent
+        // behind it may have reached the client.
+        if !self.pending.is_empty() || self.open_batch.is_some() {
+            return Step::Wait;
+        }
         let (Some(unit), Some(block)) = (self.queued.front(), self.optimistic.as_mut()) else {
             return Step::Wait;
         };
@@ -288,10 +320,7 @@ impl Session {
                 return Step::Route(server, Reason::Optimistic);
             }
         }
-        // Move to the primary, once the replica has answered everything.
-        if !self.pending.is_empty() || self.open_batch.is_some() {
-            return Step::Wait;
-        }
+        // Move to the primary.
         let why = if replica.is_none() || unit.retried {
             Move::Replica
         } else if reads {
@@ -321,8 +350,10 @@ impl Session {
         crate::metrics::optimistic_replayed(units.len());
         // Settings outside the transaction, as they were when it began.
         self.catch_up_for(&Unit::default())?;
-        self.pending.push_back(Expect::Internal(Internal::Begin));
-        self.to_server.extend_from_slice(&begin);
+        if !begin.is_empty() {
+            self.pending.push_back(Expect::Internal(Internal::Begin));
+            self.to_server.extend_from_slice(&begin);
+        }
         for unit in units {
             self.catch_up_for(&unit)?;
             self.to_server.extend_from_slice(&unit.bytes);

@@ -364,6 +364,9 @@ impl Session {
                 tracing::debug!(replica = %name, %code, %message, "replica refused a read; re-running it on the primary");
                 crate::metrics::retried(&name, "refused", &code);
                 self.learn_from_refusal(&mut unit, &code, &message);
+                if let Some(block) = self.optimistic.as_mut() {
+                    block.forget_last();
+                }
                 self.proxy
                     .stats
                     .retries
