@@ -81,7 +81,7 @@ COMMIT;
 EOF
 
 # metric NAME FILTER FILE: the sum of a metric's samples matching FILTER.
-metric() { grep "^$1" "$3" | grep -- "$2" | awk '{ s += $NF } END { print s + 0 }'; }
+metric() { { grep "^$1" "$3" || true; } | { grep -- "$2" || true; } | awk '{ s += $NF } END { printf "%d\n", s }'; }
 
 echo "| clients | target | TPS | failed | units on replicas | replays/s | mismatches |"
 echo "|---:|---|---:|---:|---:|---:|---:|"
@@ -97,6 +97,7 @@ for clients in "${CLIENTS[@]}"; do
       -f "$WORK/read.sql@95" -f "$WORK/write.sql@5" -c "$clients" -j "$((clients < 2 ? 1 : 2))" \
       -T "$SECONDS_PER_RUN" app >"$WORK/run.log" 2>&1 || true
     tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$WORK/run.log" | head -n 1)
+    [[ -z $tps ]] || tps=$(printf '%.0f' "$tps")
     failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$WORK/run.log")
     share=- replays=- mismatches=-
     if [[ -n $metrics ]]; then

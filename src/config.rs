@@ -119,7 +119,7 @@ impl Default for RoutingSection {
             max_lag_ms: 1000,
             extra_write_functions: Vec::new(),
             statement_cache_size: 10_000,
-            causal_scope: CausalScope::ClientId,
+            causal_scope: CausalScope::Global,
             optimistic_transactions: false,
             optimistic_max_statements: 32,
             optimistic_max_bytes: 256 * 1024,

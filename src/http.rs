@@ -65,15 +65,18 @@ async fn metrics(State(endpoint): State<Endpoint>) -> String {
     endpoint.handle.render()
 }
 
+/// 200 `ready` with a primary; 200 `degraded: no primary` while only
+/// replicas answer (clients can log in and read; writes get an error);
+/// 503 when no server answers at all.
 async fn ready(State(endpoint): State<Endpoint>) -> (StatusCode, &'static str) {
-    if endpoint
+    let (primary, replica) = endpoint
         .proxy
         .get()
         .monitor
-        .with_positions(|p| p.primary_healthy)
-    {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "primary unreachable\n")
+        .with_positions(|p| (p.primary_healthy, p.replicas.iter().any(|r| r.healthy)));
+    match (primary, replica) {
+        (true, _) => (StatusCode::OK, "ready\n"),
+        (false, true) => (StatusCode::OK, "degraded: no primary (reads only)\n"),
+        (false, false) => (StatusCode::SERVICE_UNAVAILABLE, "no server reachable\n"),
     }
 }

@@ -56,6 +56,11 @@ pub fn optimistic_replayed(statements: usize) {
     metrics::counter!("causeway_optimistic_replayed_units_total").increment(statements as u64);
 }
 
+/// A unit needed the primary while none could be reached.
+pub fn no_primary() {
+    metrics::counter!("causeway_no_primary_errors_total").increment(1);
+}
+
 /// A read was refused because no replica was fresh (`on_stale = "error"`).
 pub fn stale_refused() {
     metrics::counter!("causeway_stale_reads_refused_total").increment(1);

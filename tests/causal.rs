@@ -22,7 +22,11 @@ fn cluster() -> &'static TestCluster {
 fn proxy() -> &'static TestProxy {
     static PROXY: OnceLock<TestProxy> = OnceLock::new();
     PROXY.get_or_init(|| {
-        let proxy = TestProxy::start(cluster());
+        // These tests are about who shares a causal LSN under the narrower
+        // scopes; the default, "global", shares it with everyone.
+        let proxy = TestProxy::start_with(cluster(), |c| {
+            c.routing.causal_scope = causeway::config::CausalScope::ClientId
+        });
         cluster().psql_db(
             cluster().primary_port(),
             APP_DB,
@@ -182,7 +186,10 @@ async fn causal_token_carries_to_another_proxy() {
 async fn shared_lsn_expires() {
     let _serial = SERIAL.lock().await;
     let _ = proxy();
-    let short = TestProxy::start_with(cluster(), |c| c.routing.client_lsn_ttl_ms = 300);
+    let short = TestProxy::start_with(cluster(), |c| {
+        c.routing.client_lsn_ttl_ms = 300;
+        c.routing.causal_scope = causeway::config::CausalScope::ClientId;
+    });
     let writer = client_on(short.port, Some("-c causeway.client_id=carol")).await;
     let reader = client_on(short.port, Some("-c causeway.client_id=carol")).await;
     let _paused = cluster().pause_all_replay();

@@ -568,6 +568,7 @@ port = {primary}
 monitor_user = "postgres"
 # Long enough that a read can still be waiting when replay resumes.
 max_wait_ms = 1000
+optimistic_transactions = true
 
 [metrics]
 enabled = true
@@ -812,6 +813,33 @@ async fn steady_traffic(port: u16, primary_port: u16) {
                 .expect("count");
         }
     }));
+    // Transaction blocks, optimistic: one that only reads, one that reads
+    // then writes (moved to the primary, replayed, matched).
+    tasks.push(tokio::spawn(async move {
+        let client = app_client(port).await;
+        for _ in 0..5 {
+            client.batch_execute("BEGIN").await.expect("begin");
+            client
+                .query(
+                    "SELECT count(*) FROM dashboard_rides WHERE distance > $1",
+                    &[&0i32],
+                )
+                .await
+                .expect("read in a block");
+            client.batch_execute("COMMIT").await.expect("commit");
+        }
+        client.batch_execute("BEGIN").await.expect("begin");
+        // A read whose answer concurrent writers cannot change.
+        client
+            .query("SELECT count(*) FROM dashboard_rides WHERE id < 0", &[])
+            .await
+            .expect("read before the write");
+        client
+            .execute("INSERT INTO dashboard_rides (distance) VALUES (3)", &[])
+            .await
+            .expect("write in an optimistic block");
+        client.batch_execute("COMMIT").await.expect("commit");
+    }));
     for task in tasks {
         task.await.expect("traffic task");
     }
@@ -940,6 +968,16 @@ fn assert_traffic_counted(samples: &[Sample]) {
         ("causeway_read_waits_total", &[("outcome", "caught_up")]),
         ("causeway_read_wait_seconds_count", &[]),
         ("causeway_read_retries_total", &[("reason", "refused")]),
+        (
+            "causeway_optimistic_transactions_total",
+            &[("outcome", "read_only")],
+        ),
+        (
+            "causeway_optimistic_transactions_total",
+            &[("outcome", "matched")],
+        ),
+        ("causeway_optimistic_replays_total", &[]),
+        ("causeway_optimistic_replayed_units_total", &[]),
         ("causeway_errors_total", &[("class", "22")]),
         ("causeway_client_auth_failures_total", &[]),
         ("causeway_replica_poll_errors_total", &[]),

@@ -289,3 +289,36 @@ async fn shapes_that_usually_write_start_on_the_primary() {
         "a shape that always wrote still starts on a replica: {first_on_replica:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_prepared_inside_the_block_are_replayed() {
+    let _serial = SERIAL.lock().await;
+    let c = client(optimistic()).await;
+    for round in 0..3i64 {
+        batch(&c, "BEGIN").await;
+        // Prepared inside the block (Parse, then Bind in its own batch), as
+        // pgbench -M prepared and pgjdbc do, then a write: the replay must
+        // prepare it on the primary once, in order.
+        let read = c
+            .prepare("SELECT balance FROM accounts WHERE id = $1 AND balance >= $2")
+            .await
+            .expect("prepare in the block");
+        let before: i64 = c
+            .query_one(&read, &[&6i32, &0i64])
+            .await
+            .expect("read")
+            .get(0);
+        let write = c
+            .prepare("UPDATE accounts SET balance = $1 WHERE id = 6")
+            .await
+            .expect("prepare the write");
+        c.execute(&write, &[&(before + 1)])
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {}", support::describe_error(&e)));
+        batch(&c, "COMMIT").await;
+        assert_eq!(
+            balance_only(&c, &balance_statement(&c).await, 6).await,
+            before + 1
+        );
+    }
+}

@@ -64,7 +64,11 @@ pub fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
         let cluster = TestCluster::shared();
-        let proxy = TestProxy::start(cluster);
+        // The demo shows what the app's client ids add: under the default
+        // scope ("global") every connection already shares every write.
+        let proxy = TestProxy::start_with(cluster, |config| {
+            config.routing.causal_scope = causeway::config::CausalScope::ClientId;
+        });
         let (proxy_port, database_url) = (proxy.port, url_through(proxy.port));
         let mut servers = vec![("primary".to_string(), cluster.primary_port())];
         for (i, port) in cluster.replica_ports().into_iter().enumerate() {

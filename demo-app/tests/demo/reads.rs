@@ -208,6 +208,7 @@ fn without_a_client_id_a_read_on_another_connection_is_stale() {
         let proxy = TestProxy::start_with(env().cluster, |config| {
             config.routing.max_lag_ms = 600_000;
             config.routing.max_lag_bytes = u64::MAX;
+            config.routing.causal_scope = causeway::config::CausalScope::ClientId;
         });
         let url = url_through(proxy.port);
         let app = App::start_with(&url, Causality::None, 0.0);

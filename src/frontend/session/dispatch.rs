@@ -233,6 +233,43 @@ impl Session {
         super::local::respond(&mut self.to_client, &unit.bytes, &answer, self.tx_status);
     }
 
+    /// Whether `unit` can be answered with an error instead of running: it
+    /// started at rest (or right after a held-back BEGIN), nothing else is
+    /// in flight, and it sends no COPY data the proxy would have to drop.
+    fn may_refuse_unit(&self, unit: &Unit) -> bool {
+        self.pending.is_empty()
+            && self.open_batch.is_none()
+            && self.current.is_none()
+            && !unit.facts.copy_in
+            && (self.tx_status == b'I' || self.deferred_begin.is_some())
+    }
+
+    /// Answers a unit that needs the primary while no primary can be
+    /// reached: SQLSTATE 57P03 (cannot connect now), which drivers and
+    /// pools treat as transient, and the client stays connected. A
+    /// held-back BEGIN is dropped with it: the block never started.
+    fn refuse_no_primary(&mut self, unit: &Unit, why: &str) {
+        let text = format!(
+            "causeway: the primary server \"{}\" is not available, so this statement was not run",
+            self.proxy.primary.name
+        );
+        tracing::warn!(reason = %why, "no primary for a unit; answered with an error");
+        messages::error_response(
+            &mut self.to_client,
+            Severity::Error,
+            "57P03",
+            &text,
+            Some("Reads still go to the replicas; retry the write when the primary is back."),
+        );
+        crate::metrics::error_sent(b"57P03");
+        crate::metrics::no_primary();
+        self.deferred_begin = None;
+        self.tx_status = b'I';
+        if unit.synced {
+            messages::ready_for_query(&mut self.to_client, b'I');
+        }
+    }
+
     /// Fails a read for which no replica is fresh under `on_stale = "error"`.
     fn refuse_stale(&mut self, unit: &Unit) {
         let causal = self
@@ -344,7 +381,17 @@ impl Session {
 
     /// Attaches to `server`, replays what it lacks, and sends the unit.
     async fn send(&mut self, unit: Unit, server: Server, reason: Reason) -> Result<(), End> {
-        let server = self.attach(server).await?;
+        let server = match self.attach(server).await {
+            Ok(server) => server,
+            // No primary: a unit that opened nothing on any server gets an
+            // ERROR, and the session goes on (its reads still reach the
+            // replicas; its writes work again once the primary is back).
+            Err(End::NoServer { message, .. }) if self.may_refuse_unit(&unit) => {
+                self.refuse_no_primary(&unit, &message);
+                return Ok(());
+            }
+            Err(end) => return Err(end),
+        };
         if server == Server::Primary
             && self
                 .optimistic

@@ -199,9 +199,8 @@ pub async fn run(
     }
     // The greeting comes from a primary connection, which also proves the
     // database and login work before the client is told it is in.
-    let pool = proxy.pools.get(&proxy.primary, &ready.login);
-    let mut lease = match pool.checkout().await {
-        Ok(lease) => lease,
+    let (greeting_server, pool, mut lease) = match greeting_connection(&proxy, &ready.login).await {
+        Ok(found) => found,
         Err(e) => {
             tracing::warn!(error = %e, "no server connection for new client");
             refuse(&mut io, backend_login_error(e)).await;
@@ -311,11 +310,11 @@ pub async fn run(
         to_client: BytesMut::with_capacity(16 * 1024),
         to_server: BytesMut::with_capacity(16 * 1024),
         current: Some(Attached {
-            server: Server::Primary,
+            server: greeting_server,
             lease,
         }),
         stash: Vec::new(),
-        last_conn: vec![(Server::Primary, lease_id)],
+        last_conn: vec![(greeting_server, lease_id)],
         builder: UnitBuilder::default(),
         queued: VecDeque::new(),
         pending: VecDeque::new(),
@@ -356,6 +355,48 @@ pub async fn run(
     let end = session.relay(&mut shutdown).await;
     session.finish(end).await;
     crate::metrics::client_disconnected();
+}
+
+/// The connection a new client's greeting comes from: the primary's, or,
+/// while the primary cannot be reached, a healthy replica's, so that clients
+/// can still log in and read. A server that refuses the login itself (wrong
+/// database, say) is the answer, not a reason to look further.
+async fn greeting_connection(
+    proxy: &Arc<Proxy>,
+    login: &Login,
+) -> Result<(Server, Arc<crate::backend::pool::Pool>, Lease), crate::backend::BackendError> {
+    use crate::backend::BackendError;
+    let pool = proxy.pools.get(&proxy.primary, login);
+    let primary_error = match pool.checkout().await {
+        Ok(lease) => return Ok((Server::Primary, pool, lease)),
+        Err(e) => e,
+    };
+    let unreachable = match &primary_error {
+        BackendError::Connect { .. }
+        | BackendError::ConnectTimeout { .. }
+        | BackendError::Io { .. } => true,
+        BackendError::Refused { code, .. } => code.starts_with("57P"),
+        _ => false,
+    };
+    if !unreachable {
+        return Err(primary_error);
+    }
+    let healthy: Vec<usize> = proxy.monitor.with_positions(|p| {
+        (0..p.replicas.len())
+            .filter(|&i| p.replicas[i].healthy)
+            .collect()
+    });
+    for i in healthy {
+        let Some(target) = proxy.replicas.get(i) else {
+            continue;
+        };
+        let pool = proxy.pools.get(target, login);
+        if let Ok(lease) = pool.checkout().await {
+            tracing::warn!(error = %primary_error, replica = %target.name, "primary unreachable; a new client logs in through a replica");
+            return Ok((Server::Replica(i), pool, lease));
+        }
+    }
+    Err(primary_error)
 }
 
 async fn read_opt(half: Option<(ReadHalf<'_>, &mut BytesMut)>) -> io::Result<usize> {

@@ -209,6 +209,7 @@ impl Session {
         let facts = &unit.facts;
         self.optimistic_enabled()
             && unit.synced
+            && super::units::executes(&unit.bytes)
             && facts.begin == Some(false)
             && !facts.ends_tx
             && !facts.serializable
@@ -356,6 +357,18 @@ impl Session {
         }
         for unit in units {
             self.catch_up_for(&unit)?;
+            // The units go in one pipeline: what one prepares, the next
+            // may use, before any answer has updated the mirror.
+            if let Some(attached) = self.current.as_mut() {
+                let made = unit.parses.iter().flatten().chain(unit.sql_prepares.iter());
+                for (name, prepared) in made {
+                    attached
+                        .lease
+                        .conn
+                        .prepared
+                        .insert(name.clone(), prepared.hash);
+                }
+            }
             self.to_server.extend_from_slice(&unit.bytes);
             let mut inflight = InFlight::new(&unit, Server::Primary, false);
             inflight.replay = true;

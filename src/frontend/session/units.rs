@@ -307,6 +307,23 @@ fn bind_settings(unit: &mut Unit, bind: &[u8]) {
     }
 }
 
+/// Whether a unit runs anything (a Query or an Execute), rather than only
+/// preparing or describing statements: a Parse of `BEGIN` opens no block.
+pub fn executes(bytes: &[u8]) -> bool {
+    let mut rest = bytes;
+    while rest.len() >= 5 {
+        if matches!(rest[0], b'Q' | b'E') {
+            return true;
+        }
+        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
+        match usize::try_from(len).ok().and_then(|n| rest.get(1 + n..)) {
+            Some(next) => rest = next,
+            None => break,
+        }
+    }
+    false
+}
+
 /// The SQL texts of a unit's Query and Parse messages.
 pub fn sql_texts(bytes: &[u8]) -> Vec<&str> {
     let mut texts = Vec::new();

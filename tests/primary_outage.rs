@@ -1,0 +1,105 @@
+//! Sessions survive a lost primary: while it is down, a unit that needs it
+//! gets a non-FATAL `ERROR` (SQLSTATE 57P03) and the session stays open,
+//! reads keep going to the replicas, and new clients can log in; when it is
+//! back, writes work again on the same connections. On a cluster of its
+//! own, since it stops the primary.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{wait_for, ClusterOptions, TestCluster, TestProxy, APP_DB, APP_PASSWORD, APP_USER};
+use tokio_postgres::Client;
+
+async fn client(port: u16) -> Client {
+    support::connect(port, APP_USER, APP_PASSWORD, APP_DB).await
+}
+
+async fn count_rows(client: &Client) -> Result<i64, tokio_postgres::Error> {
+    client
+        .query_one("SELECT count(*) FROM outage_notes", &[])
+        .await
+        .map(|row| row.get(0))
+}
+
+fn wait_primary(proxy: &TestProxy, healthy: bool) {
+    wait_for(
+        "the proxy's monitor to see the primary's state change",
+        Duration::from_secs(30),
+        || {
+            let seen = proxy.proxy.monitor.positions().primary_healthy;
+            if seen == healthy {
+                Ok(())
+            } else {
+                Err(format!("primary_healthy = {seen}"))
+            }
+        },
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_primary_fails_writes_not_sessions() {
+    let cluster = TestCluster::start(ClusterOptions::default());
+    cluster.psql_db(
+        cluster.primary_port(),
+        APP_DB,
+        "CREATE TABLE outage_notes (id bigserial PRIMARY KEY, body text NOT NULL); \
+         INSERT INTO outage_notes (body) VALUES ('before');",
+    );
+    cluster.wait_replicas_caught_up();
+    let proxy = TestProxy::start(&cluster);
+    let session = client(proxy.port).await;
+    assert_eq!(count_rows(&session).await.expect("read"), 1);
+
+    cluster.stop_server("primary");
+    wait_primary(&proxy, false);
+
+    // Reads go on, on the same session and on the replicas.
+    for _ in 0..5 {
+        assert_eq!(
+            count_rows(&session).await.expect("read without a primary"),
+            1
+        );
+    }
+    // A write gets an ERROR, not a FATAL, and the session goes on.
+    for sql in [
+        "INSERT INTO outage_notes (body) VALUES ('during')",
+        "BEGIN; INSERT INTO outage_notes (body) VALUES ('during'); COMMIT",
+    ] {
+        let err = session
+            .batch_execute(sql)
+            .await
+            .expect_err("a write without a primary");
+        let db = err
+            .as_db_error()
+            .expect("a server error, not a lost connection");
+        assert_eq!(db.code().code(), "57P03", "{db:?}");
+        assert_eq!(db.severity(), "ERROR");
+        assert!(!session.is_closed());
+    }
+    // A held-back BEGIN whose first statement writes: the same.
+    session
+        .batch_execute("BEGIN")
+        .await
+        .expect("begin is answered by the proxy");
+    let err = session
+        .execute("INSERT INTO outage_notes (body) VALUES ($1)", &[&"during"])
+        .await
+        .expect_err("a write in a block without a primary");
+    assert_eq!(err.code().map(|c| c.code()), Some("57P03"));
+    assert_eq!(count_rows(&session).await.expect("read after"), 1);
+    // A new client logs in and reads.
+    let newcomer = client(proxy.port).await;
+    assert_eq!(count_rows(&newcomer).await.expect("read by a newcomer"), 1);
+
+    cluster.start_server("primary");
+    wait_primary(&proxy, true);
+    // Writes work again, on the same connections, and are read back.
+    for c in [&session, &newcomer] {
+        c.execute("INSERT INTO outage_notes (body) VALUES ('after')", &[])
+            .await
+            .expect("a write once the primary is back");
+    }
+    assert_eq!(count_rows(&session).await.expect("read"), 3);
+    assert_eq!(count_rows(&newcomer).await.expect("read"), 3);
+}
