@@ -9,9 +9,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use support::raw::{self, RawClient};
-use support::{TestCluster, TestProxy, APP_DB, APP_PASSWORD, APP_USER};
+use support::{TestCluster, TestProxy, APP_DB};
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
@@ -39,19 +39,7 @@ fn proxy() -> &'static TestProxy {
 
 /// Connects to `port` as `app`, with startup `options` if given.
 async fn client_on(port: u16, options: Option<&str>) -> Client {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .user(APP_USER)
-        .password(APP_PASSWORD)
-        .dbname(APP_DB);
-    if let Some(options) = options {
-        config.options(options);
-    }
-    let (client, connection) = config.connect(NoTls).await.expect("connect");
-    tokio::spawn(connection);
-    client
+    support::connect_app(port, APP_DB, options).await
 }
 
 async fn write_note(client: &Client, body: &str) -> i64 {

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use support::{TestCluster, TestProxy, APP_DB, APP_PASSWORD, APP_USER};
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 /// Tests that pause replay run one at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -55,17 +55,7 @@ fn plain() -> &'static TestProxy {
 }
 
 async fn client(proxy: &TestProxy) -> Client {
-    let (client, connection) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(proxy.port)
-        .user(APP_USER)
-        .password(APP_PASSWORD)
-        .dbname(APP_DB)
-        .connect(NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {}", support::describe_error(&e)));
-    tokio::spawn(connection);
-    client
+    support::connect_app(proxy.port, APP_DB, None).await
 }
 
 async fn direct() -> Client {

@@ -7,9 +7,9 @@ mod support;
 
 use std::sync::OnceLock;
 
-use support::{TestCluster, TestProxy, APP_DB, APP_PASSWORD, APP_USER};
+use support::{TestCluster, TestProxy, APP_DB, APP_USER};
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// The leak test counts on which connections exist: one test at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -36,22 +36,7 @@ fn proxy() -> &'static TestProxy {
 }
 
 async fn client_on(port: u16, options: Option<&str>) -> Client {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .user(APP_USER)
-        .password(APP_PASSWORD)
-        .dbname(APP_DB);
-    if let Some(options) = options {
-        config.options(options);
-    }
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {port}: {}", support::describe_error(&e)));
-    tokio::spawn(connection);
-    client
+    support::connect_app(port, APP_DB, options).await
 }
 
 async fn values(client: &Client, sql: &str) -> Vec<String> {

@@ -9,8 +9,8 @@ mod support;
 
 use std::sync::OnceLock;
 
-use support::{TestCluster, TestProxy, APP_DB, APP_PASSWORD, APP_USER};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use support::{TestCluster, TestProxy, APP_DB};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 fn cluster() -> &'static TestCluster {
     TestCluster::shared()
@@ -32,22 +32,7 @@ fn proxy() -> &'static TestProxy {
 /// Connects like the stack's driver: startup `options` stand for the
 /// startup parameters it sends (pgjdbc's DateStyle and TimeZone...).
 async fn connect(options: Option<&str>) -> Client {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(proxy().port)
-        .user(APP_USER)
-        .password(APP_PASSWORD)
-        .dbname(APP_DB);
-    if let Some(options) = options {
-        config.options(options);
-    }
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {}", support::describe_error(&e)));
-    tokio::spawn(connection);
-    client
+    support::connect_app(proxy().port, APP_DB, options).await
 }
 
 async fn simple(client: &Client, sql: &str) {

@@ -10,9 +10,9 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
-use support::{TestCluster, TestProxy, APP_DB, APP_PASSWORD, APP_USER};
+use support::{TestCluster, TestProxy, APP_DB};
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// Tests that pause replay run one at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -62,22 +62,7 @@ fn proxy() -> &'static TestProxy {
 }
 
 async fn client_on(port: u16, db: &str, options: Option<&str>) -> Client {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .user(APP_USER)
-        .password(APP_PASSWORD)
-        .dbname(db);
-    if let Some(options) = options {
-        config.options(options);
-    }
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {}", support::describe_error(&e)));
-    tokio::spawn(connection);
-    client
+    support::connect_app(port, db, options).await
 }
 
 /// The counter's value and whether a replica served it.

@@ -340,23 +340,7 @@ impl ServerConn {
         &mut self,
         sql: &str,
     ) -> Result<Option<messages::ErrorFields>, BackendError> {
-        let mut out = BytesMut::new();
-        messages::query(&mut out, sql);
-        self.send(&out).await?;
-        let mut error = None;
-        loop {
-            let (tag, body, _) = self.read_message().await?;
-            match tag {
-                b'S' => {
-                    if let Some((name, value)) = messages::parse_parameter_status(&body) {
-                        self.params.insert(name, value);
-                    }
-                }
-                b'E' if error.is_none() => error = Some(messages::parse_error_fields(&body)),
-                b'Z' => return Ok(error),
-                _ => {}
-            }
-        }
+        Ok(self.query_column(sql).await?.err())
     }
 
     /// Runs one statement of the proxy's own and returns its first column,

@@ -16,6 +16,35 @@ pub async fn connect(port: u16, user: &str, password: &str, db: &str) -> Client 
         })
 }
 
+/// Connects as the application role to database `db`, with startup
+/// `options` (`-c name=value ...`) if given, as a driver configured with
+/// them would; panics with the server's error when login fails.
+pub async fn connect_app(port: u16, db: &str, options: Option<&str>) -> Client {
+    let mut config = Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(super::APP_USER)
+        .password(super::APP_PASSWORD)
+        .dbname(db)
+        .connect_timeout(std::time::Duration::from_secs(10));
+    if let Some(options) = options {
+        config.options(options);
+    }
+    let (client, connection) = config.connect(NoTls).await.unwrap_or_else(|e| {
+        panic!(
+            "connect to 127.0.0.1:{port} db {db}: {}",
+            describe_error(&e)
+        )
+    });
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("connection to port {port} ended: {}", describe_error(&e));
+        }
+    });
+    client
+}
+
 /// [`connect`] that returns the error, for tests that expect a refusal
 /// (see [`describe_error`] and `Error::code()`).
 pub async fn try_connect(
