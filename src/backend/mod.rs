@@ -379,6 +379,18 @@ impl ServerConn {
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
+    /// The server has closed the connection, or said it is about to (a
+    /// FATAL error waiting to be read: `pg_terminate_backend`, a restart,
+    /// an idle timeout). Looks without consuming anything.
+    pub async fn is_closed(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match tokio::time::timeout(std::time::Duration::ZERO, self.stream.peek(&mut probe)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(_)) => self.rbuf.is_empty() && probe[0] == b'E',
+            Err(_) => false,
+        }
+    }
+
     /// Says goodbye to the server; errors do not matter any more.
     pub async fn terminate(mut self) {
         let mut out = BytesMut::new();

@@ -569,7 +569,22 @@ impl Session {
     /// primary used instead. Returns the server attached.
     pub(super) async fn attach(&mut self, server: Server) -> Result<Server, End> {
         if self.current.as_ref().map(|a| a.server) == Some(server) {
-            return Ok(server);
+            // A connection kept between units (session pooling) may have
+            // been closed by the server meanwhile: replace it unseen.
+            let closed = match self.current.as_ref() {
+                Some(attached) if self.idle_between_units() => {
+                    attached.lease.conn.is_closed().await
+                }
+                _ => false,
+            };
+            if !closed {
+                return Ok(server);
+            }
+            tracing::info!(
+                ?server,
+                "server connection closed while idle; using a new one"
+            );
+            self.current = None;
         }
         if let Some(old) = self.current.take() {
             match self.proxy.config.pool.mode {
@@ -578,9 +593,16 @@ impl Session {
             }
         }
         if let Some(i) = self.stash.iter().position(|a| a.server == server) {
-            self.current = Some(self.stash.swap_remove(i));
-            self.set_cancel_target();
-            return Ok(server);
+            let kept = self.stash.swap_remove(i);
+            if !kept.lease.conn.is_closed().await {
+                self.current = Some(kept);
+                self.set_cancel_target();
+                return Ok(server);
+            }
+            tracing::info!(
+                ?server,
+                "kept server connection was closed; using a new one"
+            );
         }
         let target = match server {
             Server::Primary => self.proxy.primary.clone(),

@@ -445,6 +445,18 @@ impl Session {
             && self.to_server.is_empty()
     }
 
+    /// Between units, with nothing on the current server that a new
+    /// connection could not have: its loss costs the client nothing.
+    pub(super) fn idle_between_units(&self) -> bool {
+        self.pending.is_empty()
+            && self.open_batch.is_none()
+            && self.tx_status == b'I'
+            && self.deferred_begin.is_none()
+            && self.optimistic.is_none()
+            && self.pinned.is_empty()
+            && self.server_streaming == 0
+    }
+
     /// Where connections of the same client share their causal LSN.
     fn causal_key(&self) -> Option<String> {
         match self.proxy.config.routing.causal_scope {
@@ -623,6 +635,14 @@ impl Session {
         let Some(attached) = self.current.take() else {
             return Err(End::ServerLost(why));
         };
+        if self.idle_between_units() {
+            // Closed between units (a restart, pg_terminate_backend, an idle
+            // timeout): nothing was lost, the next unit gets a new one, with
+            // the session's state replayed.
+            tracing::info!(server = %attached.lease.conn.server_name, reason = %why, "server connection closed while idle; the next unit gets a new one");
+            self.server_fatal = false;
+            return Ok(());
+        }
         let retry = match (attached.server, self.pending.back()) {
             (Server::Replica(_), Some(Expect::Client(inflight))) => inflight.retry.clone(),
             _ => None,

@@ -333,6 +333,12 @@ impl Session {
                 if let Some(open) = self.open_batch.as_mut() {
                     open.note(tag, message);
                 }
+                if tag == b'E' && self.server_fatal && self.idle_between_units() {
+                    // The server is closing a connection the client is not
+                    // using (terminated, restarting): the session moves to
+                    // another, and the client need not hear of it.
+                    return;
+                }
                 self.to_client.extend_from_slice(message);
             }
         }
