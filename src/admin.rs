@@ -1,7 +1,8 @@
 //! The admin console: connect to the database `causeway` as one of the
 //! `[auth] admin_users` and ask, in the style of PgBouncer's console,
 //! `SHOW CLIENTS`, `SHOW SERVERS`, `SHOW REPLICAS`, `SHOW STATS`,
-//! `SHOW CONFIG`, `SHOW VERSION`, or `RELOAD`. Answers are ordinary result
+//! `SHOW CONFIG`, `SHOW VERSION`, `RELOAD`, `PAUSE` or `RESUME` (see
+//! `crate::pause`). Answers are ordinary result
 //! sets, so psql prints them as tables.
 
 use std::sync::atomic::Ordering;
@@ -86,7 +87,20 @@ pub async fn serve(handle: Arc<ProxyHandle>, proxy: Arc<Proxy>, mut io: ClientIo
                 let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
                 let sql = String::from_utf8_lossy(&body[..end]).into_owned();
                 body.advance(end);
-                let reply = run(&handle, &proxy, &sql);
+                let reply = match sql
+                    .trim()
+                    .trim_end_matches(';')
+                    .trim()
+                    .to_ascii_lowercase()
+                    .as_str()
+                {
+                    "pause" => pause(&handle).await,
+                    "resume" => {
+                        handle.get().pause.resume();
+                        Reply::Done("RESUME")
+                    }
+                    _ => run(&handle, &proxy, &sql),
+                };
                 write_reply(&mut out, reply);
                 messages::ready_for_query(&mut out, b'I');
             }
@@ -109,6 +123,17 @@ pub async fn serve(handle: Arc<ProxyHandle>, proxy: Arc<Proxy>, mut io: ClientIo
         if !out.is_empty() && io.stream.write_all(&out).await.is_err() {
             return;
         }
+    }
+}
+
+/// `PAUSE`: holds new units and answers once no session has work on a
+/// server. Waits at most a minute; the pause stays on either way.
+async fn pause(handle: &ProxyHandle) -> Reply {
+    match handle.get().pause.pause(std::time::Duration::from_secs(60)).await {
+        Ok(()) => Reply::Done("PAUSE"),
+        Err(busy) => Reply::Error(format!(
+            "PAUSE: {busy} sessions still have a transaction open after 60 s; new units stay held until RESUME"
+        )),
     }
 }
 
@@ -149,7 +174,7 @@ fn run(handle: &ProxyHandle, session_proxy: &Proxy, sql: &str) -> Reply {
             Err(e) => Reply::Error(format!("RELOAD failed, the old configuration stays: {e}")),
         },
         _ => Reply::Error(format!(
-            "unknown console command \"{}\"; try SHOW CLIENTS, SHOW SERVERS, SHOW REPLICAS, SHOW STATS, SHOW CONFIG, SHOW VERSION, RELOAD",
+            "unknown console command \"{}\"; try SHOW CLIENTS, SHOW SERVERS, SHOW REPLICAS, SHOW STATS, SHOW CONFIG, SHOW VERSION, RELOAD, PAUSE, RESUME",
             sql.trim()
         )),
     }

@@ -14,6 +14,7 @@ pub mod frontend;
 pub mod http;
 pub mod lsn;
 pub mod metrics;
+pub mod pause;
 pub mod protocol;
 pub mod replicas;
 pub mod router;

@@ -60,6 +60,8 @@ pub struct Proxy {
     pub catalogs: crate::catalog::Catalogs,
     /// Which transaction shapes write (optimistic transactions).
     pub shapes: Arc<crate::shapes::Shapes>,
+    /// `PAUSE` / `RESUME`.
+    pub pause: Arc<crate::pause::PauseGate>,
 }
 
 impl Drop for Proxy {
@@ -146,6 +148,10 @@ impl Proxy {
             ),
             stats: previous.map_or_else(|| Arc::new(Stats::default()), |p| p.stats.clone()),
             catalogs: crate::catalog::Catalogs::default(),
+            pause: previous.map_or_else(
+                || Arc::new(crate::pause::PauseGate::default()),
+                |p| p.pause.clone(),
+            ),
             shapes: previous.map_or_else(
                 || Arc::new(crate::shapes::Shapes::new(10_000)),
                 |p| p.shapes.clone(),

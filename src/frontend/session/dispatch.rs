@@ -38,6 +38,15 @@ impl Session {
                 self.answer_local(&unit);
                 continue;
             }
+            // PAUSE: units that would start work on a server wait; those
+            // of a transaction already open go on, so it can finish.
+            let in_server_transaction = (self.tx_status != b'I' && self.deferred_begin.is_none())
+                || self.open_batch.is_some()
+                || self.optimistic.is_some();
+            if !in_server_transaction && *self.pause.borrow_and_update() {
+                self.held_by_pause = true;
+                return Ok(());
+            }
             if self.optimistic.is_some() {
                 use super::optimistic::Step;
                 match self.optimistic_step().await? {

@@ -73,6 +73,8 @@ enum Event {
     ClientWrote(io::Result<usize>),
     ServerWrote(io::Result<usize>),
     Shutdown,
+    /// `PAUSE` or `RESUME` while units were held.
+    PauseChanged,
 }
 
 /// A server connection in use by the session.
@@ -130,6 +132,13 @@ struct Session {
     commit_awaiting_lsn: bool,
     /// State only the primary has (LISTEN, temp table, ...).
     pinned: Vec<&'static str>,
+    /// `PAUSE` / `RESUME` of the console.
+    pause: watch::Receiver<bool>,
+    /// Units are held by `PAUSE`.
+    held_by_pause: bool,
+    /// The session has work on a server (a unit in flight, a transaction
+    /// open), as `PAUSE` counts it.
+    busy: bool,
     /// Function volatility of the session's database.
     catalog: Arc<crate::catalog::Catalog>,
     /// It ran DDL that may change functions; the catalog is read again
@@ -303,6 +312,7 @@ pub async fn run(
         }),
     });
     let lease_id = lease.conn.id;
+    let pause_rx = proxy.pause.subscribe();
     let mut session = Session {
         proxy,
         client: io.stream,
@@ -338,6 +348,9 @@ pub async fn run(
         user: ready.params.user().unwrap_or_default().to_string(),
         client_id,
         pinned: Vec::new(),
+        pause: pause_rx,
+        held_by_pause: false,
+        busy: false,
         catalog,
         functions_changed: false,
         catalog_rows: None,
@@ -353,6 +366,7 @@ pub async fn run(
     session.set_cancel_target();
     crate::metrics::client_connected();
     let end = session.relay(&mut shutdown).await;
+    session.proxy.pause.set_busy(session.busy, false);
     session.finish(end).await;
     crate::metrics::client_disconnected();
 }
@@ -499,6 +513,14 @@ impl Session {
                 return end;
             }
             self.release_if_at_rest();
+            let busy = !self.pending.is_empty()
+                || self.open_batch.is_some()
+                || self.optimistic.is_some()
+                || (self.tx_status != b'I' && self.deferred_begin.is_none());
+            if busy != self.busy {
+                self.proxy.pause.set_busy(self.busy, busy);
+                self.busy = busy;
+            }
             if self.draining && self.at_rest() && self.to_client.is_empty() && self.cbuf.is_empty()
             {
                 return End::Drained;
@@ -529,6 +551,7 @@ impl Session {
                         client_read.read_buf(cbuf).await
                     }, if client_room => Event::ClientRead(r),
                     _ = shutdown.changed(), if !self.draining => Event::Shutdown,
+                    _ = self.pause.changed(), if self.held_by_pause => Event::PauseChanged,
                 }
             };
             match event {
@@ -572,6 +595,7 @@ impl Session {
                     }
                 }
                 Event::Shutdown => self.draining = true,
+                Event::PauseChanged => self.held_by_pause = false,
             }
         }
     }
