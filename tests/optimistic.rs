@@ -312,3 +312,79 @@ async fn statements_prepared_inside_the_block_are_replayed() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_then_increment_blocks_never_read_stale_nor_lose_an_increment() {
+    let _serial = SERIAL.lock().await;
+    let proxy = optimistic();
+    let setup = direct().await;
+    setup
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS block_counters (k int PRIMARY KEY, v bigint NOT NULL); \
+             DELETE FROM block_counters; \
+             INSERT INTO block_counters SELECT g, 0 FROM generate_series(0, 3) g;",
+        )
+        .await
+        .expect("counters");
+    cluster().wait_replicas_caught_up();
+    let rounds = 150i64;
+    let on_replicas = replica_units(proxy);
+    let mut sessions = Vec::new();
+    for k in 0..4i32 {
+        let port = proxy.port;
+        sessions.push(tokio::spawn(async move {
+            let c = support::connect_app(port, APP_DB, None).await;
+            let mut serialization_failures = 0;
+            for round in 0..rounds {
+                // Each session owns its row: a read that is not the
+                // latest is the session's own write read stale, and the
+                // replay on the primary would fail the block with 40001.
+                // A shape per round, so that learning (which would start
+                // these blocks on the primary) does not spare the replay.
+                c.batch_execute("BEGIN").await.expect("begin");
+                let v: i64 = c
+                    .query_one(
+                        &format!("SELECT v AS v{round} FROM block_counters WHERE k = $1"),
+                        &[&k],
+                    )
+                    .await
+                    .expect("read")
+                    .get(0);
+                match c
+                    .execute(
+                        "UPDATE block_counters SET v = $1 WHERE k = $2",
+                        &[&(v + 1), &k],
+                    )
+                    .await
+                {
+                    Ok(_) => c.batch_execute("COMMIT").await.expect("commit"),
+                    Err(e) if e.code().map(|c| c.code()) == Some("40001") => {
+                        serialization_failures += 1;
+                        c.batch_execute("ROLLBACK").await.expect("rollback");
+                    }
+                    Err(e) => panic!("session {k}: {}", support::describe_error(&e)),
+                }
+            }
+            let v: i64 = c
+                .query_one("SELECT v FROM block_counters WHERE k = $1", &[&k])
+                .await
+                .expect("final read")
+                .get(0);
+            (v, serialization_failures)
+        }));
+    }
+    for (k, session) in sessions.into_iter().enumerate() {
+        let (v, failures) = session.await.expect("session");
+        assert_eq!(
+            failures, 0,
+            "session {k} read its own row stale {failures} times"
+        );
+        assert_eq!(v, rounds, "session {k} lost increments");
+    }
+    // Most blocks started on a replica and were replayed on the primary.
+    let started_on_replicas = replica_units(proxy) - on_replicas;
+    assert!(
+        started_on_replicas >= 4 * rounds as u64 / 2,
+        "only {started_on_replicas} units on replicas"
+    );
+}
