@@ -32,6 +32,8 @@ pub struct ReplicaStatus {
     /// When its replayed position last moved.
     pub advanced_at: Option<Instant>,
     pub last_error: Option<String>,
+    /// Answering and out of recovery: promoted, a primary now.
+    pub promoted: bool,
 }
 
 impl ReplicaStatus {
@@ -52,8 +54,37 @@ impl ReplicaStatus {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Positions {
     pub primary_lsn: Lsn,
+    /// The configured primary answers and is not in recovery.
     pub primary_healthy: bool,
     pub replicas: Vec<ReplicaStatus>,
+}
+
+/// Where writes go, as the servers' own answers say: the primary is
+/// whichever server is not in recovery (libpq's `target_session_attrs =
+/// read-write`); `[primary]` in the config is only where to look first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteTarget {
+    /// The configured primary.
+    Configured,
+    /// Replica `i`, promoted while the configured primary is gone or in
+    /// recovery itself.
+    Promoted(usize),
+    /// Two servers say they are the primary: writes are refused until one
+    /// of them is in recovery again (or gone), never sent to both.
+    SplitBrain,
+}
+
+impl Positions {
+    pub fn write_target(&self) -> WriteTarget {
+        let promoted: Vec<usize> = (0..self.replicas.len())
+            .filter(|&i| self.replicas[i].promoted)
+            .collect();
+        match (self.primary_healthy, promoted.as_slice()) {
+            (_, []) => WriteTarget::Configured,
+            (false, [only]) => WriteTarget::Promoted(*only),
+            _ => WriteTarget::SplitBrain,
+        }
+    }
 }
 
 /// The background tasks' shared state.
@@ -95,6 +126,7 @@ impl Monitor {
                     behind_since: None,
                     advanced_at: None,
                     last_error: None,
+                    promoted: false,
                 })
                 .collect(),
         };
@@ -206,7 +238,9 @@ impl Monitor {
             backoff.reset();
             loop {
                 match client
-                    .simple_query("SELECT pg_current_wal_lsn()::text")
+                    .simple_query(
+                        "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END",
+                    )
                     .await
                 {
                     Ok(rows) => {
@@ -218,6 +252,13 @@ impl Monitor {
                                 p.primary_healthy = true;
                                 changed
                             });
+                        } else {
+                            // In recovery: a standby now, not the primary.
+                            if self.positions.send_if_modified(|p| {
+                                std::mem::replace(&mut p.primary_healthy, false)
+                            }) {
+                                tracing::warn!(server = %target.name, "the configured primary is in recovery: writes go to a promoted replica, if any");
+                            }
                         }
                     }
                     Err(e) => {
@@ -248,7 +289,8 @@ impl Monitor {
             loop {
                 let polled = client
                     .simple_query(
-                        "SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text",
+                        "SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text, \
+                         CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END",
                     )
                     .await;
                 let rows = match polled {
@@ -265,12 +307,10 @@ impl Monitor {
                 });
                 let in_recovery = row.and_then(|r| r.get(0)) == Some("true");
                 let replayed: Option<Lsn> = row.and_then(|r| r.get(1)).and_then(|v| v.parse().ok());
+                let written: Option<Lsn> = row.and_then(|r| r.get(2)).and_then(|v| v.parse().ok());
                 match (in_recovery, replayed) {
                     (true, Some(replayed)) => self.mark_position(index, replayed),
-                    (false, _) => {
-                        self.mark_unhealthy(index, "not in recovery: promoted or not a replica");
-                        backoff.sleep().await;
-                    }
+                    (false, _) => self.mark_promoted(index, written),
                     (true, None) => self.mark_unhealthy(index, "no replay position reported"),
                 }
                 self.pause().await;
@@ -286,7 +326,8 @@ impl Monitor {
                 return false;
             };
             let was_healthy = r.healthy;
-            let changed = !r.healthy || r.replayed != replayed;
+            let changed = !r.healthy || r.replayed != replayed || r.promoted;
+            r.promoted = false;
             if r.replayed != replayed {
                 r.advanced_at = Some(Instant::now());
             }
@@ -320,16 +361,39 @@ impl Monitor {
         });
     }
 
+    /// Replica `index` answers out of recovery: it is a primary now, at
+    /// `written`. It gets no reads; writes may go to it (see
+    /// [`Positions::write_target`]).
+    fn mark_promoted(&self, index: usize, written: Option<Lsn>) {
+        self.positions.send_if_modified(|p| {
+            let Some(r) = p.replicas.get_mut(index) else {
+                return false;
+            };
+            let changed = !r.promoted || r.healthy;
+            if !r.promoted {
+                tracing::warn!(server = %r.name, "server is out of recovery: a primary now; it gets no reads");
+            }
+            r.promoted = true;
+            r.healthy = false;
+            r.last_error = Some("not in recovery: promoted, or not a replica".to_string());
+            if let (false, Some(lsn)) = (p.primary_healthy, written) {
+                p.primary_lsn = p.primary_lsn.max(lsn);
+            }
+            changed
+        });
+    }
+
     fn mark_unhealthy(&self, index: usize, why: &str) {
         self.positions.send_if_modified(|p| {
             let Some(r) = p.replicas.get_mut(index) else {
                 return false;
             };
-            let changed = r.healthy;
-            if changed {
+            let changed = r.healthy || r.promoted;
+            if r.healthy {
                 tracing::warn!(replica = %r.name, reason = why, "replica gets no reads until it recovers");
             }
             r.healthy = false;
+            r.promoted = false;
             r.last_error = Some(why.to_string());
             changed
         });

@@ -270,7 +270,31 @@ mod tests {
             behind_since: None,
             advanced_at: None,
             last_error: None,
+            promoted: false,
         }
+    }
+
+    #[test]
+    fn the_primary_is_whoever_is_out_of_recovery() {
+        use crate::replicas::WriteTarget;
+        let mut p = positions(vec![
+            replica("r0", true, 100, 0),
+            replica("r1", true, 100, 0),
+        ]);
+        assert_eq!(p.write_target(), WriteTarget::Configured);
+        p.replicas[1].promoted = true;
+        assert_eq!(p.write_target(), WriteTarget::SplitBrain, "both claim it");
+        p.primary_healthy = false;
+        assert_eq!(p.write_target(), WriteTarget::Promoted(1));
+        p.replicas[0].promoted = true;
+        assert_eq!(p.write_target(), WriteTarget::SplitBrain, "two promoted");
+        p.replicas[0].promoted = false;
+        p.replicas[1].promoted = false;
+        assert_eq!(
+            p.write_target(),
+            WriteTarget::Configured,
+            "no primary anywhere: try the configured one"
+        );
     }
 
     fn policy() -> Policy {

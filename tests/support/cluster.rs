@@ -285,6 +285,20 @@ impl TestCluster {
         );
     }
 
+    /// Promotes a replica (`pg_ctl promote`, waiting until it is out of
+    /// recovery): it becomes a primary on a new timeline.
+    pub fn promote(&self, name: &str) {
+        let server = self.server(name);
+        run(
+            Tools::get()
+                .server_command("pg_ctl", &self.dir)
+                .arg("-D")
+                .arg(&server.data_dir)
+                .args(["-w", "-t", "60", "-s", "promote"]),
+            &format!("promoting {name}"),
+        );
+    }
+
     /// Starts a stopped server again and waits until it is useful: a replica
     /// until it streams, the primary until every running replica streams again.
     pub fn start_server(&self, name: &str) {

@@ -242,6 +242,23 @@ impl Session {
         super::local::respond(&mut self.to_client, &unit.bytes, &answer, self.tx_status);
     }
 
+    /// The server writes go to now: the configured primary, or the replica
+    /// promoted while it is gone; an error while two servers claim the role.
+    pub(super) fn primary_target(&self) -> Result<crate::backend::ServerTarget, End> {
+        use crate::replicas::WriteTarget;
+        match self.proxy.monitor.with_positions(|p| p.write_target()) {
+            WriteTarget::Configured => Ok(self.proxy.primary.clone()),
+            WriteTarget::Promoted(i) => match self.proxy.replicas.get(i) {
+                Some(target) => Ok(target.clone()),
+                None => Ok(self.proxy.primary.clone()),
+            },
+            WriteTarget::SplitBrain => Err(End::NoServer {
+                code: "57P03",
+                message: "two servers claim to be the primary; writes are refused until one of them is in recovery again".into(),
+            }),
+        }
+    }
+
     /// Whether `unit` can be answered with an error instead of running: it
     /// started at rest (or right after a held-back BEGIN), nothing else is
     /// in flight, and it sends no COPY data the proxy would have to drop.
@@ -259,8 +276,7 @@ impl Session {
     /// held-back BEGIN is dropped with it: the block never started.
     fn refuse_no_primary(&mut self, unit: &Unit, why: &str) {
         let text = format!(
-            "causeway: the primary server \"{}\" is not available, so this statement was not run",
-            self.proxy.primary.name
+            "causeway: no primary server is available, so this statement was not run: {why}"
         );
         tracing::warn!(reason = %why, "no primary for a unit; answered with an error");
         messages::error_response(
@@ -577,6 +593,26 @@ impl Session {
     /// is the same. A replica that cannot be reached is reported and the
     /// primary used instead. Returns the server attached.
     pub(super) async fn attach(&mut self, server: Server) -> Result<Server, End> {
+        // The primary is whichever server says it is one now.
+        let primary = match server {
+            Server::Primary => Some(self.primary_target()?),
+            Server::Replica(_) => None,
+        };
+        let moved = |a: &super::Attached| {
+            primary
+                .as_ref()
+                .is_some_and(|t| a.lease.conn.server_name != t.name)
+        };
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|a| a.server == server && moved(a))
+        {
+            // A promotion happened since: the old primary's connection
+            // goes (its pool keeps it for nobody; it is of the old server).
+            self.current = None;
+        }
+        self.stash.retain(|a| !(a.server == server && moved(a)));
         if self.current.as_ref().map(|a| a.server) == Some(server) {
             // A connection kept between units (session pooling) may have
             // been closed by the server meanwhile: replace it unseen.
@@ -613,9 +649,10 @@ impl Session {
                 "kept server connection was closed; using a new one"
             );
         }
-        let target = match server {
-            Server::Primary => self.proxy.primary.clone(),
-            Server::Replica(i) => match self.proxy.replicas.get(i) {
+        let target = match (server, primary) {
+            (_, Some(primary)) => primary,
+            (Server::Primary, None) => self.proxy.primary.clone(),
+            (Server::Replica(i), None) => match self.proxy.replicas.get(i) {
                 Some(t) => t.clone(),
                 None => return Box::pin(self.attach(Server::Primary)).await,
             },

@@ -380,7 +380,13 @@ async fn greeting_connection(
     login: &Login,
 ) -> Result<(Server, Arc<crate::backend::pool::Pool>, Lease), crate::backend::BackendError> {
     use crate::backend::BackendError;
-    let pool = proxy.pools.get(&proxy.primary, login);
+    let primary = match proxy.monitor.with_positions(|p| p.write_target()) {
+        crate::replicas::WriteTarget::Promoted(i) => {
+            proxy.replicas.get(i).unwrap_or(&proxy.primary)
+        }
+        _ => &proxy.primary,
+    };
+    let pool = proxy.pools.get(primary, login);
     let primary_error = match pool.checkout().await {
         Ok(lease) => return Ok((Server::Primary, pool, lease)),
         Err(e) => e,
