@@ -25,6 +25,10 @@
 #                          0 removes the delay
 #   stop-server NAME       stop one server (NAME may also be `redis`)
 #   start-server NAME      start one server; a replica is waited for until streaming
+#   promote NAME           pg_ctl promote a replica (waits until it is out of
+#                          recovery); causeway sends writes to it once the
+#                          primary is gone
+#   failover NAME          stop the primary, then promote replica NAME
 #   psql NAME [ARGS...]    psql to one server as the superuser (rest passed to psql)
 #   env                    print `export` lines: ports, URLs, DIR, PG_BIN
 #   destroy                stop everything and delete DIR (only if DIR holds a cluster)
@@ -670,6 +674,24 @@ cmd_start_server() {
   [[ $name == primary ]] || wait_streaming "$name"
 }
 
+cmd_promote() {
+  local name=${1:?usage: $PROG promote NAME}
+  require_layout
+  [[ $name == replica* ]] || die "only a replica can be promoted, not '$name'"
+  port_of "$name" >/dev/null
+  need_server_bins
+  pg_running "$name" || die "$name is not running"
+  as_pg "$PG_CTL" -D "$(datadir_of "$name")" -w -t 60 promote >/dev/null ||
+    die "$name was not promoted; see $LOG_DIR/$name.log"
+  say "$name promoted: it is a primary now (the other replicas still follow the old one)"
+}
+
+cmd_failover() {
+  local name=${1:?usage: $PROG failover NAME}
+  cmd_stop_server primary
+  cmd_promote "$name"
+}
+
 cmd_psql() {
   local name=${1:?usage: $PROG psql NAME [psql args]} port
   shift
@@ -721,6 +743,8 @@ case $cmd in
   delay) cmd_delay "$@" ;;
   stop-server) cmd_stop_server "$@" ;;
   start-server) cmd_start_server "$@" ;;
+  promote) cmd_promote "$@" ;;
+  failover) cmd_failover "$@" ;;
   psql) cmd_psql "$@" ;;
   env) cmd_env "$@" ;;
   destroy) cmd_destroy "$@" ;;

@@ -73,7 +73,7 @@ async fn ready(State(endpoint): State<Endpoint>) -> (StatusCode, &'static str) {
         .proxy
         .get()
         .monitor
-        .with_positions(|p| (p.primary_healthy, p.replicas.iter().any(|r| r.healthy)));
+        .with_positions(|p| (p.has_primary(), p.replicas.iter().any(|r| r.healthy)));
     match (primary, replica) {
         (true, _) => (StatusCode::OK, "ready\n"),
         (false, true) => (StatusCode::OK, "degraded: no primary (reads only)\n"),

@@ -106,7 +106,9 @@ pub fn positions(positions: &Positions, primary_name: &str) {
     let up = |ok: bool| if ok { 1.0 } else { 0.0 };
     metrics::gauge!("causeway_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     metrics::gauge!("causeway_primary_lsn_bytes").set(positions.primary_lsn.0 as f64);
-    metrics::gauge!("causeway_primary_up").set(up(positions.primary_healthy));
+    // Whether writes have somewhere to go: the configured primary, or a
+    // promoted replica.
+    metrics::gauge!("causeway_primary_up").set(up(positions.has_primary()));
     metrics::gauge!("causeway_server_up", "server" => primary_name.to_string(), "role" => "primary")
         .set(up(positions.primary_healthy));
     for r in &positions.replicas {

@@ -75,6 +75,16 @@ pub enum WriteTarget {
 }
 
 impl Positions {
+    /// Some server takes writes now: the configured primary, or one
+    /// promoted replica.
+    pub fn has_primary(&self) -> bool {
+        match self.write_target() {
+            WriteTarget::Configured => self.primary_healthy,
+            WriteTarget::Promoted(_) => true,
+            WriteTarget::SplitBrain => false,
+        }
+    }
+
     pub fn write_target(&self) -> WriteTarget {
         let promoted: Vec<usize> = (0..self.replicas.len())
             .filter(|&i| self.replicas[i].promoted)
