@@ -143,3 +143,84 @@ async fn two_primaries_get_no_writes_until_one_is_gone() {
         i32::from(cluster.replica_port(0))
     );
 }
+
+/// Runs pgbench through the proxy with `args`; its whole output.
+fn pgbench(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("pgbench")
+        .args(["-h", "127.0.0.1", "-U", support::APP_USER, "-p"])
+        .arg(port.to_string())
+        .args(args)
+        .arg(APP_DB)
+        .env("PGPASSWORD", support::APP_PASSWORD)
+        .output()
+        .expect("pgbench runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switchover_under_pgbench_fails_no_transaction() {
+    let cluster = TestCluster::start(ClusterOptions::default());
+    let proxy = TestProxy::start(&cluster);
+    pgbench(proxy.port, &["-i", "-s", "1", "-q"]);
+    cluster.wait_replicas_caught_up();
+    let port = proxy.port;
+    let load = std::thread::spawn(move || pgbench(port, &["-c", "8", "-j", "2", "-T", "8", "-n"]));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // PAUSE, let replica0 catch up, promote it, stop the old primary,
+    // RESUME.
+    let console = support::connect(
+        proxy.port,
+        support::APP_USER,
+        support::APP_PASSWORD,
+        "causeway",
+    )
+    .await;
+    console.simple_query("PAUSE").await.expect("PAUSE");
+    // A planned switchover promotes a replica that has every commit.
+    cluster.wait_replica_caught_up(0);
+    cluster.promote("replica0");
+    cluster.stop_server("primary");
+    wait_for(
+        "writes to go to replica0",
+        Duration::from_secs(30),
+        || match proxy.proxy.monitor.positions().write_target() {
+            causeway::replicas::WriteTarget::Promoted(0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    console.simple_query("RESUME").await.expect("RESUME");
+    let out = load.join().expect("pgbench thread");
+    assert!(
+        out.contains("number of failed transactions: 0 (0.000%)"),
+        "transactions failed across the switchover:\n{out}"
+    );
+    // And the writes after it are on the new primary.
+    let direct = support::connect(
+        cluster.replica_port(0),
+        support::APP_USER,
+        support::APP_PASSWORD,
+        APP_DB,
+    )
+    .await;
+    let history: i64 = direct
+        .query_one("SELECT count(*) FROM pgbench_history", &[])
+        .await
+        .expect("history")
+        .get(0);
+    let processed: i64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(processed > 0);
+    assert_eq!(
+        history, processed,
+        "every committed transaction is on the new primary"
+    );
+}
