@@ -161,3 +161,107 @@ async fn pause_restart_the_primary_resume_without_a_failed_transaction() {
         .unwrap_or(0);
     assert!(processed > 0, "no transaction ran:\n{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_seconds_without_a_primary_under_load_close_no_session() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let cluster = TestCluster::start(ClusterOptions::default());
+    cluster.psql_db(
+        cluster.primary_port(),
+        APP_DB,
+        "CREATE TABLE outage_load (id bigserial PRIMARY KEY, session int NOT NULL)",
+    );
+    cluster.wait_replicas_caught_up();
+    let proxy = TestProxy::start(&cluster);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut sessions = Vec::new();
+    for n in 0..8i32 {
+        let port = proxy.port;
+        let stop = stop.clone();
+        sessions.push(tokio::spawn(async move {
+            let c = client(port).await;
+            let (mut writes, mut write_errors, mut reads, mut stale, mut refused) =
+                (0u32, 0u32, 0u32, 0u32, 0u32);
+            let mut last: Option<i64> = None;
+            let mut turn = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                turn += 1;
+                if turn.is_multiple_of(3) {
+                    match c
+                        .query_one(
+                            "INSERT INTO outage_load (session) VALUES ($1) RETURNING id",
+                            &[&n],
+                        )
+                        .await
+                    {
+                        Ok(row) => {
+                            writes += 1;
+                            last = Some(row.get(0));
+                        }
+                        Err(e) => {
+                            let db = e.as_db_error().unwrap_or_else(|| {
+                                panic!("session {n}: a write failed without a server error: {e}")
+                            });
+                            assert_eq!(db.severity(), "ERROR", "session {n}: {db:?}");
+                            write_errors += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                } else if let Some(id) = last {
+                    match c
+                        .query_one("SELECT count(*) FROM outage_load WHERE id = $1", &[&id])
+                        .await
+                    {
+                        Ok(row) => {
+                            reads += 1;
+                            if row.get::<_, i64>(0) != 1 {
+                                stale += 1;
+                            }
+                        }
+                        // Only when the session's last commit lost its LSN
+                        // with the primary: no replica can be shown to
+                        // have it, so the read waits for the primary.
+                        Err(e) => {
+                            let db = e.as_db_error().unwrap_or_else(|| {
+                                panic!("session {n}: a read failed without a server error: {e}")
+                            });
+                            assert_eq!(db.severity(), "ERROR", "session {n}: {db:?}");
+                            assert_eq!(db.code().code(), "57P03", "session {n}: {db:?}");
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            }
+            assert!(!c.is_closed(), "session {n} was closed");
+            (writes, write_errors, reads, stale, refused)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.stop_server("primary");
+    wait_primary(&proxy, false);
+    // The outage lasts ten seconds: the scenario, not a synchronisation.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    cluster.start_server("primary");
+    wait_primary(&proxy, true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut writes, mut errors, mut reads, mut stale, mut refused) = (0, 0, 0, 0, 0);
+    for session in sessions {
+        let (w, e, r, s, f) = session.await.expect("a session panicked");
+        writes += w;
+        errors += e;
+        reads += r;
+        stale += s;
+        refused += f;
+    }
+    eprintln!(
+        "outage: {writes} writes, {errors} write errors (all ERROR), {reads} reads, \
+         {refused} reads refused (57P03), {stale} stale"
+    );
+    assert_eq!(stale, 0, "stale reads");
+    assert!(errors > 0, "the outage refused no write: it did not happen");
+    assert!(writes > 0 && reads > 0);
+}

@@ -509,6 +509,7 @@ impl Session {
         // DDL that may change functions: the catalog is read again once
         // its transaction is over (a rolled-back DROP must not drop a
         // function from the catalog).
+        let copy_in = unit.facts.copy_in;
         self.functions_changed |= unit.facts.changes_functions;
         let ends_work = if at_rest {
             unit.facts.begin.is_none() || unit.facts.ends_tx
@@ -544,6 +545,12 @@ impl Session {
             }
             self.pending.push_back(Expect::Client(Box::new(inflight)));
             if want_lsn {
+                self.pending.push_back(Expect::Internal(Internal::Lsn));
+                messages::query(&mut self.to_server, LSN_QUERY);
+            } else if self.causal_unknown && server == Server::Primary && at_rest && !copy_in {
+                // Learn how far the primary's WAL goes: the lost commit is
+                // before it.
+                self.commit_awaiting_lsn = true;
                 self.pending.push_back(Expect::Internal(Internal::Lsn));
                 messages::query(&mut self.to_server, LSN_QUERY);
             }

@@ -144,6 +144,9 @@ struct Session {
     /// It ran DDL that may change functions; the catalog is read again
     /// when its transaction ends.
     functions_changed: bool,
+    /// A commit's LSN was lost with the primary's connection: reads go to
+    /// the primary until an LSN query answers again.
+    causal_unknown: bool,
     /// Rows of a catalog query in flight (`None` if it failed).
     catalog_rows: Option<Vec<String>>,
     /// `default_transaction_read_only` is on (as the server reports it):
@@ -354,6 +357,7 @@ pub async fn run(
         catalog,
         functions_changed: false,
         catalog_rows: None,
+        causal_unknown: false,
         declared_read_only,
         role_isolation,
         serializable_refused: false,
@@ -465,6 +469,80 @@ impl Session {
             && self.to_server.is_empty()
     }
 
+    /// The primary's connection was lost under an autocommit unit (no
+    /// block open, not pinned, nothing else in flight): the client gets an
+    /// ERROR and ReadyForQuery for it, and its session goes on; its next
+    /// unit gets a connection to whatever primary there is then. Returns
+    /// whether it was so answered.
+    /// Whether losing the connection to `server` now costs the client only
+    /// an error per unit in flight: it is the primary, and every unit in
+    /// flight started outside a block (the proxy's own statements around
+    /// them, settings, commit LSN, catalog, may go too).
+    pub(super) fn units_survive_loss_of(&self, server: Server) -> bool {
+        use responses::Internal;
+        server == Server::Primary
+            && self.pinned.is_empty()
+            && self.open_batch.is_none()
+            && self.server_streaming == 0
+            && self.optimistic.is_none()
+            && self.pending.iter().all(|e| match e {
+                Expect::Client(inflight) => inflight.started_at_rest && inflight.retry.is_none(),
+                Expect::Internal(kind) => {
+                    matches!(kind, Internal::Setup | Internal::Lsn | Internal::Catalog)
+                }
+            })
+    }
+
+    fn answer_lost_unit(&mut self, attached: &Attached) -> bool {
+        if !self.units_survive_loss_of(attached.server) {
+            return false;
+        }
+        if let Some(ready) = self.ready_after_lsn.take() {
+            // A unit committed and only its commit LSN was lost with the
+            // connection: the client hears its success; the session's
+            // reads go to the primary until the primary tells it how far
+            // its WAL goes, since no replica can be shown to have it.
+            tracing::warn!("primary connection lost before a commit's LSN was known; the session reads from the primary until it is known");
+            self.to_client.extend_from_slice(&ready);
+            self.causal_unknown = true;
+        }
+        let text = format!(
+            "causeway: the connection to the primary \"{}\" was lost while it ran this statement, which may not have been committed",
+            attached.lease.conn.server_name
+        );
+        for expect in std::mem::take(&mut self.pending) {
+            let Expect::Client(inflight) = expect else {
+                continue;
+            };
+            let (code, detail) = inflight.lost.clone().unwrap_or_else(|| {
+                (
+                    "08006".to_string(),
+                    "server closed the connection unexpectedly".to_string(),
+                )
+            });
+            tracing::warn!(%code, detail = %detail, "primary connection lost under an autocommit unit; the client gets an error, its session goes on");
+            messages::error_response(
+                &mut self.to_client,
+                messages::Severity::Error,
+                "08006",
+                &text,
+                Some(&format!(
+                    "The server said: {code} {detail}. Retry when the primary is back."
+                )),
+            );
+            crate::metrics::error_sent(b"08006");
+            messages::ready_for_query(&mut self.to_client, b'I');
+        }
+        self.tx_status = b'I';
+        self.tx_wrote = false;
+        self.tx_effects.clear();
+        self.server_fatal = false;
+        self.commit_awaiting_lsn = false;
+        self.lsn_answer = None;
+        self.catalog_rows = None;
+        true
+    }
+
     /// Between units, with nothing on the current server that a new
     /// connection could not have: its loss costs the client nothing.
     pub(super) fn idle_between_units(&self) -> bool {
@@ -492,6 +570,10 @@ impl Session {
     /// The LSN a replica must have replayed before it may serve this
     /// session's reads: its own writes, and those of its client.
     fn effective_causal(&self) -> Option<Lsn> {
+        if self.causal_unknown {
+            // No replica can be shown to have the last write.
+            return Some(Lsn(u64::MAX));
+        }
         let shared = match self.proxy.config.routing.causal_scope {
             crate::config::CausalScope::Global => self.proxy.causal.newest(),
             _ => self
@@ -665,6 +747,9 @@ impl Session {
         let Some(attached) = self.current.take() else {
             return Err(End::ServerLost(why));
         };
+        if self.answer_lost_unit(&attached) {
+            return Ok(());
+        }
         if self.idle_between_units() {
             // Closed between units (a restart, pg_terminate_backend, an idle
             // timeout): nothing was lost, the next unit gets a new one, with

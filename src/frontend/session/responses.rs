@@ -80,6 +80,9 @@ pub struct InFlight {
     pub held_errors: Vec<String>,
     /// Digest of its answers (units of an optimistic block, and replays).
     pub digest: Option<u64>,
+    /// The primary sent a FATAL while running it (SQLSTATE, message): the
+    /// session survives, the client gets an ERROR for this unit.
+    pub lost: Option<(String, String)>,
     /// A unit of an optimistic block replayed on the primary: its answers
     /// are digested, never passed on.
     pub replay: bool,
@@ -107,6 +110,7 @@ impl InFlight {
             sent_at: std::time::Instant::now(),
             held_errors: Vec::new(),
             digest: None,
+            lost: None,
             replay: false,
         }
     }
@@ -271,6 +275,14 @@ impl Session {
                 self.server_fatal = true;
             }
         }
+        // A FATAL from the primary under autocommit units: the session
+        // survives it (see `Session::answer_lost_unit`).
+        let swallow_fatal = tag == b'E'
+            && self.server_fatal
+            && self
+                .current
+                .as_ref()
+                .is_some_and(|a| self.units_survive_loss_of(a.server));
         match self.pending.front_mut() {
             Some(Expect::Internal(kind)) => {
                 let kind = *kind;
@@ -321,7 +333,14 @@ impl Session {
             }
             Some(Expect::Client(inflight)) => {
                 inflight.note(tag, message);
-                if tag != b'Z' {
+                if swallow_fatal {
+                    // The primary is going away under an autocommit unit
+                    // (shut down, crashed, terminated): the session need not
+                    // go with it. The client gets an ERROR instead, once the
+                    // connection is gone (see `Session::server_failed`).
+                    let fields = messages::parse_error_fields(&message[5..]);
+                    inflight.lost = Some((fields.code, fields.message));
+                } else if tag != b'Z' {
                     self.pass_on(message);
                 } else if let Some(Expect::Client(inflight)) = self.pending.pop_front() {
                     self.finish_unit(*inflight, message);
@@ -490,6 +509,7 @@ impl Session {
         let Some(lsn) = lsn else {
             return;
         };
+        self.causal_unknown = false;
         if self.causal.is_none_or(|c| c < lsn) {
             self.causal = Some(lsn);
         }
