@@ -2,7 +2,8 @@
 //! `[auth] admin_users` and ask, in the style of PgBouncer's console,
 //! `SHOW CLIENTS`, `SHOW SERVERS`, `SHOW REPLICAS`, `SHOW STATS`,
 //! `SHOW CONFIG`, `SHOW VERSION`, `RELOAD`, `PAUSE` or `RESUME` (see
-//! `crate::pause`). Answers are ordinary result
+//! `crate::pause`), `KILL pid` (one client, as `SHOW CLIENTS` numbers
+//! them) or `SHUTDOWN` (drain and exit, as SIGTERM). Answers are ordinary result
 //! sets, so psql prints them as tables.
 
 use std::sync::atomic::Ordering;
@@ -99,6 +100,10 @@ pub async fn serve(handle: Arc<ProxyHandle>, proxy: Arc<Proxy>, mut io: ClientIo
                         handle.get().pause.resume();
                         Reply::Done("RESUME")
                     }
+                    "shutdown" => {
+                        handle.request_shutdown();
+                        Reply::Done("SHUTDOWN")
+                    }
                     _ => run(&handle, &proxy, &sql),
                 };
                 write_reply(&mut out, reply);
@@ -169,12 +174,19 @@ fn run(handle: &ProxyHandle, session_proxy: &Proxy, sql: &str) -> Reply {
             columns: &["version"],
             rows: vec![vec![Some(format!("causeway {}", env!("CARGO_PKG_VERSION")))]],
         }),
+        ["kill", pid] => match pid.parse::<i32>().ok().and_then(|p| proxy.stats.clients.get(&p).map(|c| c.clone())) {
+            Some(client) => {
+                client.kill.notify_one();
+                Reply::Done("KILL")
+            }
+            None => Reply::Error(format!("no client with pid {pid} (see SHOW CLIENTS)")),
+        },
         ["reload"] => match handle.reload() {
             Ok(_) => Reply::Done("RELOAD"),
             Err(e) => Reply::Error(format!("RELOAD failed, the old configuration stays: {e}")),
         },
         _ => Reply::Error(format!(
-            "unknown console command \"{}\"; try SHOW CLIENTS, SHOW SERVERS, SHOW REPLICAS, SHOW STATS, SHOW CONFIG, SHOW VERSION, RELOAD, PAUSE, RESUME",
+            "unknown console command \"{}\"; try SHOW CLIENTS, SHOW SERVERS, SHOW REPLICAS, SHOW STATS, SHOW CONFIG, SHOW VERSION, RELOAD, PAUSE, RESUME, KILL pid, SHUTDOWN",
             sql.trim()
         )),
     }

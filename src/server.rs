@@ -243,6 +243,8 @@ impl Proxy {
 pub struct ProxyHandle {
     current: RwLock<Arc<Proxy>>,
     config_path: Option<PathBuf>,
+    /// The console's `SHUTDOWN`: the same drain as SIGTERM.
+    shutdown: watch::Sender<bool>,
 }
 
 impl ProxyHandle {
@@ -250,7 +252,13 @@ impl ProxyHandle {
         Arc::new(ProxyHandle {
             current: RwLock::new(proxy),
             config_path,
+            shutdown: watch::Sender::new(false),
         })
+    }
+
+    /// Asks the accept loop to stop and drain, as SIGTERM does.
+    pub fn request_shutdown(&self) {
+        self.shutdown.send_replace(true);
     }
 
     pub fn get(&self) -> Arc<Proxy> {
@@ -289,6 +297,7 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let proxy = handle.get();
+    let mut shutdown_requested = handle.shutdown.subscribe();
     let (drain_tx, drain_rx) = watch::channel(false);
     let client_slots = Arc::new(Semaphore::new(proxy.config.proxy.max_client_connections));
     let mut sessions = JoinSet::new();
@@ -323,6 +332,10 @@ pub async fn serve(
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             _ = stop.changed() => break,
+            _ = shutdown_requested.wait_for(|s| *s) => {
+                tracing::info!("SHUTDOWN from the console");
+                break;
+            }
         }
     }
     drop(listener);

@@ -23,6 +23,9 @@ pub struct ClientInfo {
     pub application_name: String,
     pub connected_at: SystemTime,
     pub live: Mutex<ClientLive>,
+    /// The console's `KILL`: the session ends at once (a stored permit, so a
+    /// kill between two polls of the session is not lost).
+    pub kill: tokio::sync::Notify,
 }
 
 /// What changes while the client is connected.

@@ -249,3 +249,59 @@ async fn sigterm_lets_open_transactions_finish_then_closes() {
     let status = exited.expect("causeway exits once its last transaction ends");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_ends_one_client_and_shutdown_drains_the_proxy() {
+    let (_dir, _path, mut proxy) = start_on_shared(2);
+    let (victim, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.port)
+        .user(APP_USER)
+        .password(APP_PASSWORD)
+        .dbname(APP_DB)
+        .application_name("victim")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("victim connects");
+    tokio::spawn(connection);
+    let bystander = connect(proxy.port, APP_USER, APP_PASSWORD, APP_DB).await;
+    let clients = console(proxy.port, "SHOW CLIENTS").await;
+    let pid = clients
+        .iter()
+        .find(|c| c.iter().any(|v| v.as_deref() == Some("victim")))
+        .and_then(|c| c[0].clone())
+        .expect("the victim in SHOW CLIENTS");
+    // The console's own connection is not in SHOW CLIENTS; an unknown pid
+    // is an error that says so.
+    let admin = connect(proxy.port, APP_USER, APP_PASSWORD, "causeway").await;
+    let err = admin
+        .simple_query("KILL 999999999")
+        .await
+        .expect_err("no such client");
+    assert!(support::describe_error(&err).contains("no client with pid"));
+    rows(&admin, &format!("KILL {pid}")).await;
+    let err = victim
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("a killed client is gone");
+    assert!(
+        err.as_db_error()
+            .is_none_or(|db| db.code().code() == "57P01"),
+        "{}",
+        support::describe_error(&err)
+    );
+    bystander
+        .simple_query("SELECT 1")
+        .await
+        .expect("the others go on");
+
+    rows(&admin, "SHUTDOWN").await;
+    let status = tokio::task::spawn_blocking(move || proxy.child.wait())
+        .await
+        .expect("wait")
+        .expect("exit status");
+    assert!(
+        status.success(),
+        "causeway exits cleanly after SHUTDOWN: {status}"
+    );
+}

@@ -46,7 +46,7 @@ impl Session {
             End::NoServer { code, message } => {
                 messages::error_response(&mut farewell, Severity::Fatal, code, message, None);
             }
-            End::Drained => messages::error_response(
+            End::Drained | End::Killed => messages::error_response(
                 &mut farewell,
                 Severity::Fatal,
                 "57P01",

@@ -65,6 +65,8 @@ enum End {
     NoServer { code: &'static str, message: String },
     /// The proxy is shutting down and the session reached a safe point.
     Drained,
+    /// The console's `KILL`.
+    Killed,
 }
 
 enum Event {
@@ -75,6 +77,8 @@ enum Event {
     Shutdown,
     /// `PAUSE` or `RESUME` while units were held.
     PauseChanged,
+    /// The console's `KILL`.
+    Killed,
 }
 
 /// A server connection in use by the session.
@@ -313,6 +317,7 @@ pub async fn run(
             client_id: client_id.clone(),
             ..Default::default()
         }),
+        kill: tokio::sync::Notify::new(),
     });
     let lease_id = lease.conn.id;
     let pause_rx = proxy.pause.subscribe();
@@ -640,6 +645,7 @@ impl Session {
                     }, if client_room => Event::ClientRead(r),
                     _ = shutdown.changed(), if !self.draining => Event::Shutdown,
                     _ = self.pause.changed(), if self.held_by_pause => Event::PauseChanged,
+                    _ = self.entry.info.kill.notified() => Event::Killed,
                 }
             };
             match event {
@@ -684,6 +690,7 @@ impl Session {
                 }
                 Event::Shutdown => self.draining = true,
                 Event::PauseChanged => self.held_by_pause = false,
+                Event::Killed => return End::Killed,
             }
         }
     }
