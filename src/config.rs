@@ -34,6 +34,8 @@ pub struct Config {
     pub routing: RoutingSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub tls: crate::tls::TlsSection,
 }
 
 /// The HTTP endpoint for Prometheus and health checks.
@@ -350,6 +352,9 @@ impl Config {
 
     /// Cross-key checks serde cannot express. Returns the key path at fault.
     fn check(&self) -> Result<(), (String, String)> {
+        // The certificate and key must load now: a config that names
+        // unreadable files is refused at start and by RELOAD.
+        self.tls.server_config()?;
         let positive = [
             (
                 "proxy.max_client_connections",

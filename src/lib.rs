@@ -21,3 +21,4 @@ pub mod router;
 pub mod server;
 pub mod shapes;
 pub mod stats;
+pub mod tls;

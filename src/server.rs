@@ -53,6 +53,8 @@ pub struct Proxy {
     /// Changes from read to read, to spread reads over replicas.
     pub spread: AtomicUsize,
     pub facts_cache: FactsCache,
+    /// TLS towards clients (`[tls]`), read when the config was loaded.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// Causal LSNs shared by connections of one client.
     pub causal: Arc<CausalMap>,
     pub stats: Arc<Stats>,
@@ -148,6 +150,10 @@ impl Proxy {
             ),
             stats: previous.map_or_else(|| Arc::new(Stats::default()), |p| p.stats.clone()),
             catalogs: crate::catalog::Catalogs::default(),
+            tls: config.tls.server_config().unwrap_or_else(|(key, e)| {
+                tracing::error!(%key, error = %e, "TLS for clients is off");
+                None
+            }),
             pause: previous.map_or_else(
                 || Arc::new(crate::pause::PauseGate::default()),
                 |p| p.pause.clone(),

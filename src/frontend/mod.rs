@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod session;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use auth::{ScramError, ScramExchange, ScramSecret};
 
 /// The client's socket during startup, with its read buffer.
 pub struct ClientIo {
-    pub stream: TcpStream,
+    pub stream: stream::ClientStream,
     pub rbuf: BytesMut,
 }
 
@@ -61,7 +62,7 @@ pub async fn serve(handle: Arc<ProxyHandle>, stream: TcpStream, shutdown: watch:
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
     let mut io = ClientIo {
-        stream,
+        stream: stream::ClientStream::Plain(stream),
         rbuf: BytesMut::with_capacity(8 * 1024),
     };
     let login_timeout = Duration::from_millis(proxy.config.proxy.client_login_timeout_ms);
@@ -88,6 +89,38 @@ pub async fn serve(handle: Arc<ProxyHandle>, stream: TcpStream, shutdown: watch:
         return;
     }
     session::run(proxy, io, ready, shutdown).await;
+}
+
+/// Answers an SSLRequest with `S` and runs the TLS handshake; the rest of
+/// the session speaks over it.
+async fn start_tls(
+    io: &mut ClientIo,
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
+) -> Result<(), LoginError> {
+    if !io.rbuf.is_empty() {
+        // Bytes sent before the handshake would be read as if they had come
+        // over TLS (CVE-2021-23222): refuse, as Postgres does.
+        return Err(LoginError::fatal(
+            "08P01",
+            "received unencrypted data after SSL request",
+        ));
+    }
+    io.stream.write_all(b"S").await?;
+    let stream::ClientStream::Plain(tcp) =
+        std::mem::replace(&mut io.stream, stream::ClientStream::Gone)
+    else {
+        return Err(LoginError::Gone);
+    };
+    match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
+        Ok(tls) => {
+            io.stream = stream::ClientStream::Tls(Box::new(tls));
+            Ok(())
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "TLS handshake with a client failed");
+            Err(LoginError::Gone)
+        }
+    }
 }
 
 async fn refuse(io: &mut ClientIo, error: LoginError) {
@@ -125,7 +158,14 @@ async fn login(proxy: &Proxy, io: &mut ClientIo) -> Result<Option<Ready>, LoginE
     let params = loop {
         let body = read_startup_packet(io).await?;
         match startup::parse(&body) {
-            Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) if negotiations < 2 => {
+            Ok(StartupPacket::SslRequest) if negotiations < 2 && !io.stream.is_tls() => {
+                negotiations += 1;
+                match &proxy.tls {
+                    Some(config) => start_tls(io, config.clone()).await?,
+                    None => io.stream.write_all(b"N").await?,
+                }
+            }
+            Ok(StartupPacket::GssEncRequest) if negotiations < 2 => {
                 negotiations += 1;
                 io.stream.write_all(b"N").await?;
             }
@@ -172,6 +212,20 @@ async fn login(proxy: &Proxy, io: &mut ClientIo) -> Result<Option<Ready>, LoginE
         ));
     }
     let database = params.database().unwrap_or(&user).to_string();
+    if proxy.config.tls.mode() == crate::tls::ClientMode::Require && !io.stream.is_tls() {
+        // What a server whose pg_hba.conf has only `hostssl` lines says.
+        let host = io
+            .stream
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        return Err(LoginError::fatal(
+            "28000",
+            format!(
+                "no pg_hba.conf entry for host \"{host}\", user \"{user}\", database \"{database}\", no encryption"
+            ),
+        ));
+    }
     let mut settings: Vec<(String, String)> = params
         .params
         .iter()

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::{backend_login_error, refuse, ClientIo, Ready};
@@ -89,7 +88,7 @@ struct Attached {
 
 struct Session {
     proxy: Arc<Proxy>,
-    client: TcpStream,
+    client: super::stream::ClientStream,
     /// Client bytes read and not yet handled.
     cbuf: BytesMut,
     to_client: BytesMut,

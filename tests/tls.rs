@@ -1,0 +1,124 @@
+//! TLS from clients: SSLRequest gets `S` and a rustls handshake when `[tls]`
+//! has a certificate; psql connects with `sslmode=require` and with
+//! `verify-full` against the test's CA, and refuses a proxy whose
+//! certificate another CA signed; `client_mode = "require"` turns
+//! plaintext logins away with Postgres's FATAL 28000. Against a real
+//! primary and two streaming replicas.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use causeway::tls::ClientMode;
+use support::{TestCluster, TestProxy, APP_DB, APP_PASSWORD, APP_USER};
+
+/// A CA, and a certificate it signed for `localhost` and 127.0.0.1, as
+/// PEM files in `dir`: (ca.pem, server.pem, server.key).
+fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("causeway test CA {name}"),
+    );
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("server params");
+    let cert = params
+        .signed_by(&key, &ca, &ca_key)
+        .expect("server certificate");
+    let paths = (
+        dir.join(format!("{name}-ca.pem")),
+        dir.join(format!("{name}-server.pem")),
+        dir.join(format!("{name}-server.key")),
+    );
+    std::fs::write(&paths.0, ca.pem()).expect("write CA");
+    std::fs::write(&paths.1, cert.pem()).expect("write certificate");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write key");
+    paths
+}
+
+/// psql through the proxy with a libpq connection string's TLS part;
+/// stdout, or stderr as the error.
+fn psql(port: u16, tls: &str, sql: &str) -> Result<String, String> {
+    let psql = std::env::var("PG_BIN")
+        .map(|bin| format!("{bin}/psql"))
+        .unwrap_or_else(|_| "psql".to_string());
+    let conninfo = format!(
+        "host=localhost hostaddr=127.0.0.1 port={port} user={APP_USER} dbname={APP_DB} {tls}"
+    );
+    let out = Command::new(psql)
+        .args(["-X", "-A", "-t", "-d", &conninfo, "-c", sql])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env_remove("PGSSLMODE")
+        .output()
+        .expect("psql runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+#[test]
+fn clients_connect_over_tls_and_plaintext_is_refused_when_required() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ca, cert, key) = certificates(dir.path(), "good");
+    let (other_ca, _, _) = certificates(dir.path(), "other");
+    let cluster = TestCluster::shared();
+    let proxy = TestProxy::start_with(cluster, |c| {
+        c.tls.cert_file = Some(cert.clone());
+        c.tls.key_file = Some(key.clone());
+        c.tls.client_mode = Some(ClientMode::Require);
+    });
+    let port = proxy.port;
+    let ca = ca.display().to_string();
+
+    for tls in [
+        "sslmode=require".to_string(),
+        format!("sslmode=verify-full sslrootcert={ca}"),
+        format!("sslmode=verify-ca sslrootcert={ca}"),
+    ] {
+        let info = psql(port, &tls, "\\conninfo").unwrap_or_else(|e| panic!("{tls}: {e}"));
+        assert!(
+            info.contains("SSL connection (protocol: TLSv1.3"),
+            "{tls}: {info}"
+        );
+        // Through TLS the proxy routes as ever: a read on a replica.
+        let on_replica = psql(port, &tls, "SELECT pg_is_in_recovery()").expect("read");
+        assert_eq!(on_replica, "t", "{tls}");
+    }
+    // Another CA: the client refuses the proxy.
+    let err = psql(
+        port,
+        &format!("sslmode=verify-full sslrootcert={}", other_ca.display()),
+        "SELECT 1",
+    )
+    .expect_err("a certificate from another CA");
+    assert!(err.contains("certificate verify failed"), "{err}");
+    // Plaintext, when TLS is required: Postgres's own refusal.
+    let err = psql(port, "sslmode=disable", "SELECT 1").expect_err("plaintext refused");
+    assert!(
+        err.contains("no pg_hba.conf entry for host \"127.0.0.1\", user \"app\", database \"app\", no encryption"),
+        "{err}"
+    );
+    proxy.stop();
+
+    // "prefer": TLS when asked, plaintext otherwise.
+    let prefer = TestProxy::start_with(cluster, |c| {
+        c.tls.cert_file = Some(cert.clone());
+        c.tls.key_file = Some(key.clone());
+    });
+    let info = psql(prefer.port, "sslmode=prefer", "\\conninfo").expect("prefer");
+    assert!(info.contains("SSL connection"), "{info}");
+    assert_eq!(
+        psql(prefer.port, "sslmode=disable", "SELECT 1").expect("plaintext"),
+        "1"
+    );
+    prefer.stop();
+}
