@@ -384,10 +384,20 @@ impl ServerConn {
     /// an idle timeout). Looks without consuming anything.
     pub async fn is_closed(&self) -> bool {
         let mut probe = [0u8; 1];
-        match tokio::time::timeout(std::time::Duration::ZERO, self.stream.peek(&mut probe)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => true,
-            Ok(Ok(_)) => self.rbuf.is_empty() && probe[0] == b'E',
-            Err(_) => false,
+        // One non-blocking look: `Pending` means nothing to read, open.
+        let peeked = std::future::poll_fn(|cx| {
+            let mut buf = tokio::io::ReadBuf::new(&mut probe);
+            std::task::Poll::Ready(match self.stream.poll_peek(cx, &mut buf) {
+                std::task::Poll::Ready(Ok(n)) => Some(Ok(n)),
+                std::task::Poll::Ready(Err(e)) => Some(Err(e)),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await;
+        match peeked {
+            Some(Ok(0)) | Some(Err(_)) => true,
+            Some(Ok(_)) => self.rbuf.is_empty() && probe[0] == b'E',
+            None => false,
         }
     }
 

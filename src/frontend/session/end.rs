@@ -31,7 +31,7 @@ impl Session {
             }
             End::ServerLost(why) => {
                 tracing::warn!(reason = %why, "server connection lost");
-                if !self.server_fatal {
+                if !self.server_fatal || self.fatal_swallowed {
                     messages::error_response(
                         &mut farewell,
                         Severity::Fatal,

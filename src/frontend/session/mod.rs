@@ -147,6 +147,9 @@ struct Session {
     /// It ran DDL that may change functions; the catalog is read again
     /// when its transaction ends.
     functions_changed: bool,
+    /// A server's FATAL was kept from the client (its session was to
+    /// survive the loss): if it ends after all, it must say why itself.
+    fatal_swallowed: bool,
     /// A commit's LSN was lost with the primary's connection: reads go to
     /// the primary until an LSN query answers again.
     causal_unknown: bool,
@@ -362,6 +365,7 @@ pub async fn run(
         functions_changed: false,
         catalog_rows: None,
         causal_unknown: false,
+        fatal_swallowed: false,
         declared_read_only,
         role_isolation,
         serializable_refused: false,
@@ -541,6 +545,7 @@ impl Session {
         self.tx_wrote = false;
         self.tx_effects.clear();
         self.server_fatal = false;
+        self.fatal_swallowed = false;
         self.commit_awaiting_lsn = false;
         self.lsn_answer = None;
         self.catalog_rows = None;

@@ -340,6 +340,7 @@ impl Session {
                     // connection is gone (see `Session::server_failed`).
                     let fields = messages::parse_error_fields(&message[5..]);
                     inflight.lost = Some((fields.code, fields.message));
+                    self.fatal_swallowed = true;
                 } else if tag != b'Z' {
                     self.pass_on(message);
                 } else if let Some(Expect::Client(inflight)) = self.pending.pop_front() {
