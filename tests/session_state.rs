@@ -233,3 +233,36 @@ async fn reset_all_keeps_the_role_as_postgres_does() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_default_of_read_only_runs_blocks_on_replicas() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    let c = cluster();
+    c.psql_db(
+        c.primary_port(),
+        APP_DB,
+        "DROP DATABASE IF EXISTS ro_default_db",
+    );
+    c.psql_db(
+        c.primary_port(),
+        APP_DB,
+        "CREATE DATABASE ro_default_db OWNER app",
+    );
+    c.psql_db(
+        c.primary_port(),
+        APP_DB,
+        "ALTER DATABASE ro_default_db SET default_transaction_read_only = on",
+    );
+    c.wait_replicas_caught_up();
+    let client = support::connect_app(port, "ro_default_db", None).await;
+    for _ in 0..3 {
+        client.batch_execute("BEGIN").await.expect("begin");
+        let row = values(&client, "SELECT pg_is_in_recovery()::text").await;
+        client.batch_execute("COMMIT").await.expect("commit");
+        assert_eq!(
+            row[0], "true",
+            "a block of a read-only database ran on the primary"
+        );
+    }
+}
