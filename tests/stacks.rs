@@ -223,6 +223,27 @@ async fn asyncpg_pool_reset_and_transactions() {
         .expect("read");
     simple(&client, "COMMIT;").await;
     assert!(row.get::<_, bool>(0));
+    // Type introspection (custom types): jit off around the lookup, then
+    // back; session settings, not pins.
+    let row = client
+        .query_one(
+            "SELECT current_setting('jit') AS cur, set_config('jit', 'off', false) AS new",
+            &[],
+        )
+        .await
+        .expect("jit off");
+    let previous: String = row.get(0);
+    assert_reads_on_replicas(&client, "asyncpg-introspection").await;
+    let jit: String = client
+        .query_one("SELECT current_setting('jit')", &[])
+        .await
+        .expect("jit on replicas")
+        .get(0);
+    assert_eq!(jit, "off", "the setting follows the session");
+    client
+        .query("SELECT set_config('jit', $1, false)", &[&previous])
+        .await
+        .expect("jit back");
     // The pool's reset query on release.
     simple(
         &client,

@@ -422,6 +422,24 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
                     set("default_transaction_deferrable", on_off(deferrable));
                 }
             }
+            SessionChange::SetMany(settings) => {
+                for (name, value) in settings {
+                    facts.effects.push(match value {
+                        classify::ConfigValue::Literal(value) => Effect::Set {
+                            name: name.clone(),
+                            sql: format!(
+                                "SELECT pg_catalog.set_config({}, {}, false)",
+                                sql_literal(name),
+                                sql_literal(value)
+                            ),
+                        },
+                        classify::ConfigValue::Parameter(param) => Effect::SetFromParameter {
+                            name: name.clone(),
+                            param: *param,
+                        },
+                    });
+                }
+            }
             SessionChange::SetFromParameter { name, param } => {
                 facts.effects.push(Effect::SetFromParameter {
                     name: name.clone(),
@@ -486,6 +504,11 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
             }
         },
     }
+}
+
+/// A string literal for replay SQL (standard-conforming: quotes doubled).
+fn sql_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 fn on_off(on: bool) -> String {

@@ -178,6 +178,9 @@ pub enum SessionChange {
         name: String,
         param: usize,
     },
+    /// `SELECT set_config(...), set_config(...), current_setting(...)`:
+    /// several session-level settings in one statement.
+    SetMany(Vec<(String, ConfigValue)>),
     /// `RESET name`: forget the recorded `SET` of `name`.
     Reset {
         name: String,
@@ -211,6 +214,13 @@ pub enum SessionChange {
     CloseCursor {
         name: Option<String>,
     },
+}
+
+/// The value a `set_config` gives: a literal, or a Bind parameter (0-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigValue {
+    Literal(String),
+    Parameter(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use super::tokens::{
     final_string, ident, is, kw, kw_any, lparen, matching_paren, string_lit, tok, var_name, Toks,
 };
 use super::transaction::transaction_modes;
-use super::{DiscardTarget, Kind, SessionChange, SetScope, TxControl};
+use super::{ConfigValue, DiscardTarget, Kind, SessionChange, SetScope, TxControl};
 
 /// `PREPARE TRANSACTION 'gid'` or `PREPARE name [(types)] AS statement`.
 pub(super) fn prepare(cx: &Context, t: &Toks) -> Option<Kind> {
@@ -135,32 +135,91 @@ pub(super) fn set(cx: &Context, t: &Toks) -> Option<Kind> {
 /// value, a flag that is not a literal false) is `None`, and the call's
 /// usual verdict (a pin) stands.
 pub(super) fn select_set_config(cx: &Context, t: &Toks) -> Option<Kind> {
-    let mut i = 1;
-    if kw(t, i, "PG_CATALOG") && is(t, i + 1, &Token::Period) {
-        i += 2;
+    let items = super::tokens::split_commas(t.get(1..)?);
+    let mut settings = Vec::new();
+    for item in &items {
+        let item = without_alias(item);
+        match config_call(item)? {
+            ConfigCall::Set(name, value) => settings.push((name, value)),
+            ConfigCall::Read => {}
+        }
     }
-    if !kw(t, i, "SET_CONFIG") || !lparen(t, i + 1) {
+    match settings.as_mut_slice() {
+        [] => None,
+        // One setting alone: replay the statement itself.
+        [(name, ConfigValue::Literal(_))] if items.len() == 1 => {
+            Some(session(SessionChange::Set {
+                name: std::mem::take(name),
+                scope: SetScope::Session,
+                statement: cx.text(t),
+            }))
+        }
+        [(name, ConfigValue::Parameter(param))] if items.len() == 1 => {
+            Some(session(SessionChange::SetFromParameter {
+                name: std::mem::take(name),
+                param: *param,
+            }))
+        }
+        // Several, or beside reads of settings (asyncpg's type
+        // introspection: `SELECT current_setting('jit'), set_config('jit',
+        // 'off', false)`): each replayed on its own.
+        _ => Some(session(SessionChange::SetMany(settings))),
+    }
+}
+
+/// An item of a select list without its `[AS] alias`.
+fn without_alias<'t, 'a>(item: &'t Toks<'a>) -> &'t Toks<'a> {
+    let n = item.len();
+    let word = |i: usize| matches!(tok(item, i), Some(Token::Word(_)));
+    if n >= 3 && kw(item, n - 2, "AS") && word(n - 1) {
+        &item[..n - 2]
+    } else if n >= 2 && word(n - 1) && is(item, n - 2, &Token::RParen) {
+        &item[..n - 1]
+    } else {
+        item
+    }
+}
+
+enum ConfigCall {
+    /// `set_config('name', value, false)`.
+    Set(String, ConfigValue),
+    /// `current_setting('name' [, missing_ok])`: reads, changes nothing.
+    Read,
+}
+
+/// A select-list item that is exactly a call of `set_config` at session
+/// level with a literal name, or of `current_setting`; `None` otherwise.
+fn config_call(item: &Toks) -> Option<ConfigCall> {
+    let mut i = 0;
+    if kw(item, 0, "PG_CATALOG") && is(item, 1, &Token::Period) {
+        i = 2;
+    }
+    let reads = kw(item, i, "CURRENT_SETTING");
+    if !(reads || kw(item, i, "SET_CONFIG")) || !lparen(item, i + 1) {
         return None;
     }
-    let close = matching_paren(t, i + 1)?;
-    let rest = t.len() - (close + 1);
-    let alias = match rest {
-        0 => true,
-        1 => matches!(tok(t, close + 1), Some(Token::Word(_))),
-        2 => kw(t, close + 1, "AS") && matches!(tok(t, close + 2), Some(Token::Word(_))),
-        _ => false,
-    };
-    if !alias {
+    let close = matching_paren(item, i + 1)?;
+    if close + 1 != item.len() {
         return None;
     }
-    let args = super::tokens::split_commas(&t[i + 2..close]);
-    let [[name], [value], [flag]] = args.as_slice() else {
+    let args = super::tokens::split_commas(&item[i + 2..close]);
+    let literal = |arg: &&Toks| match arg {
+        [one] => match &one.token.token {
+            Token::SingleQuotedString(s) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    if reads {
+        return match args.as_slice() {
+            [name] | [name, _] => literal(name).map(|_| ConfigCall::Read),
+            _ => None,
+        };
+    }
+    let [name, [value], [flag]] = args.as_slice() else {
         return None;
     };
-    let name = match &name.token.token {
-        Token::SingleQuotedString(s) => s.to_ascii_lowercase(),
-        _ => return None,
-    };
+    let name = literal(name)?.to_ascii_lowercase();
     let is_false = match &flag.token.token {
         Token::Word(w) => w.quote_style.is_none() && w.value.eq_ignore_ascii_case("false"),
         Token::SingleQuotedString(s) => ["f", "false", "off", "no", "0"]
@@ -171,19 +230,14 @@ pub(super) fn select_set_config(cx: &Context, t: &Toks) -> Option<Kind> {
     if !is_false || name.is_empty() {
         return None;
     }
-    let statement = cx.text(t);
-    match &value.token.token {
-        Token::SingleQuotedString(_) => Some(session(SessionChange::Set {
-            name,
-            scope: SetScope::Session,
-            statement,
-        })),
+    let value = match &value.token.token {
+        Token::SingleQuotedString(s) => ConfigValue::Literal(s.clone()),
         Token::Placeholder(p) => {
-            let param = p.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1)?;
-            Some(session(SessionChange::SetFromParameter { name, param }))
+            ConfigValue::Parameter(p.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1)?)
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some(ConfigCall::Set(name, value))
 }
 
 pub(super) fn reset(t: &Toks) -> Option<SessionChange> {

@@ -377,6 +377,10 @@ pub(super) fn corpus() -> Vec<(&'static str, X)> {
         ("select set_config('app.tenant', $2, false) tenant", s(SC::SetFromParameter { name: name("app.tenant"), param: 1 })),
         ("SELECT set_config('app.tenant', $1, $2)", pinned(SetConfig)),
         ("SELECT set_config('a.b', current_setting('a.c'), false)", pinned(SetConfig)),
+        // asyncpg's type introspection, before and after.
+        ("SELECT current_setting('jit') AS cur, set_config('jit', 'off', false) AS new", s(SC::SetMany(vec![(name("jit"), ConfigValue::Literal("off".into()))]))),
+        ("SELECT set_config('a.b', 'x', false), pg_catalog.set_config('a.c', $2, 'false')", s(SC::SetMany(vec![(name("a.b"), ConfigValue::Literal("x".into())), (name("a.c"), ConfigValue::Parameter(1))]))),
+        ("SELECT current_setting('jit')", r("select")),
         ("SELECT set_config($1, 'x', false)", pinned(SetConfig)),
         ("SELECT 1, set_config('a.b', 'x', false)", pinned(SetConfig)),
         ("CREATE TABLE pg_advisory_lock_log (a int)", w("ddl")),
