@@ -149,6 +149,15 @@ pub struct ProxySection {
     pub worker_threads: usize,
     /// How long SIGTERM waits for clients to finish before closing them.
     pub shutdown_timeout_ms: u64,
+    /// Most clients of one login role at once (0: no limit); more get
+    /// Postgres's `53300 too many connections for role`.
+    pub max_client_connections_per_user: usize,
+    /// Most clients of one database at once (0: no limit).
+    pub max_client_connections_per_database: usize,
+    /// A client idle inside an open transaction for this long is closed
+    /// (`57P05`, as Postgres's `idle_in_transaction_session_timeout`), so it
+    /// cannot hold a server connection forever. 0: never.
+    pub client_idle_in_transaction_timeout_ms: u64,
 }
 
 impl Default for ProxySection {
@@ -159,6 +168,9 @@ impl Default for ProxySection {
             client_login_timeout_ms: 60_000,
             worker_threads: 1,
             shutdown_timeout_ms: 30_000,
+            max_client_connections_per_user: 0,
+            max_client_connections_per_database: 0,
+            client_idle_in_transaction_timeout_ms: 0,
         }
     }
 }

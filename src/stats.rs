@@ -74,6 +74,11 @@ impl ClientEntry {
 }
 
 impl Stats {
+    /// Clients connected now for which `matches` holds.
+    pub fn count_clients(&self, matches: impl Fn(&ClientInfo) -> bool) -> usize {
+        self.clients.iter().filter(|c| matches(c.value())).count()
+    }
+
     pub fn register(self: &Arc<Self>, info: ClientInfo) -> ClientEntry {
         let info = Arc::new(info);
         self.clients.insert(info.pid, info.clone());

@@ -46,6 +46,13 @@ impl Session {
             End::NoServer { code, message } => {
                 messages::error_response(&mut farewell, Severity::Fatal, code, message, None);
             }
+            End::IdleInTransaction => messages::error_response(
+                &mut farewell,
+                Severity::Fatal,
+                "57P05",
+                "terminating connection due to idle-in-transaction timeout",
+                None,
+            ),
             End::Drained | End::Killed => messages::error_response(
                 &mut farewell,
                 Severity::Fatal,

@@ -66,6 +66,8 @@ enum End {
     Drained,
     /// The console's `KILL`.
     Killed,
+    /// Idle inside a transaction past `client_idle_in_transaction_timeout_ms`.
+    IdleInTransaction,
 }
 
 enum Event {
@@ -78,6 +80,8 @@ enum Event {
     PauseChanged,
     /// The console's `KILL`.
     Killed,
+    /// Idle inside a transaction for too long.
+    IdleInTransaction,
 }
 
 /// A server connection in use by the session.
@@ -189,6 +193,10 @@ pub async fn run(
     ready: Ready,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    if let Some(refusal) = over_client_limits(&proxy, &ready) {
+        refuse(&mut io, refusal).await;
+        return;
+    }
     let cancel = proxy.cancels.register();
     let mut state = SessionState::default();
     let mut client_id = None;
@@ -381,6 +389,29 @@ pub async fn run(
     session.proxy.pause.set_busy(session.busy, false);
     session.finish(end).await;
     crate::metrics::client_disconnected();
+}
+
+/// Postgres's answers for a role or database over its connection limit,
+/// for `max_client_connections_per_user` / `_per_database`.
+fn over_client_limits(proxy: &Proxy, ready: &Ready) -> Option<super::LoginError> {
+    let limits = &proxy.config.proxy;
+    let user = ready.params.user().unwrap_or_default();
+    let database = &ready.login.database;
+    let fatal = |message: String| super::LoginError::Fatal {
+        code: "53300".into(),
+        message,
+    };
+    let per_user = limits.max_client_connections_per_user;
+    if per_user > 0 && proxy.stats.count_clients(|c| c.user == user) >= per_user {
+        return Some(fatal(format!("too many connections for role \"{user}\"")));
+    }
+    let per_database = limits.max_client_connections_per_database;
+    if per_database > 0 && proxy.stats.count_clients(|c| &c.database == database) >= per_database {
+        return Some(fatal(format!(
+            "too many connections for database \"{database}\""
+        )));
+    }
+    None
 }
 
 /// The connection a new client's greeting comes from: the primary's, or,
@@ -636,6 +667,19 @@ impl Session {
                 let cbuf = &mut self.cbuf;
                 let mut client_read = client_read;
                 let mut client_write = client_write;
+                // Idle inside a transaction on a server: the timer runs.
+                let idle_limit = self
+                    .proxy
+                    .config
+                    .proxy
+                    .client_idle_in_transaction_timeout_ms;
+                let idle_in_transaction = idle_limit > 0
+                    && self.tx_status != b'I'
+                    && self.deferred_begin.is_none()
+                    && self.pending.is_empty()
+                    && self.queued.is_empty()
+                    && self.to_server.is_empty()
+                    && !self.builder.is_building();
                 let client_room =
                     self.to_server.len() < HIGH_WATER && self.queued.len() < MAX_QUEUED_UNITS;
                 tokio::select! {
@@ -650,6 +694,7 @@ impl Session {
                     _ = shutdown.changed(), if !self.draining => Event::Shutdown,
                     _ = self.pause.changed(), if self.held_by_pause => Event::PauseChanged,
                     _ = self.entry.info.kill.notified() => Event::Killed,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(idle_limit)), if idle_in_transaction => Event::IdleInTransaction,
                 }
             };
             match event {
@@ -695,6 +740,7 @@ impl Session {
                 Event::Shutdown => self.draining = true,
                 Event::PauseChanged => self.held_by_pause = false,
                 Event::Killed => return End::Killed,
+                Event::IdleInTransaction => return End::IdleInTransaction,
             }
         }
     }
