@@ -72,7 +72,9 @@ pub struct UnitFacts {
     pub copy_in: bool,
     /// Functions it calls (see `Classification::calls`); a read calling a
     /// VOLATILE user function is a possible write.
-    pub calls: Vec<String>,
+    /// Shared, so that copying a unit's facts (every simple query) costs
+    /// no allocation for them.
+    pub calls: Arc<[String]>,
     /// May create, change or drop functions: the catalog of function
     /// volatility is read again after it.
     pub changes_functions: bool,
@@ -143,10 +145,14 @@ impl UnitFacts {
         self.effects.extend(other.effects.iter().cloned());
         self.executes.extend(other.executes.iter().cloned());
         self.copy_in |= other.copy_in;
-        for call in &other.calls {
-            if !self.calls.contains(call) {
-                self.calls.push(call.clone());
+        if other.calls.iter().any(|c| !self.calls.contains(c)) {
+            let mut calls = self.calls.to_vec();
+            for call in other.calls.iter() {
+                if !calls.contains(call) {
+                    calls.push(call.clone());
+                }
             }
+            self.calls = calls.into();
         }
         self.changes_functions |= other.changes_functions;
         self.frees_database
@@ -210,7 +216,7 @@ impl FactsCache {
             return;
         }
         facts.write_reason = Some(reason);
-        facts.calls.clear();
+        facts.calls = Arc::default();
         if self.map.len() >= self.capacity {
             self.map.clear();
         }
@@ -278,7 +284,7 @@ pub fn from_sql(sql: &str, extra_write_functions: &[String]) -> UnitFacts {
         }
     }
     if facts.write_reason.is_none() {
-        facts.calls = classification.calls;
+        facts.calls = classification.calls.into();
     }
     facts
 }
@@ -617,7 +623,7 @@ mod tests {
             ]
         );
         let facts = from_sql("SELECT my_fn(a), count(*) FROM t WHERE x IN (1)", &[]);
-        assert_eq!(facts.calls, vec!["my_fn", "count"]);
+        assert_eq!(&facts.calls[..], ["my_fn", "count"]);
         assert!(facts.is_read());
         let facts = from_sql(
             "CREATE OR REPLACE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql",
