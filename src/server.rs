@@ -230,6 +230,18 @@ impl Proxy {
     }
 
     /// The login the proxy uses on servers for this client user and database.
+    /// The server writes go to now, as the servers' own answers say (see
+    /// `crate::replicas::WriteTarget`): the configured primary, or the
+    /// replica promoted while it is gone; `None` while two claim the role.
+    pub fn primary_target(&self) -> Option<&ServerTarget> {
+        use crate::replicas::WriteTarget;
+        match self.monitor.with_positions(|p| p.write_target()) {
+            WriteTarget::Configured => Some(&self.primary),
+            WriteTarget::Promoted(i) => Some(self.replicas.get(i).unwrap_or(&self.primary)),
+            WriteTarget::SplitBrain => None,
+        }
+    }
+
     pub fn server_login(&self, user: &str, database: &str) -> Login {
         let (server_user, password) = match self.users.get(user) {
             Some(u) => (u.server_user.clone(), u.server_password.clone()),

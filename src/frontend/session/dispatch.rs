@@ -242,59 +242,6 @@ impl Session {
         super::local::respond(&mut self.to_client, &unit.bytes, &answer, self.tx_status);
     }
 
-    /// The server writes go to now: the configured primary, or the replica
-    /// promoted while it is gone; an error while two servers claim the role.
-    pub(super) fn primary_target(&self) -> Result<crate::backend::ServerTarget, End> {
-        use crate::replicas::WriteTarget;
-        match self.proxy.monitor.with_positions(|p| p.write_target()) {
-            WriteTarget::Configured => Ok(self.proxy.primary.clone()),
-            WriteTarget::Promoted(i) => match self.proxy.replicas.get(i) {
-                Some(target) => Ok(target.clone()),
-                None => Ok(self.proxy.primary.clone()),
-            },
-            WriteTarget::SplitBrain => Err(End::NoServer {
-                code: "57P03",
-                message: "two servers claim to be the primary; writes are refused until one of them is in recovery again".into(),
-            }),
-        }
-    }
-
-    /// Whether `unit` can be answered with an error instead of running: it
-    /// started at rest (or right after a held-back BEGIN), nothing else is
-    /// in flight, and it sends no COPY data the proxy would have to drop.
-    fn may_refuse_unit(&self, unit: &Unit) -> bool {
-        self.pending.is_empty()
-            && self.open_batch.is_none()
-            && self.current.is_none()
-            && !unit.facts.copy_in
-            && (self.tx_status == b'I' || self.deferred_begin.is_some())
-    }
-
-    /// Answers a unit that needs the primary while no primary can be
-    /// reached: SQLSTATE 57P03 (cannot connect now), which drivers and
-    /// pools treat as transient, and the client stays connected. A
-    /// held-back BEGIN is dropped with it: the block never started.
-    fn refuse_no_primary(&mut self, unit: &Unit, why: &str) {
-        let text = format!(
-            "causeway: no primary server is available, so this statement was not run: {why}"
-        );
-        tracing::warn!(reason = %why, "no primary for a unit; answered with an error");
-        messages::error_response(
-            &mut self.to_client,
-            Severity::Error,
-            "57P03",
-            &text,
-            Some("Reads still go to the replicas; retry the write when the primary is back."),
-        );
-        crate::metrics::error_sent(b"57P03");
-        crate::metrics::no_primary();
-        self.deferred_begin = None;
-        self.tx_status = b'I';
-        if unit.synced {
-            messages::ready_for_query(&mut self.to_client, b'I');
-        }
-    }
-
     /// Fails a read for which no replica is fresh under `on_stale = "error"`.
     fn refuse_stale(&mut self, unit: &Unit) {
         let causal = self

@@ -14,8 +14,10 @@
 
 mod dispatch;
 mod end;
+mod greeting;
 mod local;
 mod optimistic;
+mod outage;
 mod responses;
 pub mod state;
 pub mod units;
@@ -193,7 +195,7 @@ pub async fn run(
     ready: Ready,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    if let Some(refusal) = over_client_limits(&proxy, &ready) {
+    if let Some(refusal) = greeting::over_client_limits(&proxy, &ready) {
         refuse(&mut io, refusal).await;
         return;
     }
@@ -225,14 +227,15 @@ pub async fn run(
     }
     // The greeting comes from a primary connection, which also proves the
     // database and login work before the client is told it is in.
-    let (greeting_server, pool, mut lease) = match greeting_connection(&proxy, &ready.login).await {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::warn!(error = %e, "no server connection for new client");
-            refuse(&mut io, backend_login_error(e)).await;
-            return;
-        }
-    };
+    let (greeting_server, pool, mut lease) =
+        match greeting::greeting_connection(&proxy, &ready.login).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "no server connection for new client");
+                refuse(&mut io, backend_login_error(e)).await;
+                return;
+            }
+        };
     // Bring the greeting connection to the client's startup settings. A
     // connection another client used first may fail to be undone: it is
     // closed, and a new one tried, before the client is blamed.
@@ -391,77 +394,6 @@ pub async fn run(
     crate::metrics::client_disconnected();
 }
 
-/// Postgres's answers for a role or database over its connection limit,
-/// for `max_client_connections_per_user` / `_per_database`.
-fn over_client_limits(proxy: &Proxy, ready: &Ready) -> Option<super::LoginError> {
-    let limits = &proxy.config.proxy;
-    let user = ready.params.user().unwrap_or_default();
-    let database = &ready.login.database;
-    let fatal = |message: String| super::LoginError::Fatal {
-        code: "53300".into(),
-        message,
-    };
-    let per_user = limits.max_client_connections_per_user;
-    if per_user > 0 && proxy.stats.count_clients(|c| c.user == user) >= per_user {
-        return Some(fatal(format!("too many connections for role \"{user}\"")));
-    }
-    let per_database = limits.max_client_connections_per_database;
-    if per_database > 0 && proxy.stats.count_clients(|c| &c.database == database) >= per_database {
-        return Some(fatal(format!(
-            "too many connections for database \"{database}\""
-        )));
-    }
-    None
-}
-
-/// The connection a new client's greeting comes from: the primary's, or,
-/// while the primary cannot be reached, a healthy replica's, so that clients
-/// can still log in and read. A server that refuses the login itself (wrong
-/// database, say) is the answer, not a reason to look further.
-async fn greeting_connection(
-    proxy: &Arc<Proxy>,
-    login: &Login,
-) -> Result<(Server, Arc<crate::backend::pool::Pool>, Lease), crate::backend::BackendError> {
-    use crate::backend::BackendError;
-    let primary = match proxy.monitor.with_positions(|p| p.write_target()) {
-        crate::replicas::WriteTarget::Promoted(i) => {
-            proxy.replicas.get(i).unwrap_or(&proxy.primary)
-        }
-        _ => &proxy.primary,
-    };
-    let pool = proxy.pools.get(primary, login);
-    let primary_error = match pool.checkout().await {
-        Ok(lease) => return Ok((Server::Primary, pool, lease)),
-        Err(e) => e,
-    };
-    let unreachable = match &primary_error {
-        BackendError::Connect { .. }
-        | BackendError::ConnectTimeout { .. }
-        | BackendError::Io { .. } => true,
-        BackendError::Refused { code, .. } => code.starts_with("57P"),
-        _ => false,
-    };
-    if !unreachable {
-        return Err(primary_error);
-    }
-    let healthy: Vec<usize> = proxy.monitor.with_positions(|p| {
-        (0..p.replicas.len())
-            .filter(|&i| p.replicas[i].healthy)
-            .collect()
-    });
-    for i in healthy {
-        let Some(target) = proxy.replicas.get(i) else {
-            continue;
-        };
-        let pool = proxy.pools.get(target, login);
-        if let Ok(lease) = pool.checkout().await {
-            tracing::warn!(error = %primary_error, replica = %target.name, "primary unreachable; a new client logs in through a replica");
-            return Ok((Server::Replica(i), pool, lease));
-        }
-    }
-    Err(primary_error)
-}
-
 async fn read_opt(half: Option<(ReadHalf<'_>, &mut BytesMut)>) -> io::Result<usize> {
     match half {
         Some((mut half, buf)) => {
@@ -506,93 +438,6 @@ impl Session {
             && self.client_streaming == 0
             && self.server_streaming == 0
             && self.to_server.is_empty()
-    }
-
-    /// The primary's connection was lost under an autocommit unit (no
-    /// block open, not pinned, nothing else in flight): the client gets an
-    /// ERROR and ReadyForQuery for it, and its session goes on; its next
-    /// unit gets a connection to whatever primary there is then. Returns
-    /// whether it was so answered.
-    /// Whether losing the connection to `server` now costs the client only
-    /// an error per unit in flight: it is the primary, and every unit in
-    /// flight started outside a block (the proxy's own statements around
-    /// them, settings, commit LSN, catalog, may go too).
-    pub(super) fn units_survive_loss_of(&self, server: Server) -> bool {
-        use responses::Internal;
-        server == Server::Primary
-            && self.pinned.is_empty()
-            && self.open_batch.is_none()
-            && self.server_streaming == 0
-            && self.optimistic.is_none()
-            && self.pending.iter().all(|e| match e {
-                Expect::Client(inflight) => inflight.started_at_rest && inflight.retry.is_none(),
-                Expect::Internal(kind) => {
-                    matches!(kind, Internal::Setup | Internal::Lsn | Internal::Catalog)
-                }
-            })
-    }
-
-    fn answer_lost_unit(&mut self, attached: &Attached) -> bool {
-        if !self.units_survive_loss_of(attached.server) {
-            return false;
-        }
-        if let Some(ready) = self.ready_after_lsn.take() {
-            // A unit committed and only its commit LSN was lost with the
-            // connection: the client hears its success; the session's
-            // reads go to the primary until the primary tells it how far
-            // its WAL goes, since no replica can be shown to have it.
-            tracing::warn!("primary connection lost before a commit's LSN was known; the session reads from the primary until it is known");
-            self.to_client.extend_from_slice(&ready);
-            self.causal_unknown = true;
-        }
-        let text = format!(
-            "causeway: the connection to the primary \"{}\" was lost while it ran this statement, which may not have been committed",
-            attached.lease.conn.server_name
-        );
-        for expect in std::mem::take(&mut self.pending) {
-            let Expect::Client(inflight) = expect else {
-                continue;
-            };
-            let (code, detail) = inflight.lost.clone().unwrap_or_else(|| {
-                (
-                    "08006".to_string(),
-                    "server closed the connection unexpectedly".to_string(),
-                )
-            });
-            tracing::warn!(%code, detail = %detail, "primary connection lost under an autocommit unit; the client gets an error, its session goes on");
-            messages::error_response(
-                &mut self.to_client,
-                messages::Severity::Error,
-                "08006",
-                &text,
-                Some(&format!(
-                    "The server said: {code} {detail}. Retry when the primary is back."
-                )),
-            );
-            crate::metrics::error_sent(b"08006");
-            messages::ready_for_query(&mut self.to_client, b'I');
-        }
-        self.tx_status = b'I';
-        self.tx_wrote = false;
-        self.tx_effects.clear();
-        self.server_fatal = false;
-        self.fatal_swallowed = false;
-        self.commit_awaiting_lsn = false;
-        self.lsn_answer = None;
-        self.catalog_rows = None;
-        true
-    }
-
-    /// Between units, with nothing on the current server that a new
-    /// connection could not have: its loss costs the client nothing.
-    pub(super) fn idle_between_units(&self) -> bool {
-        self.pending.is_empty()
-            && self.open_batch.is_none()
-            && self.tx_status == b'I'
-            && self.deferred_begin.is_none()
-            && self.optimistic.is_none()
-            && self.pinned.is_empty()
-            && self.server_streaming == 0
     }
 
     /// Where connections of the same client share their causal LSN.

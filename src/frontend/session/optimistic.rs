@@ -233,12 +233,7 @@ impl Session {
             Some(sql) => sql.to_string(),
             None => {
                 let name = unit.uses.first()?;
-                match &self.state.prepared.get(name)?.replay {
-                    super::state::Replay::Parse(parse) => {
-                        super::units::sql_texts(parse).first()?.to_string()
-                    }
-                    super::state::Replay::Sql(sql) => sql.clone(),
-                }
+                self.state.prepared.get(name)?.replay.sql()?.to_string()
             }
         };
         Some(crate::router::normalize::literal_blind_key(&sql).unwrap_or(sql))

@@ -478,14 +478,7 @@ impl Session {
             let Some(prepared) = self.state.prepared.get_mut(&name) else {
                 continue;
             };
-            match &prepared.replay {
-                super::state::Replay::Parse(parse) => texts.extend(
-                    super::units::sql_texts(parse)
-                        .into_iter()
-                        .map(str::to_string),
-                ),
-                super::state::Replay::Sql(sql) => texts.push(sql.clone()),
-            }
+            texts.extend(prepared.replay.sql().map(str::to_string));
             let mut facts = (*prepared.facts).clone();
             facts.write_reason.get_or_insert(REASON);
             prepared.facts = std::sync::Arc::new(facts);

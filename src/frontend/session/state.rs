@@ -43,6 +43,16 @@ impl Prepared {
     }
 }
 
+impl Replay {
+    /// The statement's SQL: the Parse message's query, or the `PREPARE`.
+    pub fn sql(&self) -> Option<&str> {
+        match self {
+            Replay::Parse(parse) => super::units::sql_texts(parse).first().copied(),
+            Replay::Sql(sql) => Some(sql),
+        }
+    }
+}
+
 impl Hash for Replay {
     fn hash<H: Hasher>(&self, state: &mut H) {
         match self {
