@@ -8,8 +8,19 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use causeway::replicas::WriteTarget;
 use support::{wait_for, ClusterOptions, TestCluster, TestProxy, APP_DB};
 use tokio_postgres::Client;
+
+/// Waits until the proxy's monitor sends writes to `target`.
+fn wait_write_target(proxy: &TestProxy, what: &str, target: WriteTarget) {
+    wait_for(what, Duration::from_secs(30), || {
+        match proxy.proxy.monitor.positions().write_target() {
+            seen if seen == target => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+}
 
 fn setup(cluster: &TestCluster) {
     cluster.psql_db(
@@ -106,16 +117,10 @@ async fn two_primaries_get_no_writes_until_one_is_gone() {
 
     // Split brain: replica0 promoted while the primary is still up.
     cluster.promote("replica0");
-    wait_for(
+    wait_write_target(
+        &proxy,
         "the monitor to see replica0 promoted",
-        Duration::from_secs(30),
-        || {
-            let positions = proxy.proxy.monitor.positions();
-            match positions.write_target() {
-                causeway::replicas::WriteTarget::SplitBrain => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
+        WriteTarget::SplitBrain,
     );
     let err = write(&session, "split")
         .await
@@ -132,47 +137,23 @@ async fn two_primaries_get_no_writes_until_one_is_gone() {
 
     // The old primary goes: replica0 takes the writes.
     cluster.stop_server("primary");
-    wait_for(
-        "writes to go to replica0",
-        Duration::from_secs(30),
-        || match proxy.proxy.monitor.positions().write_target() {
-            causeway::replicas::WriteTarget::Promoted(0) => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    );
+    wait_write_target(&proxy, "writes to go to replica0", WriteTarget::Promoted(0));
     assert_eq!(
         write(&session, "after").await.expect("write"),
         i32::from(cluster.replica_port(0))
     );
 }
 
-/// Runs pgbench through the proxy with `args`; its whole output.
-fn pgbench(port: u16, args: &[&str]) -> String {
-    let out = std::process::Command::new("pgbench")
-        .args(["-h", "127.0.0.1", "-U", support::APP_USER, "-p"])
-        .arg(port.to_string())
-        .args(args)
-        .arg(APP_DB)
-        .env("PGPASSWORD", support::APP_PASSWORD)
-        .output()
-        .expect("pgbench runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
-    text
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planned_switchover_under_pgbench_fails_no_transaction() {
     let cluster = TestCluster::start(ClusterOptions::default());
     let proxy = TestProxy::start(&cluster);
-    pgbench(proxy.port, &["-i", "-s", "1", "-q"]);
+    support::pgbench(proxy.port, &["-i", "-s", "1", "-q"]);
     cluster.wait_replicas_caught_up();
     let port = proxy.port;
-    let load = std::thread::spawn(move || pgbench(port, &["-c", "8", "-j", "2", "-T", "8", "-n"]));
+    let load = std::thread::spawn(move || {
+        support::pgbench(port, &["-c", "8", "-j", "2", "-T", "8", "-n"])
+    });
     tokio::time::sleep(Duration::from_secs(2)).await;
     // PAUSE, let replica0 catch up, promote it, stop the old primary,
     // RESUME.
@@ -188,14 +169,7 @@ async fn planned_switchover_under_pgbench_fails_no_transaction() {
     cluster.wait_replica_caught_up(0);
     cluster.promote("replica0");
     cluster.stop_server("primary");
-    wait_for(
-        "writes to go to replica0",
-        Duration::from_secs(30),
-        || match proxy.proxy.monitor.positions().write_target() {
-            causeway::replicas::WriteTarget::Promoted(0) => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    );
+    wait_write_target(&proxy, "writes to go to replica0", WriteTarget::Promoted(0));
     console.simple_query("RESUME").await.expect("RESUME");
     let out = load.join().expect("pgbench thread");
     assert!(

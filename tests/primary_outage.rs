@@ -104,31 +104,16 @@ async fn a_lost_primary_fails_writes_not_sessions() {
     assert_eq!(count_rows(&newcomer).await.expect("read"), 3);
 }
 
-/// Runs pgbench through the proxy with `args`; its whole output.
-fn pgbench(port: u16, args: &[&str]) -> std::process::Output {
-    std::process::Command::new("pgbench")
-        .args(["-h", "127.0.0.1", "-U", APP_USER, "-p"])
-        .arg(port.to_string())
-        .args(args)
-        .arg(APP_DB)
-        .env("PGPASSWORD", APP_PASSWORD)
-        .output()
-        .expect("pgbench runs")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_restart_the_primary_resume_without_a_failed_transaction() {
     let cluster = TestCluster::start(ClusterOptions::default());
     let proxy = TestProxy::start(&cluster);
-    let init = pgbench(proxy.port, &["-i", "-s", "1", "-q"]);
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    support::pgbench(proxy.port, &["-i", "-s", "1", "-q"]);
     cluster.wait_replicas_caught_up();
     let port = proxy.port;
-    let load = std::thread::spawn(move || pgbench(port, &["-c", "8", "-j", "2", "-T", "8", "-n"]));
+    let load = std::thread::spawn(move || {
+        support::pgbench(port, &["-c", "8", "-j", "2", "-T", "8", "-n"])
+    });
     // Let it run, then: PAUSE, restart the primary, RESUME.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let console = support::connect(proxy.port, APP_USER, APP_PASSWORD, "causeway").await;
@@ -143,13 +128,7 @@ async fn pause_restart_the_primary_resume_without_a_failed_transaction() {
     cluster.start_server("primary");
     wait_primary(&proxy, true);
     console.simple_query("RESUME").await.expect("RESUME");
-    let out = load.join().expect("pgbench thread");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "pgbench failed:\n{text}");
+    let text = load.join().expect("pgbench thread");
     assert!(
         text.contains("number of failed transactions: 0 (0.000%)"),
         "transactions failed across the restart:\n{text}"

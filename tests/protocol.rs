@@ -468,22 +468,7 @@ async fn startup_options_reach_the_server() {
 }
 
 fn pgbench(args: &[&str]) -> String {
-    let out = Command::new("pgbench")
-        .args(["-h", "127.0.0.1", "-U", APP_USER])
-        .arg("-p")
-        .arg(proxy().port.to_string())
-        .args(args)
-        .arg(APP_DB)
-        .env("PGPASSWORD", APP_PASSWORD)
-        .output()
-        .expect("pgbench runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
-    text
+    support::pgbench(proxy().port, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

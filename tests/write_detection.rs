@@ -212,6 +212,16 @@ async fn serializable_sessions_read_in_every_spelling() {
                 panic!("{setup} in {db}, extended: {}", support::describe_error(&e))
             });
         }
+        // The reads ran where a serializable read can: the primary.
+        let on_replica: bool = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .expect("where")
+            .get(0);
+        assert!(
+            !on_replica,
+            "{setup} in {db}: a serializable read reached a replica"
+        );
         let level = client
             .query_one("SHOW transaction_isolation", &[])
             .await
@@ -249,6 +259,15 @@ async fn serializable_sessions_read_in_every_spelling() {
             .await
             .unwrap_or_else(|e| panic!("{first}, then a read: {}", support::describe_error(&e)));
         assert_eq!(rows.len(), 1);
+        let on_replica: bool = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .expect("where")
+            .get(0);
+        assert!(
+            !on_replica,
+            "{first}: a serializable block ran on a replica"
+        );
         client.batch_execute("COMMIT").await.expect("commit");
     }
 }

@@ -45,6 +45,26 @@ pub async fn connect_app(port: u16, db: &str, options: Option<&str>) -> Client {
     client
 }
 
+/// Runs pgbench against `port` as the application role on its database
+/// with `args`; panics unless it succeeds, and returns stdout + stderr.
+pub fn pgbench(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("pgbench")
+        .args(["-h", "127.0.0.1", "-U", super::APP_USER, "-p"])
+        .arg(port.to_string())
+        .args(args)
+        .arg(super::APP_DB)
+        .env("PGPASSWORD", super::APP_PASSWORD)
+        .output()
+        .expect("pgbench runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+    text
+}
+
 /// [`connect`] that returns the error, for tests that expect a refusal
 /// (see [`describe_error`] and `Error::code()`).
 pub async fn try_connect(

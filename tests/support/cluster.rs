@@ -274,29 +274,30 @@ impl TestCluster {
         if name == "redis" {
             return self.redis().stop();
         }
+        self.pg_ctl(
+            name,
+            &["-m", "fast", "-w", "-t", "60", "-s", "stop"],
+            "stopping",
+        );
+    }
+
+    /// Runs `pg_ctl -D <name's data dir> args`, panicking with its output.
+    fn pg_ctl(&self, name: &str, args: &[&str], doing: &str) {
         let server = self.server(name);
         run(
             Tools::get()
                 .server_command("pg_ctl", &self.dir)
                 .arg("-D")
                 .arg(&server.data_dir)
-                .args(["-m", "fast", "-w", "-t", "60", "-s", "stop"]),
-            &format!("stopping {name}"),
+                .args(args),
+            &format!("{doing} {name}"),
         );
     }
 
     /// Promotes a replica (`pg_ctl promote`, waiting until it is out of
     /// recovery): it becomes a primary on a new timeline.
     pub fn promote(&self, name: &str) {
-        let server = self.server(name);
-        run(
-            Tools::get()
-                .server_command("pg_ctl", &self.dir)
-                .arg("-D")
-                .arg(&server.data_dir)
-                .args(["-w", "-t", "60", "-s", "promote"]),
-            &format!("promoting {name}"),
-        );
+        self.pg_ctl(name, &["-w", "-t", "60", "-s", "promote"], "promoting");
     }
 
     /// Starts a stopped server again and waits until it is useful: a replica
