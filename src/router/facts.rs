@@ -433,11 +433,7 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
                     facts.effects.push(match value {
                         classify::ConfigValue::Literal(value) => Effect::Set {
                             name: name.clone(),
-                            sql: format!(
-                                "SELECT pg_catalog.set_config({}, {}, false)",
-                                sql_literal(name),
-                                sql_literal(value)
-                            ),
+                            sql: set_config_sql(name, value),
                         },
                         classify::ConfigValue::Parameter(param) => Effect::SetFromParameter {
                             name: name.clone(),
@@ -512,9 +508,17 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
     }
 }
 
-/// A string literal for replay SQL (standard-conforming: quotes doubled).
-fn sql_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+/// The statement that gives the session's `name` the value `value`, as the
+/// startup packet would (`set_config` keeps `a,b` one value, unlike `SET x
+/// = a,b`): how every setting known by its value is replayed. Literals are
+/// standard-conforming (quotes doubled).
+pub fn set_config_sql(name: &str, value: &str) -> String {
+    let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    format!(
+        "SELECT pg_catalog.set_config({}, {}, false)",
+        literal(name),
+        literal(value)
+    )
 }
 
 fn on_off(on: bool) -> String {

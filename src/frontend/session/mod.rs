@@ -220,7 +220,7 @@ pub async fn run(
                 }
             },
             _ => {
-                let sql = state::startup_setting_sql(&name, value);
+                let sql = crate::router::facts::set_config_sql(&name, value);
                 state.settings.insert(name, sql);
             }
         }

@@ -199,20 +199,6 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
-/// The SQL that gives a startup parameter its value, as the startup packet
-/// would (`set_config` keeps `a,b` a list, unlike `SET x = 'a,b'`).
-pub fn startup_setting_sql(name: &str, value: &str) -> String {
-    format!(
-        "SELECT pg_catalog.set_config({}, {}, false)",
-        quote_literal(name),
-        quote_literal(value)
-    )
-}
-
 /// Appends a simple Query for `sql`.
 pub fn query(out: &mut BytesMut, sql: &str) {
     messages::query(out, sql);

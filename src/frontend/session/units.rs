@@ -286,11 +286,7 @@ fn bind_settings(unit: &mut Unit, bind: &[u8]) {
             .flatten()
         {
             Some(value) => {
-                let sql = format!(
-                    "SELECT pg_catalog.set_config({}, {}, false)",
-                    super::state::quote_literal(name),
-                    super::state::quote_literal(&value)
-                );
+                let sql = crate::router::facts::set_config_sql(name, &value);
                 *effect = Effect::Set {
                     name: std::mem::take(name),
                     sql,
