@@ -12,6 +12,7 @@
 //! server's answers are passed back ([`responses`]). Messages pass through
 //! as bytes; only headers and a few bodies are read.
 
+mod attach;
 mod dispatch;
 mod end;
 mod greeting;

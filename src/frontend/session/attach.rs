@@ -1,0 +1,144 @@
+//! Getting a server connection for a unit: the one in use if it is on the
+//! right server (and still open), one kept for the session, or one from the
+//! pool, preferring the last one this session had there; and bringing it up
+//! to date with the session's settings and prepared statements before the
+//! unit runs on it.
+
+use super::responses::{Expect, Internal};
+use super::units::Unit;
+use super::{Attached, End, Session};
+use crate::protocol::messages;
+use crate::router::Server;
+
+impl Session {
+    /// Brings the current connection up to date with the session for
+    /// `unit`: settings, and the prepared statements it uses or makes.
+    pub(super) fn catch_up_for(&mut self, unit: &Unit) -> Result<(), End> {
+        let Some(attached) = self.current.as_mut() else {
+            return Err(End::ServerLost("no server attached".into()));
+        };
+        let catchup = self
+            .state
+            .catch_up(&mut attached.lease.conn, &unit.needs(), &unit.creates());
+        if let Some(sql) = catchup.settings {
+            self.pending.push_back(Expect::Internal(Internal::Setup));
+            messages::query(&mut self.to_server, &sql);
+        }
+        if let Some(batch) = catchup.statements {
+            self.pending.push_back(Expect::Internal(Internal::Setup));
+            self.to_server.extend_from_slice(&batch);
+        }
+        if let Some(sql) = catchup.sql_prepares {
+            self.pending.push_back(Expect::Internal(Internal::Setup));
+            messages::query(&mut self.to_server, &sql);
+        }
+        Ok(())
+    }
+
+    /// Makes `server` the current connection, keeping the one in use if it
+    /// is the same. A replica that cannot be reached is reported and the
+    /// primary used instead. Returns the server attached.
+    pub(super) async fn attach(&mut self, server: Server) -> Result<Server, End> {
+        // The primary is whichever server says it is one now.
+        let primary = match server {
+            Server::Primary => Some(self.primary_target()?),
+            Server::Replica(_) => None,
+        };
+        let moved = |a: &super::Attached| {
+            primary
+                .as_ref()
+                .is_some_and(|t| a.lease.conn.server_name != t.name)
+        };
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|a| a.server == server && moved(a))
+        {
+            // A promotion happened since: the old primary's connection
+            // goes (its pool keeps it for nobody; it is of the old server).
+            self.current = None;
+        }
+        self.stash.retain(|a| !(a.server == server && moved(a)));
+        if self.current.as_ref().map(|a| a.server) == Some(server) {
+            // A connection kept between units (session pooling) may have
+            // been closed by the server meanwhile: replace it unseen.
+            let closed = match self.current.as_ref() {
+                Some(attached) if self.idle_between_units() => {
+                    attached.lease.conn.is_closed().await
+                }
+                _ => false,
+            };
+            if !closed {
+                return Ok(server);
+            }
+            tracing::info!(
+                ?server,
+                "server connection closed while idle; using a new one"
+            );
+            self.current = None;
+        }
+        if let Some(old) = self.current.take() {
+            match self.proxy.config.pool.mode {
+                crate::config::PoolMode::Transaction => old.lease.give_back(),
+                crate::config::PoolMode::Session => self.stash.push(old),
+            }
+        }
+        if let Some(i) = self.stash.iter().position(|a| a.server == server) {
+            let kept = self.stash.swap_remove(i);
+            if !kept.lease.conn.is_closed().await {
+                self.current = Some(kept);
+                self.set_cancel_target();
+                return Ok(server);
+            }
+            tracing::info!(
+                ?server,
+                "kept server connection was closed; using a new one"
+            );
+        }
+        let target = match (server, primary) {
+            (_, Some(primary)) => primary,
+            (Server::Primary, None) => self.proxy.primary.clone(),
+            (Server::Replica(i), None) => match self.proxy.replicas.get(i) {
+                Some(t) => t.clone(),
+                None => return Box::pin(self.attach(Server::Primary)).await,
+            },
+        };
+        let pool = self.proxy.pools.get(&target, &self.login);
+        let asked = std::time::Instant::now();
+        let preferred = self
+            .last_conn
+            .iter()
+            .find(|(s, _)| *s == server)
+            .map(|(_, id)| *id);
+        let checked_out = pool.checkout_preferring(preferred).await;
+        crate::metrics::pool_wait(&target.name, asked.elapsed());
+        match checked_out {
+            Ok(lease) => {
+                match self.last_conn.iter_mut().find(|(s, _)| *s == server) {
+                    Some(slot) => slot.1 = lease.conn.id,
+                    None => self.last_conn.push((server, lease.conn.id)),
+                }
+                self.current = Some(Attached { server, lease });
+                self.set_cancel_target();
+                Ok(server)
+            }
+            Err(e) if server != Server::Primary => {
+                tracing::warn!(replica = %target.name, error = %e, "replica unreachable; using the primary");
+                self.proxy
+                    .monitor
+                    .report_failure(&target.name, &e.to_string());
+                Box::pin(self.attach(Server::Primary)).await
+            }
+            Err(e) => {
+                let code = match e {
+                    crate::backend::BackendError::PoolTimeout { .. } => "53300",
+                    _ => "08006",
+                };
+                Err(End::NoServer {
+                    code,
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+}
