@@ -272,12 +272,16 @@ fn replicas(proxy: &Proxy) -> Table {
             vec![
                 text(&r.name),
                 text(&r.address),
-                text(r.healthy),
+                text(positions.serves(r)),
                 text(r.replayed),
                 text(r.lag_bytes),
                 text(format!("{:.3}", r.lag_seconds)),
                 text(proxy.stats.units(&r.name)),
-                r.last_error.clone(),
+                r.last_error.clone().or_else(|| {
+                    (r.healthy && !positions.serves(r))
+                        .then(|| "not on the primary's timeline".to_string())
+                }),
+                r.timeline.and_then(text),
             ]
         })
         .collect();
@@ -291,6 +295,7 @@ fn replicas(proxy: &Proxy) -> Table {
             "lag_seconds",
             "reads_served",
             "last_error",
+            "timeline",
         ],
         rows,
     }

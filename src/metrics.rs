@@ -123,12 +123,21 @@ pub fn positions(positions: &Positions, primary_name: &str) {
             .set(r.lag_bytes as f64);
         metrics::gauge!("causeway_replica_lag_seconds", "server" => server.clone())
             .set(r.lag_seconds);
-        metrics::gauge!("causeway_replica_healthy", "server" => server).set(if r.healthy {
-            1.0
-        } else {
-            0.0
-        });
+        metrics::gauge!("causeway_replica_timeline", "server" => server.clone())
+            .set(f64::from(r.timeline.unwrap_or(0)));
+        // Healthy and on the primary's timeline: it gets reads.
+        metrics::gauge!("causeway_replica_healthy", "server" => server)
+            .set(up(positions.serves(r)));
     }
+    if let Some(timeline) = positions.history.timeline {
+        metrics::gauge!("causeway_timeline").set(f64::from(timeline));
+    }
+}
+
+/// The write target moved to another timeline (a promotion).
+pub fn timeline_switch(timeline: u32) {
+    metrics::counter!("causeway_timeline_switches_total").increment(1);
+    metrics::gauge!("causeway_timeline").set(f64::from(timeline));
 }
 
 /// A poll of a server failed.

@@ -34,6 +34,12 @@ pub struct ReplicaStatus {
     pub last_error: Option<String>,
     /// Answering and out of recovery: promoted, a primary now.
     pub promoted: bool,
+    /// The timeline it follows (its WAL receiver's; else its last
+    /// restartpoint's), or, promoted, the one it writes.
+    pub timeline: Option<u32>,
+    /// Promoted: where its own history provably holds everything before
+    /// (see [`Positions::primary_since`]).
+    pub since: Option<Lsn>,
 }
 
 impl ReplicaStatus {
@@ -56,7 +62,90 @@ pub struct Positions {
     pub primary_lsn: Lsn,
     /// The configured primary answers and is not in recovery.
     pub primary_healthy: bool,
+    /// The timeline the configured primary writes, while it is one.
+    pub primary_timeline: Option<u32>,
+    /// The configured primary's `pg_last_wal_replay_lsn()`: the end of
+    /// the WAL it replayed before taking writes (where its timeline began,
+    /// if it was promoted), else its position when polled.
+    pub primary_since: Option<Lsn>,
     pub replicas: Vec<ReplicaStatus>,
+    /// The timeline writes go to, and the switches seen since start-up.
+    pub history: History,
+}
+
+/// The write target's timeline as the proxy has followed it.
+///
+/// A causal LSN is only meaningful on the timeline it was written on.
+/// When a promotion starts a new timeline, a write acknowledged on the old
+/// one is in the new history only if it ended before the fork; a replica
+/// of the new timeline that has replayed past the fork holds every write
+/// that survived. So each switch keeps a bound, and an LSN of an earlier
+/// epoch is carried into the current one as at most that bound: reads
+/// never wait for a position the old timeline reached but the new one
+/// never will, and never miss a write that survived.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    /// The write target's timeline; `None` until first seen.
+    pub timeline: Option<u32>,
+    /// One per switch seen: the new primary's fork point (or, when it
+    /// cannot say, its position when first seen, which is past it).
+    bounds: Vec<Lsn>,
+}
+
+impl History {
+    /// How many timeline switches this proxy has seen: the epoch a commit
+    /// LSN is tagged with.
+    pub fn epoch(&self) -> u32 {
+        u32::try_from(self.bounds.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The LSN a replica of the current timeline must have replayed to
+    /// hold a write acknowledged at `lsn` during `epoch`.
+    pub fn carry(&self, lsn: Lsn, epoch: u32) -> Lsn {
+        self.bounds
+            .iter()
+            .skip(epoch as usize)
+            .fold(lsn, |carried, bound| carried.min(*bound))
+    }
+
+    /// Notes the write target's `timeline`; a different one than before
+    /// is a switch, bounded by `since`. Returns whether it was one.
+    fn follow(&mut self, timeline: u32, since: Lsn) -> bool {
+        match self.timeline {
+            Some(known) if known == timeline => false,
+            None => {
+                self.timeline = Some(timeline);
+                false
+            }
+            Some(known) => {
+                tracing::warn!(from = known, to = timeline, fork = %since, "the primary is on a new timeline: writes acknowledged past the fork may be lost; replicas not on the new timeline get no reads");
+                self.bounds.push(since);
+                self.timeline = Some(timeline);
+                crate::metrics::timeline_switch(timeline);
+                true
+            }
+        }
+    }
+}
+
+/// A causal LSN and the epoch (timeline switches seen) it was written in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mark {
+    pub lsn: Lsn,
+    pub epoch: u32,
+}
+
+impl Mark {
+    /// The later of two marks: one of a later epoch holds everything an
+    /// earlier one carries into it (it was written on the new timeline,
+    /// past the fork); within an epoch, the higher LSN.
+    pub fn max(self, other: Mark) -> Mark {
+        if (other.epoch, other.lsn) > (self.epoch, self.lsn) {
+            other
+        } else {
+            self
+        }
+    }
 }
 
 /// Where writes go, as the servers' own answers say: the primary is
@@ -75,6 +164,41 @@ pub enum WriteTarget {
 }
 
 impl Positions {
+    /// Whether replica `r` may serve reads now: healthy, and on the
+    /// timeline writes go to (a replica left on an old one holds a history
+    /// the primary no longer has, and misses everything written since).
+    pub fn serves(&self, r: &ReplicaStatus) -> bool {
+        r.healthy
+            && match (r.timeline, self.history.timeline) {
+                (Some(theirs), Some(ours)) => theirs == ours,
+                _ => true,
+            }
+    }
+
+    /// `mark` carried into the current timeline (see [`History`]).
+    pub fn carry(&self, mark: Mark) -> Lsn {
+        self.history.carry(mark.lsn, mark.epoch)
+    }
+
+    /// Follows the write target's timeline after an update. Returns
+    /// whether it switched.
+    fn follow_timeline(&mut self) -> bool {
+        let (timeline, since) = match self.write_target() {
+            WriteTarget::Configured if self.primary_healthy => {
+                (self.primary_timeline, self.primary_since)
+            }
+            WriteTarget::Promoted(i) => match self.replicas.get(i) {
+                Some(r) => (r.timeline, r.since),
+                None => return false,
+            },
+            _ => return false,
+        };
+        match (timeline, since) {
+            (Some(timeline), Some(since)) => self.history.follow(timeline, since),
+            _ => false,
+        }
+    }
+
     /// Some server takes writes now: the configured primary, or one
     /// promoted replica.
     pub fn has_primary(&self) -> bool {
@@ -137,8 +261,13 @@ impl Monitor {
                     advanced_at: None,
                     last_error: None,
                     promoted: false,
+                    timeline: None,
+                    since: None,
                 })
                 .collect(),
+            primary_timeline: None,
+            primary_since: None,
+            history: History::default(),
         };
         Arc::new(Monitor {
             positions: watch::Sender::new(positions),
@@ -147,6 +276,14 @@ impl Monitor {
             poll_interval,
             stopped: watch::Sender::new(false),
         })
+    }
+
+    /// `lsn` tagged with the current epoch.
+    pub fn mark(&self, lsn: Lsn) -> Mark {
+        Mark {
+            lsn,
+            epoch: self.with_positions(|p| p.history.epoch()),
+        }
     }
 
     /// The latest positions. Cheap: a clone under a read lock.
@@ -239,48 +376,53 @@ impl Monitor {
                 Ok(client) => client,
                 Err(e) => {
                     tracing::warn!(server = %target.name, error = %e, "cannot reach the primary");
-                    self.positions
-                        .send_if_modified(|p| std::mem::replace(&mut p.primary_healthy, false));
+                    self.primary_lost();
                     backoff.sleep().await;
                     continue;
                 }
             };
             backoff.reset();
             loop {
-                match client
-                    .simple_query(
-                        "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END",
-                    )
-                    .await
-                {
-                    Ok(rows) => {
-                        let lsn = first_value(&rows).and_then(|v| v.parse().ok());
-                        if let Some(lsn) = lsn {
-                            self.positions.send_if_modified(|p| {
-                                let changed = p.primary_lsn != lsn || !p.primary_healthy;
-                                p.primary_lsn = p.primary_lsn.max(lsn);
-                                p.primary_healthy = true;
-                                changed
-                            });
-                        } else {
-                            // In recovery: a standby now, not the primary.
-                            if self.positions.send_if_modified(|p| {
-                                std::mem::replace(&mut p.primary_healthy, false)
-                            }) {
-                                tracing::warn!(server = %target.name, "the configured primary is in recovery: writes go to a promoted replica, if any");
-                            }
+                match poll(&client).await {
+                    Ok(Polled::Primary {
+                        lsn,
+                        timeline,
+                        since,
+                    }) => {
+                        self.positions.send_if_modified(|p| {
+                            let changed = p.primary_lsn != lsn
+                                || !p.primary_healthy
+                                || p.primary_timeline != timeline;
+                            p.primary_lsn = p.primary_lsn.max(lsn);
+                            p.primary_healthy = true;
+                            p.primary_timeline = timeline;
+                            p.primary_since = Some(since);
+                            p.follow_timeline() || changed
+                        });
+                    }
+                    Ok(_) => {
+                        // In recovery: a standby now, not the primary.
+                        if self.primary_lost() {
+                            tracing::warn!(server = %target.name, "the configured primary is in recovery: writes go to a promoted replica, if any");
                         }
                     }
                     Err(e) => {
                         tracing::warn!(server = %target.name, error = %e, "primary stopped answering");
-                        self.positions
-                            .send_if_modified(|p| std::mem::replace(&mut p.primary_healthy, false));
+                        self.primary_lost();
                         break;
                     }
                 }
                 self.pause().await;
             }
         }
+    }
+
+    /// The configured primary is gone or in recovery: writes go to a
+    /// promoted replica, if there is one. Returns whether that changed.
+    fn primary_lost(&self) -> bool {
+        self.positions.send_if_modified(|p| {
+            std::mem::replace(&mut p.primary_healthy, false) | p.follow_timeline()
+        })
     }
 
     async fn watch_replica(&self, index: usize, target: ServerTarget, login: Login) {
@@ -297,31 +439,24 @@ impl Monitor {
             };
             backoff.reset();
             loop {
-                let polled = client
-                    .simple_query(
-                        "SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text, \
-                         CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END",
-                    )
-                    .await;
-                let rows = match polled {
-                    Ok(rows) => rows,
+                match poll(&client).await {
+                    Ok(Polled::Standby {
+                        replayed: Some(replayed),
+                        timeline,
+                    }) => self.mark_position(index, replayed, timeline),
+                    Ok(Polled::Standby { replayed: None, .. }) => {
+                        self.mark_unhealthy(index, "no replay position reported")
+                    }
+                    Ok(Polled::Primary {
+                        lsn,
+                        timeline,
+                        since,
+                    }) => self.mark_promoted(index, lsn, timeline, since),
                     Err(e) => {
                         crate::metrics::poll_error(&target.name);
                         self.mark_unhealthy(index, &e.to_string());
                         break;
                     }
-                };
-                let row = rows.iter().find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
-                    _ => None,
-                });
-                let in_recovery = row.and_then(|r| r.get(0)) == Some("true");
-                let replayed: Option<Lsn> = row.and_then(|r| r.get(1)).and_then(|v| v.parse().ok());
-                let written: Option<Lsn> = row.and_then(|r| r.get(2)).and_then(|v| v.parse().ok());
-                match (in_recovery, replayed) {
-                    (true, Some(replayed)) => self.mark_position(index, replayed),
-                    (false, _) => self.mark_promoted(index, written),
-                    (true, None) => self.mark_unhealthy(index, "no replay position reported"),
                 }
                 self.pause().await;
             }
@@ -329,15 +464,21 @@ impl Monitor {
         }
     }
 
-    fn mark_position(&self, index: usize, replayed: Lsn) {
+    fn mark_position(&self, index: usize, replayed: Lsn, timeline: Option<u32>) {
         self.positions.send_if_modified(|p| {
             let primary_lsn = p.primary_lsn;
             let Some(r) = p.replicas.get_mut(index) else {
                 return false;
             };
             let was_healthy = r.healthy;
-            let changed = !r.healthy || r.replayed != replayed || r.promoted;
+            // A standby's timeline only moves forward; the fallback (its
+            // last restartpoint's) may lag the WAL receiver's.
+            let timeline = r.timeline.max(timeline);
+            let changed =
+                !r.healthy || r.replayed != replayed || r.promoted || r.timeline != timeline;
             r.promoted = false;
+            r.timeline = timeline;
+            r.since = None;
             if r.replayed != replayed {
                 r.advanced_at = Some(Instant::now());
             }
@@ -367,29 +508,31 @@ impl Monitor {
             if !was_healthy {
                 tracing::info!(replica = %r.name, replayed = %replayed, "replica is healthy");
             }
-            changed
+            p.follow_timeline() || changed
         });
     }
 
     /// Replica `index` answers out of recovery: it is a primary now, at
-    /// `written`. It gets no reads; writes may go to it (see
+    /// `written` on `timeline`. It gets no reads; writes may go to it (see
     /// [`Positions::write_target`]).
-    fn mark_promoted(&self, index: usize, written: Option<Lsn>) {
+    fn mark_promoted(&self, index: usize, written: Lsn, timeline: Option<u32>, since: Lsn) {
         self.positions.send_if_modified(|p| {
             let Some(r) = p.replicas.get_mut(index) else {
                 return false;
             };
-            let changed = !r.promoted || r.healthy;
+            let changed = !r.promoted || r.healthy || r.timeline != timeline;
             if !r.promoted {
-                tracing::warn!(server = %r.name, "server is out of recovery: a primary now; it gets no reads");
+                tracing::warn!(server = %r.name, timeline = ?timeline, "server is out of recovery: a primary now; it gets no reads");
             }
             r.promoted = true;
             r.healthy = false;
+            r.timeline = timeline;
+            r.since = Some(since);
             r.last_error = Some("not in recovery: promoted, or not a replica".to_string());
-            if let (false, Some(lsn)) = (p.primary_healthy, written) {
-                p.primary_lsn = p.primary_lsn.max(lsn);
+            if !p.primary_healthy {
+                p.primary_lsn = p.primary_lsn.max(written);
             }
-            changed
+            p.follow_timeline() || changed
         });
     }
 
@@ -405,7 +548,7 @@ impl Monitor {
             r.healthy = false;
             r.promoted = false;
             r.last_error = Some(why.to_string());
-            changed
+            p.follow_timeline() || changed
         });
     }
 
@@ -444,10 +587,52 @@ async fn connect(
     Ok(client)
 }
 
-fn first_value(rows: &[tokio_postgres::SimpleQueryMessage]) -> Option<&str> {
-    rows.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+/// What one poll of a server found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Polled {
+    /// In recovery, replayed this far, following `timeline`.
+    Standby {
+        replayed: Option<Lsn>,
+        timeline: Option<u32>,
+    },
+    /// Out of recovery: writing at `lsn` on `timeline`; its history holds
+    /// everything before `since` (see [`Positions::primary_since`]).
+    Primary {
+        lsn: Lsn,
+        timeline: Option<u32>,
+        since: Lsn,
+    },
+}
+
+/// One query for every server, whatever its role. A standby's timeline is
+/// its WAL receiver's (visible to `pg_monitor` members), else that of its
+/// last restartpoint; a primary's is in its current WAL file's name.
+const POLL: &str = "SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text, \
+     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
+     (CASE WHEN pg_is_in_recovery() \
+       THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
+                     (SELECT timeline_id FROM pg_control_checkpoint())) \
+       ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END)::text";
+
+async fn poll(client: &tokio_postgres::Client) -> Result<Polled, tokio_postgres::Error> {
+    let rows = client.simple_query(POLL).await?;
+    let row = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
         _ => None,
+    });
+    let column = |i: usize| row.and_then(|r| r.get(i));
+    let lsn = |i: usize| column(i).and_then(|v| v.parse::<Lsn>().ok());
+    let timeline = column(3).and_then(|v| v.parse::<u32>().ok());
+    Ok(match (column(0) == Some("true"), lsn(2)) {
+        (false, Some(written)) => Polled::Primary {
+            lsn: written,
+            timeline,
+            since: lsn(1).unwrap_or(written),
+        },
+        _ => Polled::Standby {
+            replayed: lsn(1),
+            timeline,
+        },
     })
 }
 
@@ -464,5 +649,92 @@ impl Backoff {
     async fn sleep(&mut self) {
         tokio::time::sleep(self.0).await;
         self.0 = (self.0 * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(lsn: u64, epoch: u32) -> Mark {
+        Mark {
+            lsn: Lsn(lsn),
+            epoch,
+        }
+    }
+
+    #[test]
+    fn a_write_of_an_old_timeline_is_carried_by_the_fork() {
+        let mut history = History::default();
+        assert!(!history.follow(1, Lsn(10)), "the first timeline seen");
+        assert_eq!(history.epoch(), 0);
+        assert!(history.follow(2, Lsn(500)), "a promotion forked at 500");
+        assert_eq!(history.epoch(), 1);
+        assert!(!history.follow(2, Lsn(900)), "the same timeline again");
+        // Written before the fork: it survived, at its own LSN.
+        assert_eq!(history.carry(Lsn(400), 0), Lsn(400));
+        // Past the fork: it did not survive, and no replica of the new
+        // timeline should be waited for beyond the fork.
+        assert_eq!(history.carry(Lsn(700), 0), Lsn(500));
+        // Written on the new timeline: as it is.
+        assert_eq!(history.carry(Lsn(700), 1), Lsn(700));
+        assert!(history.follow(3, Lsn(600)));
+        assert_eq!(history.carry(Lsn(700), 0), Lsn(500), "the lowest fork");
+        assert_eq!(history.carry(Lsn(700), 1), Lsn(600));
+    }
+
+    #[test]
+    fn a_later_epoch_outranks_a_higher_lsn() {
+        assert_eq!(mark(900, 0).max(mark(600, 1)), mark(600, 1));
+        assert_eq!(mark(600, 1).max(mark(900, 0)), mark(600, 1));
+        assert_eq!(mark(600, 1).max(mark(700, 1)), mark(700, 1));
+    }
+
+    fn status(name: &str, healthy: bool, timeline: Option<u32>) -> ReplicaStatus {
+        ReplicaStatus {
+            name: name.into(),
+            address: String::new(),
+            healthy,
+            replayed: Lsn(100),
+            lag_bytes: 0,
+            lag_seconds: 0.0,
+            polled_at: None,
+            behind_since: None,
+            advanced_at: None,
+            last_error: None,
+            promoted: false,
+            timeline,
+            since: None,
+        }
+    }
+
+    #[test]
+    fn a_promotion_switches_the_timeline_and_drops_replicas_left_behind() {
+        let mut p = Positions {
+            primary_lsn: Lsn(1000),
+            primary_healthy: true,
+            primary_timeline: Some(1),
+            primary_since: Some(Lsn(1000)),
+            replicas: vec![status("r0", true, Some(1)), status("r1", true, Some(1))],
+            history: History::default(),
+        };
+        assert!(!p.follow_timeline());
+        assert_eq!(p.history.timeline, Some(1));
+        assert!(p.replicas.iter().all(|r| p.serves(r)));
+        // r1 is promoted at 800 and the old primary is gone.
+        p.primary_healthy = false;
+        p.replicas[1].promoted = true;
+        p.replicas[1].healthy = false;
+        p.replicas[1].timeline = Some(2);
+        p.replicas[1].since = Some(Lsn(800));
+        assert!(p.follow_timeline());
+        assert_eq!(p.history.timeline, Some(2));
+        assert_eq!(p.carry(mark(950, 0)), Lsn(800));
+        assert!(!p.serves(&p.replicas[0]), "r0 still follows timeline 1");
+        p.replicas[0].timeline = Some(2);
+        assert!(p.serves(&p.replicas[0]), "r0 follows the new primary");
+        // A replica whose timeline is unknown is not held back by it.
+        assert!(p.serves(&status("r2", true, None)));
+        assert!(!p.serves(&status("r3", false, Some(2))));
     }
 }

@@ -234,10 +234,21 @@ impl Proxy {
     /// `crate::replicas::WriteTarget`): the configured primary, or the
     /// replica promoted while it is gone; `None` while two claim the role.
     pub fn primary_target(&self) -> Option<&ServerTarget> {
+        self.primary_target_in_epoch().map(|(target, _)| target)
+    }
+
+    /// The write target and the epoch (timeline switches seen) it belongs
+    /// to, read together: a commit on it is tagged with that epoch.
+    pub fn primary_target_in_epoch(&self) -> Option<(&ServerTarget, u32)> {
         use crate::replicas::WriteTarget;
-        match self.monitor.with_positions(|p| p.write_target()) {
-            WriteTarget::Configured => Some(&self.primary),
-            WriteTarget::Promoted(i) => Some(self.replicas.get(i).unwrap_or(&self.primary)),
+        let (target, epoch) = self
+            .monitor
+            .with_positions(|p| (p.write_target(), p.history.epoch()));
+        match target {
+            WriteTarget::Configured => Some((&self.primary, epoch)),
+            WriteTarget::Promoted(i) => {
+                Some((self.replicas.get(i).unwrap_or(&self.primary), epoch))
+            }
             WriteTarget::SplitBrain => None,
         }
     }

@@ -200,3 +200,147 @@ async fn planned_switchover_under_pgbench_fails_no_transaction() {
         "every committed transaction is on the new primary"
     );
 }
+
+/// Waits until the monitor follows `timeline` and replica `i` serves reads
+/// on it (`serves`) or not.
+fn wait_replica_serves(proxy: &TestProxy, i: usize, timeline: u32, serves: bool) {
+    wait_for(
+        &format!("timeline {timeline} with replica{i} serving: {serves}"),
+        Duration::from_secs(30),
+        || {
+            let p = proxy.proxy.monitor.positions();
+            let r = &p.replicas[i];
+            match (p.history.timeline, p.serves(r)) {
+                (Some(t), s) if t == timeline && s == serves => Ok(()),
+                seen => Err(format!("{seen:?}, replica: {r:?}")),
+            }
+        },
+    );
+}
+
+/// Where a read ran, and what it saw of `body`.
+async fn read_where(client: &Client, body: &str) -> (bool, i64) {
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), count(*) FROM failover_notes WHERE body = $1",
+            &[&body],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("read of {body:?}: {}", support::describe_error(&e)));
+    (row.get(0), row.get(1))
+}
+
+/// A replica left on the old timeline has replayed further than the new
+/// primary's first writes, but it never will have them: it gets no reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_left_on_the_old_timeline_gets_no_reads() {
+    let cluster = TestCluster::start(ClusterOptions::default());
+    setup(&cluster);
+    let proxy = TestProxy::start(&cluster);
+    // replica0 stops early; replica1 replays a megabyte of WAL more.
+    cluster.stop_server("replica0");
+    let session = support::connect_app(proxy.port, APP_DB, None).await;
+    session
+        .batch_execute(
+            "INSERT INTO failover_notes (body) SELECT repeat('x', 200) FROM generate_series(1, 5000)",
+        )
+        .await
+        .expect("bulk write");
+    cluster.wait_replica_caught_up(1);
+    let old_end = cluster.replayed_lsn(1);
+    // The primary dies; replica0, which never saw the bulk write, is
+    // promoted: a new timeline forks before it.
+    cluster.stop_server("primary");
+    cluster.start_server_alone("replica0");
+    cluster.promote("replica0");
+    wait_write_target(&proxy, "writes to go to replica0", WriteTarget::Promoted(0));
+    wait_replica_serves(&proxy, 1, 2, false);
+
+    // A write on the new timeline lands below what replica1 replayed of
+    // the old one; its read must not go there.
+    assert_eq!(
+        write(&session, "fresh").await.expect("write"),
+        i32::from(cluster.replica_port(0))
+    );
+    let new_lsn = proxy.proxy.causal.newest().expect("a commit").lsn;
+    assert!(
+        new_lsn.0 < old_end.0,
+        "the new write ({new_lsn}) is below replica1's old-timeline position ({old_end})"
+    );
+    assert_eq!(
+        read_where(&session, "fresh").await,
+        (false, 1),
+        "read on the new primary, which has it"
+    );
+    let reader = support::connect_app(proxy.port, APP_DB, None).await;
+    assert_eq!(read_where(&reader, "fresh").await, (false, 1));
+    let replica1 = &proxy.proxy.monitor.positions().replicas[1];
+    assert_eq!(replica1.timeline, Some(1), "{replica1:?}");
+}
+
+/// A write acknowledged on the old primary that the promoted replica never
+/// received is lost (asynchronous replication); the session's causal LSN,
+/// past the fork, must not hold its reads back on the new timeline, and
+/// writes that survived stay visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_lost_in_the_promotion_holds_no_read_back() {
+    let cluster = TestCluster::start(ClusterOptions::default());
+    setup(&cluster);
+    let proxy = TestProxy::start(&cluster);
+    let session = support::connect_app(proxy.port, APP_DB, None).await;
+    // replica0 stops first, replica1 after "kept": only the primary has
+    // "lost".
+    cluster.stop_server("replica0");
+    write(&session, "kept").await.expect("write");
+    cluster.wait_replica_caught_up(1);
+    cluster.stop_server("replica1");
+    session
+        .batch_execute(
+            "INSERT INTO failover_notes (body) SELECT 'lost' FROM generate_series(1, 5000)",
+        )
+        .await
+        .expect("write that will be lost");
+    let lost_at = proxy.proxy.causal.newest().expect("a commit");
+    cluster.stop_server("primary");
+
+    // replica1 is promoted; replica0 follows it onto the new timeline.
+    cluster.start_server_alone("replica1");
+    cluster.promote("replica1");
+    cluster.repoint_replica("replica0", "replica1");
+    cluster.start_server_alone("replica0");
+    wait_write_target(&proxy, "writes to go to replica1", WriteTarget::Promoted(1));
+    wait_replica_serves(&proxy, 0, 2, true);
+    let carried = proxy.proxy.monitor.positions().carry(lost_at);
+    assert!(
+        carried < lost_at.lsn,
+        "the lost write's LSN {} is carried to the fork {carried}",
+        lost_at.lsn
+    );
+
+    // The session's reads go to replica0 on the new timeline: "kept" is
+    // there, "lost" is nowhere.
+    assert_eq!(read_where(&session, "kept").await, (true, 1));
+    assert_eq!(read_where(&session, "lost").await, (true, 0));
+    // And its next write is read back, wherever the read goes.
+    assert_eq!(
+        write(&session, "after").await.expect("write"),
+        i32::from(cluster.replica_port(1))
+    );
+    assert_eq!(read_where(&session, "after").await.1, 1);
+    let direct = support::connect(
+        cluster.replica_port(1),
+        support::APP_USER,
+        support::APP_PASSWORD,
+        APP_DB,
+    )
+    .await;
+    let lost: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM failover_notes WHERE body = 'lost'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(lost, 0, "the write past the fork is not on the new primary");
+}

@@ -206,7 +206,7 @@ pub fn pick_replica(
     spread: usize,
 ) -> Option<(usize, Reason)> {
     let eligible = |r: &crate::replicas::ReplicaStatus| {
-        r.healthy
+        positions.serves(r)
             && (any_replica
                 || match causal {
                     Some(lsn) => r.replayed >= lsn,
@@ -238,7 +238,7 @@ pub fn pick_replica(
 
 /// Whether any replica could serve a read at all, fresh or not.
 pub fn any_healthy(positions: &Positions) -> bool {
-    positions.replicas.iter().any(|r| r.healthy)
+    positions.replicas.iter().any(|r| positions.serves(r))
 }
 
 /// How long a replica may sit behind without replaying before reads stop
@@ -250,7 +250,7 @@ pub fn worth_waiting(positions: &Positions, now: std::time::Instant) -> bool {
     positions
         .replicas
         .iter()
-        .any(|r| r.healthy && !r.stalled(now, STALL))
+        .any(|r| positions.serves(r) && !r.stalled(now, STALL))
 }
 
 #[cfg(test)]
@@ -271,6 +271,8 @@ mod tests {
             advanced_at: None,
             last_error: None,
             promoted: false,
+            timeline: None,
+            since: None,
         }
     }
 
@@ -310,7 +312,10 @@ mod tests {
         Positions {
             primary_lsn: Lsn(500),
             primary_healthy: true,
+            primary_timeline: None,
+            primary_since: None,
             replicas,
+            history: Default::default(),
         }
     }
 

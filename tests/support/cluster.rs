@@ -325,6 +325,29 @@ impl TestCluster {
         self.wait_streaming(&waiting_for);
     }
 
+    /// Starts a stopped server without waiting for it to stream (its
+    /// primary may be gone): `pg_ctl start -w` only waits for it to accept
+    /// connections.
+    pub fn start_server_alone(&self, name: &str) {
+        if let Err(e) = pg_ctl_start(Tools::get(), self.server(name), &self.dir) {
+            panic!("starting {name}: {e}");
+        }
+    }
+
+    /// Points the stopped replica `name` at the server `primary` (after a
+    /// promotion), with no replication slot (the new primary has none for
+    /// it). Takes effect when it starts.
+    pub fn repoint_replica(&self, name: &str, primary: &str) {
+        let auto = self.server(name).data_dir.join("postgresql.auto.conf");
+        let mut text =
+            fs::read_to_string(&auto).unwrap_or_else(|e| panic!("read {}: {e}", auto.display()));
+        text.push_str(&format!(
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={name}'\nprimary_slot_name = ''\n",
+            self.port_of(primary)
+        ));
+        write_file(Tools::get(), &auto, &text);
+    }
+
     /// Whether the server's postmaster is running (`pg_ctl status`).
     pub fn is_running(&self, name: &str) -> bool {
         is_running(Tools::get(), self.server(name), &self.dir)

@@ -41,7 +41,11 @@ impl Session {
     pub(super) async fn attach(&mut self, server: Server) -> Result<Server, End> {
         // The primary is whichever server says it is one now.
         let primary = match server {
-            Server::Primary => Some(self.primary_target()?),
+            Server::Primary => {
+                let (target, epoch) = self.primary_target()?;
+                self.primary_epoch = epoch;
+                Some(target)
+            }
             Server::Replica(_) => None,
         };
         let moved = |a: &super::Attached| {

@@ -204,11 +204,11 @@ impl Session {
             }
             Local::MinLsn(None) => Answer::Set,
             Local::MinLsn(Some(Ok(lsn))) => {
-                if self.causal.is_none_or(|c| c < *lsn) {
-                    self.causal = Some(*lsn);
-                }
+                // A token names no timeline: taken as one of the current.
+                let mark = self.proxy.monitor.mark(*lsn);
+                self.causal = Some(self.causal.map_or(mark, |c| c.max(mark)));
                 if let Some(key) = self.causal_key() {
-                    self.proxy.causal.advance(&key, *lsn);
+                    self.proxy.causal.advance(&key, mark);
                 }
                 Answer::Set
             }
@@ -227,7 +227,7 @@ impl Session {
                 },
                 "min_lsn" => Answer::Show {
                     name: "causeway.min_lsn".into(),
-                    value: self.causal.unwrap_or_default().to_string(),
+                    value: self.causal.unwrap_or_default().lsn.to_string(),
                 },
                 other => Answer::Error {
                     code: "42704",
@@ -401,7 +401,7 @@ impl Session {
         if tracing::enabled!(tracing::Level::DEBUG) {
             let session = self
                 .causal
-                .map(|l| l.to_string())
+                .map(|m| m.lsn.to_string())
                 .unwrap_or_else(|| "none".into());
             let kind = if unit.facts.is_read() { "read" } else { "unit" };
             match server {

@@ -39,6 +39,7 @@ use crate::cancel::CancelKey;
 use crate::lsn::Lsn;
 use crate::protocol::messages;
 use crate::protocol::FrameError;
+use crate::replicas::Mark;
 use crate::router::{Effect, Server};
 use crate::server::Proxy;
 use responses::{Expect, InFlight};
@@ -135,8 +136,11 @@ struct Session {
     /// The server sent a FATAL error: it is about to close.
     server_fatal: bool,
     state: SessionState,
-    /// The end of this session's last committed write.
-    causal: Option<Lsn>,
+    /// The end of this session's last committed write, and its epoch.
+    causal: Option<Mark>,
+    /// The epoch of the primary the current unit went to: its commit LSN
+    /// is on that timeline.
+    primary_epoch: u32,
     /// The last client unit committed a write; the LSN query after it
     /// moves `causal`.
     commit_awaiting_lsn: bool,
@@ -335,6 +339,7 @@ pub async fn run(
     });
     let lease_id = lease.conn.id;
     let pause_rx = proxy.pause.subscribe();
+    let causal = min_lsn.map(|lsn| proxy.monitor.mark(lsn));
     let mut session = Session {
         proxy,
         client: io.stream,
@@ -362,7 +367,8 @@ pub async fn run(
         held: BytesMut::new(),
         server_fatal: false,
         state,
-        causal: min_lsn,
+        causal,
+        primary_epoch: 0,
         commit_awaiting_lsn: false,
         lsn_answer: None,
         ready_after_lsn: None,
@@ -466,10 +472,13 @@ impl Session {
                 .causal_key()
                 .and_then(|key| self.proxy.causal.get(&key)),
         };
-        match (self.causal, shared) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        }
+        let mark = match (self.causal, shared) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b)?,
+        };
+        // Written before a promotion: what of it survived is on the new
+        // timeline by its fork.
+        Some(self.proxy.monitor.with_positions(|p| p.carry(mark)))
     }
 
     fn set_cancel_target(&self) {

@@ -102,8 +102,10 @@ impl Session {
 
     /// The server writes go to now (see [`Proxy::primary_target`]); an
     /// error while two servers claim the role.
-    pub(super) fn primary_target(&self) -> Result<crate::backend::ServerTarget, End> {
-        self.proxy.primary_target().cloned().ok_or_else(|| End::NoServer {
+    /// Returns it with its epoch (see [`crate::replicas::History`]).
+    pub(super) fn primary_target(&self) -> Result<(crate::backend::ServerTarget, u32), End> {
+        let found = self.proxy.primary_target_in_epoch();
+        found.map(|(target, epoch)| (target.clone(), epoch)).ok_or_else(|| End::NoServer {
             code: "57P03",
             message: "two servers claim to be the primary; writes are refused until one of them is in recovery again".into(),
         })

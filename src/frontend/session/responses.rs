@@ -11,6 +11,7 @@ use super::Session;
 use crate::lsn::Lsn;
 use crate::protocol::messages;
 use crate::protocol::{self, FrameError};
+use crate::replicas::Mark;
 use crate::router::{Effect, Server};
 
 /// A replica's held-back answer is passed on once it grows past this; from
@@ -504,12 +505,14 @@ impl Session {
             return;
         };
         self.causal_unknown = false;
-        if self.causal.is_none_or(|c| c < lsn) {
-            self.causal = Some(lsn);
-        }
-        self.proxy.causal.advance_newest(lsn);
+        let mark = Mark {
+            lsn,
+            epoch: self.primary_epoch,
+        };
+        self.causal = Some(self.causal.map_or(mark, |c| c.max(mark)));
+        self.proxy.causal.advance_newest(mark);
         if let Some(key) = self.causal_key() {
-            self.proxy.causal.advance(&key, lsn);
+            self.proxy.causal.advance(&key, mark);
         }
         // The causal token, for the client to carry to other connections
         // or proxies (`SET causeway.min_lsn`).
