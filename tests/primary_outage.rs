@@ -244,3 +244,106 @@ async fn ten_seconds_without_a_primary_under_load_close_no_session() {
     assert!(errors > 0, "the outage refused no write: it did not happen");
     assert!(writes > 0 && reads > 0);
 }
+
+/// A transaction block open on the primary when it goes: the client gets
+/// an ERROR and an aborted block, as if the block had failed, rolls back
+/// and goes on with the same session; nothing of the block was committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_on_a_lost_primary_is_aborted_not_closed() {
+    let cluster = TestCluster::start(ClusterOptions::default());
+    cluster.psql_db(
+        cluster.primary_port(),
+        APP_DB,
+        "CREATE TABLE outage_notes (id bigserial PRIMARY KEY, body text NOT NULL); \
+         INSERT INTO outage_notes (body) VALUES ('before');",
+    );
+    cluster.wait_replicas_caught_up();
+    let proxy = TestProxy::start(&cluster);
+    let idle = client(proxy.port).await;
+    let busy = client(proxy.port).await;
+    let extended = client(proxy.port).await;
+    for c in [&idle, &busy, &extended] {
+        c.batch_execute("BEGIN; INSERT INTO outage_notes (body) VALUES ('in block')")
+            .await
+            .expect("a block with a write");
+    }
+    // `busy` is inside a statement when the primary stops.
+    let running = {
+        let port = proxy.port;
+        tokio::spawn(async move {
+            let c = client(port).await;
+            c.batch_execute("BEGIN; INSERT INTO outage_notes (body) VALUES ('in block')")
+                .await
+                .expect("block");
+            let result = c.batch_execute("SELECT pg_sleep(30)").await;
+            (c, result)
+        })
+    };
+    wait_for("the sleep to run", Duration::from_secs(30), || {
+        let out = cluster.psql(
+            cluster.primary_port(),
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'",
+        );
+        (out.trim() == "1").then_some(()).ok_or(out)
+    });
+    cluster.stop_server("primary");
+    wait_primary(&proxy, false);
+
+    let (sleeper, slept) = running.await.expect("task");
+    let err = slept.expect_err("the statement running on the lost primary");
+    let db = err.as_db_error().expect("an ERROR, not a closed session");
+    assert_eq!(
+        (db.severity(), db.code().code()),
+        ("ERROR", "08006"),
+        "{db:?}"
+    );
+    // Every client is now in an aborted block, whatever it sends.
+    for c in [&sleeper, &idle, &busy] {
+        let err = c
+            .batch_execute("SELECT count(*) FROM outage_notes")
+            .await
+            .expect_err("a statement in the lost block");
+        let db = err.as_db_error().expect("an ERROR");
+        assert!(["08006", "25P02"].contains(&db.code().code()), "{db:?}");
+        let again = c
+            .batch_execute("SELECT 1")
+            .await
+            .expect_err("still aborted");
+        assert_eq!(again.code().map(|c| c.code()), Some("25P02"));
+        c.batch_execute("ROLLBACK").await.expect("ROLLBACK ends it");
+        assert_eq!(count_rows(c).await.expect("read after the block"), 1);
+        assert!(!c.is_closed());
+    }
+    // The extended protocol: a prepared statement in the lost block fails,
+    // COMMIT ends it as ROLLBACK, the session reads on.
+    let err = extended
+        .query("SELECT count(*) FROM outage_notes WHERE body = $1", &[&"x"])
+        .await
+        .expect_err("a prepared read in the lost block");
+    assert!(
+        err.as_db_error().is_some(),
+        "{}",
+        support::describe_error(&err)
+    );
+    let commit = extended.simple_query("COMMIT").await.expect("COMMIT");
+    assert!(
+        commit
+            .iter()
+            .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::CommandComplete(_))),
+        "{commit:?}"
+    );
+    assert_eq!(count_rows(&extended).await.expect("read"), 1);
+
+    cluster.start_server("primary");
+    wait_primary(&proxy, true);
+    for c in [&sleeper, &idle, &busy, &extended] {
+        c.execute("INSERT INTO outage_notes (body) VALUES ('after')", &[])
+            .await
+            .expect("a write once the primary is back");
+    }
+    assert_eq!(
+        count_rows(&idle).await.expect("read"),
+        5,
+        "no block was committed"
+    );
+}

@@ -26,6 +26,17 @@ impl Session {
             let in_block = self.tx_status != b'I'
                 || self.open_batch.is_some()
                 || self.deferred_begin.is_some();
+            if self.lost_block {
+                // Answered here, in order, as an aborted block is.
+                if !self.pending.is_empty() || self.open_batch.is_some() {
+                    return Ok(());
+                }
+                let Some(unit) = self.queued.pop_front() else {
+                    break;
+                };
+                self.answer_in_lost_block(&unit);
+                continue;
+            }
             if unit.local.is_some() {
                 // Answered here, in order: wait until the server has
                 // answered everything before it.

@@ -106,8 +106,16 @@ fn unquote(value: &str) -> Option<String> {
 /// What a local statement answers: rows of a one-column result, or an error.
 pub enum Answer {
     Set,
-    Show { name: String, value: String },
-    Error { code: &'static str, message: String },
+    /// A command that returns no rows, with its tag.
+    Tag(&'static str),
+    Show {
+        name: String,
+        value: String,
+    },
+    Error {
+        code: &'static str,
+        message: String,
+    },
 }
 
 /// Writes the answers a server would give to the messages of `unit_bytes`
@@ -125,6 +133,7 @@ pub fn respond(out: &mut BytesMut, unit_bytes: &[u8], answer: &Answer, tx_status
         match header.tag {
             b'Q' | b'E' => match answer {
                 Answer::Set => messages::command_complete(out, "SET"),
+                Answer::Tag(tag) => messages::command_complete(out, tag),
                 Answer::Show { name, value } => {
                     if header.tag == b'Q' {
                         messages::row_description_text(out, &[name]);

@@ -117,6 +117,12 @@ struct Session {
     tx_status: u8,
     /// The open transaction wrote, so its commit moves the causal LSN.
     tx_wrote: bool,
+    /// The client's transaction block was lost with its server: its units
+    /// are answered here as Postgres answers an aborted block, until it
+    /// ends (see `outage.rs`).
+    lost_block: bool,
+    /// Why, for the next statement, when nothing was in flight to say it.
+    lost_block_news: Option<String>,
     /// SET effects inside the open transaction, applied on commit.
     tx_effects: Vec<Effect>,
     /// A lone BEGIN held back until the next unit shows where the
@@ -358,6 +364,8 @@ pub async fn run(
         open_batch: None,
         tx_status: b'I',
         tx_wrote: false,
+        lost_block: false,
+        lost_block_news: None,
         tx_effects: Vec::new(),
         deferred_begin: None,
         deferred_begin_read_write: false,
@@ -499,7 +507,7 @@ impl Session {
             let busy = !self.pending.is_empty()
                 || self.open_batch.is_some()
                 || self.optimistic.is_some()
-                || (self.tx_status != b'I' && self.deferred_begin.is_none());
+                || (self.tx_status != b'I' && self.deferred_begin.is_none() && !self.lost_block);
             if busy != self.busy {
                 self.proxy.pause.set_busy(self.busy, busy);
                 self.busy = busy;
@@ -684,6 +692,9 @@ impl Session {
                 .as_ref()
                 .is_some_and(|b| b.phase == optimistic::Phase::OnReplica);
         if retry.is_none() && !optimistic {
+            if self.answer_lost_block(&attached, &why) {
+                return Ok(());
+            }
             self.current = Some(attached);
             return Err(End::ServerLost(why));
         }

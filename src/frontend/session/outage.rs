@@ -2,9 +2,12 @@
 //! primary while there is none are answered with an `ERROR` (57P03); units
 //! in flight on a primary that goes away get an `ERROR` (08006) for each,
 //! instead of the FATAL that would close the client; a connection closed
-//! between units is replaced at the next one. Only what began outside a
-//! transaction block survives: a block open on a lost server is lost, and
-//! its client hears so as Postgres would say it.
+//! between units is replaced at the next one. A transaction block open on
+//! a lost server is lost with it: its client gets an `ERROR` and is left in
+//! an aborted block, answered here as Postgres answers one (`25P02` until
+//! `ROLLBACK`), and then goes on; its session is closed only when the
+//! server held state a new connection cannot have (LISTEN, temp tables, a
+//! COPY or a message half sent).
 
 use super::responses::{self, Expect};
 use super::units::Unit;
@@ -25,6 +28,7 @@ impl Session {
     pub(super) fn units_survive_loss_of(&self, server: Server) -> bool {
         use responses::Internal;
         server == Server::Primary
+            && self.tx_status == b'I'
             && self.pinned.is_empty()
             && self.open_batch.is_none()
             && self.server_streaming == 0
@@ -146,4 +150,167 @@ impl Session {
             messages::ready_for_query(&mut self.to_client, b'I');
         }
     }
+
+    /// The connection under an open transaction block was lost: every
+    /// unit in flight gets an ERROR, and the client is left in an aborted
+    /// block (or out of it, if the unit lost was its COMMIT or ROLLBACK).
+    /// Returns whether it was so answered; if not, the session ends.
+    pub(super) fn answer_lost_block(&mut self, attached: &Attached, why: &str) -> bool {
+        if !self.block_survives_loss() {
+            return false;
+        }
+        let ending = self.pending.iter().rev().find_map(|e| match e {
+            Expect::Client(inflight) => Some(inflight.ends_tx),
+            Expect::Internal(_) => None,
+        });
+        let name = &attached.lease.conn.server_name;
+        tracing::warn!(server = %name, reason = %why, "server connection lost inside a transaction block; the client gets an error and an aborted block, its session goes on");
+        let text = format!(
+            "causeway: the connection to server \"{name}\" was lost inside this transaction block; the transaction is rolled back"
+        );
+        if ending == Some(true) && self.tx_wrote {
+            // Its COMMIT may have been done: reads go to the primary until
+            // a commit LSN is known again.
+            self.causal_unknown = true;
+        }
+        let status = if ending == Some(true) { b'I' } else { b'E' };
+        let answered = ending.is_some();
+        for expect in std::mem::take(&mut self.pending) {
+            if let Expect::Client(inflight) = expect {
+                let (code, detail) = inflight.lost.unwrap_or_else(|| {
+                    (
+                        "08006".into(),
+                        "server closed the connection unexpectedly".into(),
+                    )
+                });
+                messages::error_response(
+                    &mut self.to_client,
+                    Severity::Error,
+                    "08006",
+                    &text,
+                    Some(&format!(
+                        "The server said: {code} {detail}. Roll back, then retry the transaction."
+                    )),
+                );
+                crate::metrics::error_sent(b"08006");
+                messages::ready_for_query(&mut self.to_client, status);
+            }
+        }
+        self.lost_block = status == b'E';
+        if self.lost_block && !answered {
+            // Nothing was in flight: the next statement hears of it.
+            self.lost_block_news = Some(text);
+        }
+        self.tx_status = status;
+        self.tx_wrote = false;
+        self.tx_effects.clear();
+        self.server_fatal = false;
+        self.fatal_swallowed = false;
+        self.commit_awaiting_lsn = false;
+        self.lsn_answer = None;
+        self.ready_after_lsn = None;
+        self.catalog_rows = None;
+        self.deferred_begin = None;
+        true
+    }
+
+    /// Whether losing the current connection now costs the client only its
+    /// transaction block: no state a new connection cannot have (LISTEN,
+    /// temp tables, ...), no COPY, no message half passed on.
+    pub(super) fn block_survives_loss(&self) -> bool {
+        self.pinned.is_empty()
+            && self.open_batch.is_none()
+            && self.server_streaming == 0
+            && self.client_streaming == 0
+            && self.optimistic.is_none()
+            && self.pending.iter().all(|e| match e {
+                Expect::Client(inflight) => !inflight.copy_in,
+                Expect::Internal(_) => true,
+            })
+    }
+
+    /// Answers a unit of a block lost with its server, as Postgres answers
+    /// one in an aborted block: COMMIT, ROLLBACK (or END, ABORT) alone end
+    /// it with `ROLLBACK`; anything else fails with 25P02.
+    pub(super) fn answer_in_lost_block(&mut self, unit: &Unit) {
+        let news = self.lost_block_news.take();
+        if ends_block_alone(unit) {
+            self.lost_block = false;
+            self.tx_status = b'I';
+            super::local::respond(
+                &mut self.to_client,
+                &unit.bytes,
+                &super::local::Answer::Tag("ROLLBACK"),
+                b'I',
+            );
+            return;
+        }
+        let mut news = news;
+        let mut rest = &unit.bytes[..];
+        let mut failed = false;
+        while let Ok(Some(header)) = crate::protocol::frontend_header(rest) {
+            let len = header.wire_len().min(rest.len());
+            rest = &rest[len..];
+            match header.tag {
+                b'S' | b'Q' => {
+                    if header.tag == b'Q' && !failed {
+                        aborted_error(&mut self.to_client, news.take());
+                    }
+                    messages::ready_for_query(&mut self.to_client, b'E');
+                    failed = false;
+                }
+                // Closing a statement works in an aborted block.
+                b'C' if !failed => messages::simple_message(&mut self.to_client, b'3'),
+                b'P' | b'B' | b'E' | b'D' | b'F' if !failed => {
+                    aborted_error(&mut self.to_client, news.take());
+                    failed = true;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Postgres's answer to a statement in an aborted transaction block; the
+/// first one after the block was lost says why instead.
+fn aborted_error(out: &mut bytes::BytesMut, lost: Option<String>) {
+    let (code, text) = match &lost {
+        Some(text) => ("08006", text.as_str()),
+        None => (
+            "25P02",
+            "current transaction is aborted, commands ignored until end of transaction block",
+        ),
+    };
+    let hint = lost
+        .as_ref()
+        .map(|_| "Roll back, then retry the transaction.");
+    messages::error_response(out, Severity::Error, code, text, hint);
+    crate::metrics::error_sent(code.as_bytes());
+}
+
+/// Whether `unit` is one COMMIT, ROLLBACK, END or ABORT and nothing else.
+fn ends_block_alone(unit: &Unit) -> bool {
+    if !unit.facts.ends_tx {
+        return false;
+    }
+    let mut statements = 0;
+    let mut rest = &unit.bytes[..];
+    while let Ok(Some(header)) = crate::protocol::frontend_header(rest) {
+        let len = header.wire_len().min(rest.len());
+        let body = &rest[5..len];
+        rest = &rest[len..];
+        match header.tag {
+            b'Q' => {
+                let sql = String::from_utf8_lossy(body);
+                let sql = sql.trim_end_matches('\0').trim().trim_end_matches(';');
+                if sql.contains(';') {
+                    return false;
+                }
+                statements += 1;
+            }
+            b'E' => statements += 1,
+            _ => {}
+        }
+    }
+    statements == 1
 }

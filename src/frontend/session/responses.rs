@@ -87,6 +87,10 @@ pub struct InFlight {
     /// A unit of an optimistic block replayed on the primary: its answers
     /// are digested, never passed on.
     pub replay: bool,
+    /// It ends the transaction block (COMMIT, ROLLBACK, ...).
+    pub ends_tx: bool,
+    /// It sends COPY data after it starts.
+    pub copy_in: bool,
 }
 
 impl InFlight {
@@ -113,6 +117,8 @@ impl InFlight {
             digest: None,
             lost: None,
             replay: false,
+            ends_tx: unit.facts.ends_tx,
+            copy_in: unit.facts.copy_in,
         }
     }
 
@@ -128,6 +134,8 @@ impl InFlight {
         effects.append(&mut self.effects);
         self.effects = effects;
         self.writes |= earlier.writes;
+        self.ends_tx |= earlier.ends_tx;
+        self.copy_in |= earlier.copy_in;
         self.tx_wrote |= earlier.tx_wrote;
         self.saw_error |= earlier.saw_error;
         self.parse_completes += earlier.parse_completes;
@@ -280,10 +288,9 @@ impl Session {
         // survives it (see `Session::answer_lost_unit`).
         let swallow_fatal = tag == b'E'
             && self.server_fatal
-            && self
-                .current
-                .as_ref()
-                .is_some_and(|a| self.units_survive_loss_of(a.server));
+            && self.current.as_ref().is_some_and(|a| {
+                self.units_survive_loss_of(a.server) || self.block_survives_loss()
+            });
         match self.pending.front_mut() {
             Some(Expect::Internal(kind)) => {
                 let kind = *kind;
@@ -358,6 +365,13 @@ impl Session {
                     // The server is closing a connection the client is not
                     // using (terminated, restarting): the session moves to
                     // another, and the client need not hear of it.
+                    return;
+                }
+                if tag == b'E' && self.server_fatal && self.block_survives_loss() {
+                    // Closing under a block the client is idle in: the
+                    // client hears of it at its next statement (see
+                    // `Session::answer_lost_block`).
+                    self.fatal_swallowed = true;
                     return;
                 }
                 self.to_client.extend_from_slice(message);
