@@ -255,6 +255,36 @@ pub struct ServerSection {
     #[serde(default = "default_host")]
     pub host: String,
     pub port: u16,
+    /// TLS towards this server, as libpq's `sslmode`; default
+    /// `[tls] server_sslmode`, else `"disable"`.
+    pub sslmode: Option<crate::tls::SslMode>,
+    /// CA certificates (PEM) its certificate must chain to; default
+    /// `[tls] server_sslrootcert`.
+    pub sslrootcert: Option<std::path::PathBuf>,
+}
+
+impl ServerSection {
+    /// How the proxy reaches this server over TLS (`None`: plain text).
+    /// Errors name the key at fault, under `key`.
+    pub fn tls(
+        &self,
+        defaults: &crate::tls::TlsSection,
+        key: &str,
+    ) -> Result<Option<std::sync::Arc<crate::tls::ServerTls>>, (String, String)> {
+        let mode = self
+            .sslmode
+            .or(defaults.server_sslmode)
+            .unwrap_or(crate::tls::SslMode::Disable);
+        let rootcert = self
+            .sslrootcert
+            .as_deref()
+            .or(defaults.server_sslrootcert.as_deref());
+        let rootcert_key = match (&self.sslrootcert, &defaults.server_sslrootcert) {
+            (None, Some(_)) => "tls.server_sslrootcert".to_string(),
+            _ => format!("{key}.sslrootcert"),
+        };
+        crate::tls::ServerTls::new(mode, rootcert, &rootcert_key)
+    }
 }
 
 /// A user the proxy lets in, and how it logs in to the servers for them.
@@ -287,6 +317,8 @@ fn default_primary() -> ServerSection {
         name: "primary".to_string(),
         host: default_host(),
         port: 5433,
+        sslmode: None,
+        sslrootcert: None,
     }
 }
 
@@ -297,6 +329,8 @@ fn default_replicas() -> Vec<ServerSection> {
             name: name.to_string(),
             host: default_host(),
             port,
+            sslmode: None,
+            sslrootcert: None,
         })
         .collect()
 }
@@ -427,6 +461,8 @@ impl Config {
                     "must be a port number 1-65535".to_string(),
                 ));
             }
+            // Root certificates must load now, like the client certificate.
+            server.tls(&self.tls, &key)?;
         }
         let mut users = HashSet::new();
         for (i, user) in self.users.iter().enumerate() {
@@ -617,5 +653,30 @@ mod tests {
         let text = "[[users]]\nname = \"t\"\nauth = \"trust\"\n";
         let c = Config::parse(text, "p.toml").expect("trust is fine");
         assert_eq!(c.users[0].auth, Some(AuthMethod::Trust));
+    }
+
+    #[test]
+    fn server_tls_settings_name_their_key() {
+        let text = "[[replicas]]\nname = \"r\"\nport = 2\nsslmode = \"verify-full\"\n";
+        let err = Config::parse(text, "p.toml")
+            .expect_err("no root")
+            .to_string();
+        assert!(err.contains("replicas[0].sslrootcert"), "{err}");
+        let text =
+            "[tls]\nserver_sslmode = \"verify-ca\"\nserver_sslrootcert = \"/nonexistent/ca.pem\"\n";
+        let err = Config::parse(text, "p.toml")
+            .expect_err("no file")
+            .to_string();
+        assert!(err.contains("tls.server_sslrootcert"), "{err}");
+        let err = Config::parse(
+            "[primary]\nname = \"p\"\nport = 1\nsslmode = \"sometimes\"\n",
+            "p.toml",
+        )
+        .expect_err("bad mode")
+        .to_string();
+        assert!(err.contains("sslmode"), "{err}");
+        let c = Config::parse("[tls]\nserver_sslmode = \"require\"\n", "p.toml").expect("require");
+        let tls = c.primary.tls(&c.tls, "primary").expect("ok").expect("on");
+        assert_eq!(tls.mode, crate::tls::SslMode::Require);
     }
 }

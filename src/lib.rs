@@ -21,4 +21,5 @@ pub mod router;
 pub mod server;
 pub mod shapes;
 pub mod stats;
+pub mod stream;
 pub mod tls;

@@ -375,7 +375,7 @@ impl Monitor {
             let client = match connect(&target, &login).await {
                 Ok(client) => client,
                 Err(e) => {
-                    tracing::warn!(server = %target.name, error = %e, "cannot reach the primary");
+                    tracing::warn!(server = %target.name, error = %describe(&e), "cannot reach the primary");
                     self.primary_lost();
                     backoff.sleep().await;
                     continue;
@@ -407,7 +407,7 @@ impl Monitor {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(server = %target.name, error = %e, "primary stopped answering");
+                        tracing::warn!(server = %target.name, error = %describe(&e), "primary stopped answering");
                         self.primary_lost();
                         break;
                     }
@@ -432,7 +432,7 @@ impl Monitor {
                 Ok(client) => client,
                 Err(e) => {
                     crate::metrics::poll_error(&target.name);
-                    self.mark_unhealthy(index, &e.to_string());
+                    self.mark_unhealthy(index, &describe(&e));
                     backoff.sleep().await;
                     continue;
                 }
@@ -454,7 +454,7 @@ impl Monitor {
                     }) => self.mark_promoted(index, lsn, timeline, since),
                     Err(e) => {
                         crate::metrics::poll_error(&target.name);
-                        self.mark_unhealthy(index, &e.to_string());
+                        self.mark_unhealthy(index, &describe(&e));
                         break;
                     }
                 }
@@ -580,11 +580,40 @@ async fn connect(
     if let Some(password) = &login.password {
         config.password(password);
     }
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let client = match &target.tls {
+        None => {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            client
+        }
+        Some(tls) => {
+            // The same sslmode and certificate checks as the pools'.
+            config.ssl_mode(match tls.mode {
+                crate::tls::SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                _ => tokio_postgres::config::SslMode::Require,
+            });
+            let connector = postgres_rustls::MakeTlsConnector::new(
+                tokio_rustls::TlsConnector::from(tls.config.clone()),
+            );
+            let (client, connection) = config.connect(connector).await?;
+            tokio::spawn(connection);
+            client
+        }
+    };
     Ok(client)
+}
+
+/// A client error with its causes (tokio-postgres keeps the detail, a
+/// TLS certificate's fault say, in the source).
+fn describe(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// What one poll of a server found.

@@ -73,11 +73,18 @@ impl Drop for Proxy {
     }
 }
 
-fn target(section: &ServerSection) -> ServerTarget {
+fn target(section: &ServerSection, tls: &crate::tls::TlsSection) -> ServerTarget {
+    let tls = section.tls(tls, &section.name).unwrap_or_else(|(key, e)| {
+        // Checked when the config was loaded; if the files changed since,
+        // fail closed: a certificate no root can vouch for.
+        tracing::error!(server = %section.name, %key, error = %e, "server TLS settings unusable; connections to it will fail");
+        crate::tls::ServerTls::unusable()
+    });
     ServerTarget {
         name: section.name.clone(),
         host: section.host.clone(),
         port: section.port,
+        tls,
     }
 }
 
@@ -118,7 +125,11 @@ impl Proxy {
             config.pool.checkout_timeout(),
             config.pool.connect_timeout(),
         ));
-        let replicas: Vec<ServerTarget> = config.replicas.iter().map(target).collect();
+        let replicas: Vec<ServerTarget> = config
+            .replicas
+            .iter()
+            .map(|r| target(r, &config.tls))
+            .collect();
         let routing = &config.routing;
         let policy = Policy {
             on_stale: routing.on_stale,
@@ -127,7 +138,7 @@ impl Proxy {
             max_lag_seconds: routing.max_lag_ms as f64 / 1000.0,
         };
         Proxy {
-            primary: target(&config.primary),
+            primary: target(&config.primary, &config.tls),
             monitor: Monitor::new(&replicas, Duration::from_millis(routing.poll_interval_ms)),
             replicas,
             users,

@@ -1,5 +1,7 @@
-//! TLS towards clients: the `[tls]` section, and the rustls server
-//! configuration built from its certificate and key.
+//! TLS towards clients (the `[tls]` section, and the rustls server
+//! configuration built from its certificate and key) and towards servers
+//! (`sslmode` and `sslrootcert`, per server or as `[tls]` defaults, in
+//! libpq's spelling and meaning).
 //!
 //! A client that sends SSLRequest gets `S` and a TLS 1.2+ handshake when a
 //! certificate is configured (`client_mode` other than `"disable"`), and `N`
@@ -40,6 +42,231 @@ pub struct TlsSection {
     pub key_file: Option<PathBuf>,
     /// Default: `"prefer"` when a certificate is given, else `"disable"`.
     pub client_mode: Option<ClientMode>,
+    /// TLS towards servers, for those that do not set `sslmode`
+    /// themselves. Default `"disable"`.
+    pub server_sslmode: Option<SslMode>,
+    /// CA certificates (PEM) a server's certificate must chain to, for
+    /// servers that do not set `sslrootcert` themselves.
+    pub server_sslrootcert: Option<PathBuf>,
+}
+
+/// TLS towards a server, as libpq's `sslmode` (`allow` is not offered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain text.
+    Disable,
+    /// TLS if the server offers it, plain text if not; no certificate check.
+    Prefer,
+    /// TLS or no connection; the certificate is checked against
+    /// `sslrootcert` when one is given (as libpq does), else not at all.
+    Require,
+    /// TLS, and the certificate must chain to `sslrootcert`.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the server's host.
+    VerifyFull,
+}
+
+/// How the proxy reaches one server over TLS.
+#[derive(Debug)]
+pub struct ServerTls {
+    pub mode: SslMode,
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+impl ServerTls {
+    /// For a server with `mode` and `rootcert`; `None` for `disable`.
+    /// Errors name `rootcert_key`, the key that says (or should say) where
+    /// the root certificates are.
+    pub fn new(
+        mode: SslMode,
+        rootcert: Option<&Path>,
+        rootcert_key: &str,
+    ) -> Result<Option<Arc<ServerTls>>, (String, String)> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = match rootcert {
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let certs = read_certs(path).map_err(|e| (rootcert_key.to_string(), e))?;
+                for cert in certs {
+                    roots.add(cert).map_err(|e| {
+                        (
+                            rootcert_key.to_string(),
+                            format!("bad CA certificate in {}: {e}", path.display()),
+                        )
+                    })?;
+                }
+                Some(Arc::new(roots))
+            }
+            None => None,
+        };
+        let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match (mode, roots) {
+            (SslMode::Disable, _) => return Ok(None),
+            (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+                return Err((
+                    rootcert_key.to_string(),
+                    "is required with sslmode \"verify-ca\" or \"verify-full\"".to_string(),
+                ))
+            }
+            (SslMode::Prefer, _) | (SslMode::Require, None) => {
+                Arc::new(verify::Nothing(provider.clone()))
+            }
+            (SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull, Some(roots)) => {
+                let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    roots,
+                    provider.clone(),
+                )
+                .build()
+                .map_err(|e| (rootcert_key.to_string(), e.to_string()))?;
+                if mode == SslMode::VerifyFull {
+                    webpki
+                } else {
+                    Arc::new(verify::AnyName(webpki))
+                }
+            }
+        };
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| ("tls".to_string(), e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(Some(Arc::new(ServerTls {
+            mode,
+            config: Arc::new(config),
+        })))
+    }
+}
+
+impl ServerTls {
+    /// TLS that no server can pass (no trusted root): what a server whose
+    /// TLS settings cannot be loaded gets, so it is never reached in plain
+    /// text by mistake.
+    pub fn unusable() -> Option<Arc<ServerTls>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .ok()?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Some(Arc::new(ServerTls {
+            mode: SslMode::VerifyFull,
+            config: Arc::new(config),
+        }))
+    }
+}
+
+/// Certificate checks weaker than verify-full, for the sslmodes that ask
+/// for them.
+mod verify {
+    use std::sync::Arc;
+
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::client::danger::{
+        HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+    };
+    use tokio_rustls::rustls::crypto::CryptoProvider;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use tokio_rustls::rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
+
+    /// `prefer`, or `require` without a root certificate: any certificate
+    /// (the handshake's signatures are still checked).
+    #[derive(Debug)]
+    pub struct Nothing(pub Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for Nothing {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// `verify-ca`: the chain must reach a root, whatever name the
+    /// certificate gives.
+    #[derive(Debug)]
+    pub struct AnyName(pub Arc<dyn ServerCertVerifier>);
+
+    impl ServerCertVerifier for AnyName {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            match self
+                .0
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            {
+                Err(Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                    | CertificateError::NotValidForNameContext { .. },
+                )) => Ok(ServerCertVerified::assertion()),
+                other => other,
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.0.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.0.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_verify_schemes()
+        }
+    }
 }
 
 impl TlsSection {
@@ -122,12 +349,42 @@ mod tests {
         let missing = TlsSection {
             cert_file: Some("/nonexistent/cert.pem".into()),
             key_file: Some("/nonexistent/key.pem".into()),
-            client_mode: None,
+            ..TlsSection::default()
         };
         assert_eq!(missing.mode(), ClientMode::Prefer);
         assert_eq!(
             missing.server_config().err().map(|e| e.0),
             Some("tls.cert_file".into())
+        );
+    }
+
+    #[test]
+    fn server_modes_need_what_they_check_against() {
+        assert!(matches!(
+            ServerTls::new(SslMode::Disable, None, "primary.sslrootcert"),
+            Ok(None)
+        ));
+        for mode in [SslMode::Prefer, SslMode::Require] {
+            let tls = ServerTls::new(mode, None, "primary.sslrootcert");
+            assert!(matches!(tls, Ok(Some(_))), "{mode:?}");
+        }
+        for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
+            assert_eq!(
+                ServerTls::new(mode, None, "replicas[1].sslrootcert")
+                    .err()
+                    .map(|e| e.0),
+                Some("replicas[1].sslrootcert".into())
+            );
+        }
+        assert_eq!(
+            ServerTls::new(
+                SslMode::VerifyFull,
+                Some(Path::new("/nonexistent/ca.pem")),
+                "primary.sslrootcert"
+            )
+            .err()
+            .map(|e| e.0),
+            Some("primary.sslrootcert".into())
         );
     }
 }

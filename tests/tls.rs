@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use causeway::tls::ClientMode;
-use support::{TestCluster, TestProxy, APP_DB, APP_PASSWORD, APP_USER};
+use causeway::tls::SslMode;
+use support::{ClusterOptions, TestCluster, TestProxy, APP_DB, APP_PASSWORD, APP_USER};
 
 /// A CA, and a certificate it signed for `localhost` and 127.0.0.1, as
 /// PEM files in `dir`: (ca.pem, server.pem, server.key).
@@ -121,4 +122,78 @@ fn clients_connect_over_tls_and_plaintext_is_refused_when_required() {
         "1"
     );
     prefer.stop();
+}
+
+/// A cluster that takes TLS logins only (`hostssl`): causeway reaches the
+/// primary, the replicas and their monitor over TLS with `verify-full`
+/// against the test's CA; a proxy that trusts another CA, or that speaks
+/// plain text, gets in nowhere, and says why.
+#[test]
+fn servers_are_reached_over_tls_only_with_a_certificate_that_verifies() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ca, cert, key) = certificates(dir.path(), "servers");
+    let (other_ca, _, _) = certificates(dir.path(), "other");
+    let cluster = TestCluster::start(ClusterOptions {
+        tls: Some((cert, key)),
+        ..ClusterOptions::default()
+    });
+    let proxy = TestProxy::start_with(&cluster, |c| {
+        c.tls.server_sslmode = Some(SslMode::VerifyFull);
+        c.tls.server_sslrootcert = Some(ca.clone());
+    });
+    // The monitor reaches every server: both replicas serve reads.
+    support::wait_for(
+        "the replicas to be healthy",
+        std::time::Duration::from_secs(30),
+        || {
+            let p = proxy.proxy.monitor.positions();
+            let healthy = p.replicas.iter().filter(|r| p.serves(r)).count();
+            (p.primary_healthy && healthy == 2)
+                .then_some(())
+                .ok_or_else(|| format!("{p:?}"))
+        },
+    );
+    // Reads on a replica and writes on the primary, each over TLS.
+    let read = psql(
+        proxy.port,
+        "sslmode=disable",
+        "SELECT pg_is_in_recovery(), ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+    .expect("read");
+    assert_eq!(read, "t|t");
+    let write = psql(
+        proxy.port,
+        "sslmode=disable",
+        "CREATE TABLE tls_notes (id int); \
+         SELECT pg_is_in_recovery(), ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+    .expect("write");
+    assert!(write.ends_with("f|t"), "{write}");
+    // The monitor's own connections are TLS too.
+    let monitors = cluster.psql(
+        cluster.primary_port(),
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_activity a \
+         JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'causeway monitor'",
+    );
+    assert_eq!(monitors.trim(), "1|1");
+    proxy.stop();
+
+    // A proxy that trusts another CA refuses the servers' certificate.
+    let wrong = TestProxy::start_unready(&cluster, |c| {
+        c.tls.server_sslmode = Some(SslMode::VerifyFull);
+        c.tls.server_sslrootcert = Some(other_ca.clone());
+    });
+    let err = psql(wrong.port, "sslmode=disable", "SELECT 1").expect_err("wrong CA");
+    assert!(
+        err.contains("TLS with server") && err.contains("invalid peer certificate"),
+        "{err}"
+    );
+    wrong.stop();
+    // Plain text: the servers' own refusal, passed on.
+    let plain = TestProxy::start_unready(&cluster, |c| {
+        c.tls.server_sslmode = Some(SslMode::Disable);
+    });
+    let err = psql(plain.port, "sslmode=disable", "SELECT 1").expect_err("plain text");
+    assert!(err.contains("no encryption"), "{err}");
+    plain.stop();
 }

@@ -5,6 +5,7 @@ pub mod pool;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -13,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::protocol::{self, messages};
+use crate::stream::{ServerStream, Socket};
+use crate::tls::SslMode;
 
 /// Where a server is and what the proxy calls it.
 #[derive(Debug, Clone)]
@@ -20,6 +23,8 @@ pub struct ServerTarget {
     pub name: String,
     pub host: String,
     pub port: u16,
+    /// TLS towards it (`sslmode`); `None`: plain text.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl ServerTarget {
@@ -39,7 +44,7 @@ pub struct Login {
 /// One logged-in connection to a server.
 #[derive(Debug)]
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: ServerStream,
     /// Bytes read from the server and not yet handled.
     pub rbuf: BytesMut,
     /// The server's ParameterStatus values, kept current as it reports changes.
@@ -102,6 +107,14 @@ pub enum BackendError {
     },
     #[error("timed out waiting for a free connection to server \"{server}\"")]
     PoolTimeout { server: String },
+    /// TLS was required and could not be had, or the handshake failed
+    /// (a certificate that does not verify, ...).
+    #[error("TLS with server \"{server}\" at {address} failed: {detail}")]
+    Tls {
+        server: String,
+        address: String,
+        detail: String,
+    },
 }
 
 impl ServerConn {
@@ -136,6 +149,10 @@ impl ServerConn {
             server: target.name.clone(),
             source,
         })?;
+        let stream = match &target.tls {
+            Some(tls) => Self::start_tls(target, tls, stream).await?,
+            None => Socket::Plain(stream),
+        };
         let mut conn = ServerConn {
             stream,
             rbuf: BytesMut::with_capacity(16 * 1024),
@@ -159,6 +176,52 @@ impl ServerConn {
             conn.default_isolation = rows.into_iter().next().unwrap_or_default();
         }
         Ok(conn)
+    }
+
+    /// SSLRequest, then the TLS handshake if the server agrees; plain text
+    /// if it does not and `sslmode` is `prefer`.
+    async fn start_tls(
+        target: &ServerTarget,
+        tls: &crate::tls::ServerTls,
+        mut stream: TcpStream,
+    ) -> Result<ServerStream, BackendError> {
+        let failed = |detail: String| BackendError::Tls {
+            server: target.name.clone(),
+            address: target.address(),
+            detail,
+        };
+        let io = |source| BackendError::Io {
+            server: target.name.clone(),
+            source,
+        };
+        stream
+            .write_all(&protocol::startup::SSL_REQUEST_PACKET)
+            .await
+            .map_err(io)?;
+        let mut answer = [0u8; 1];
+        stream.read_exact(&mut answer).await.map_err(io)?;
+        match answer[0] {
+            b'S' => {}
+            b'N' if tls.mode == SslMode::Prefer => return Ok(Socket::Plain(stream)),
+            b'N' => {
+                return Err(failed(
+                    "server does not support SSL, but SSL was required".into(),
+                ))
+            }
+            other => {
+                return Err(failed(format!(
+                    "unexpected answer {other:#04x} to SSLRequest"
+                )))
+            }
+        }
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from(target.host.clone())
+            .map_err(|e| failed(format!("host {:?} is not a valid name: {e}", target.host)))?;
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let tls_stream = connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(Socket::Tls(Box::new(tls_stream)))
     }
 
     async fn login(&mut self, login: &Login) -> Result<(), BackendError> {
@@ -371,23 +434,42 @@ impl ServerConn {
     }
 
     /// Nothing arrived while the connection sat idle, and it is not closed.
-    pub fn is_quiet(&self) -> bool {
+    /// May consume a byte when it is not: such a connection is dropped.
+    pub fn is_quiet(&mut self) -> bool {
         if !self.rbuf.is_empty() {
             return false;
         }
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        match &mut self.stream {
+            Socket::Plain(tcp) => {
+                matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+            Socket::Tls(tls) => {
+                // One read without waiting, through TLS: plaintext rustls
+                // holds already counts, and so does a closed socket.
+                use tokio::io::AsyncRead;
+                let mut buf = tokio::io::ReadBuf::new(&mut probe);
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                std::pin::Pin::new(tls.as_mut())
+                    .poll_read(&mut cx, &mut buf)
+                    .is_pending()
+            }
+            Socket::Gone => false,
+        }
     }
 
     /// The server has closed the connection, or said it is about to (a
     /// FATAL error waiting to be read: `pg_terminate_backend`, a restart,
     /// an idle timeout). Looks without consuming anything.
     pub async fn is_closed(&self) -> bool {
+        let Some(tcp) = self.stream.tcp() else {
+            return true;
+        };
         let mut probe = [0u8; 1];
         // One non-blocking look: `Pending` means nothing to read, open.
         let peeked = std::future::poll_fn(|cx| {
             let mut buf = tokio::io::ReadBuf::new(&mut probe);
-            std::task::Poll::Ready(match self.stream.poll_peek(cx, &mut buf) {
+            std::task::Poll::Ready(match tcp.poll_peek(cx, &mut buf) {
                 std::task::Poll::Ready(Ok(n)) => Some(Ok(n)),
                 std::task::Poll::Ready(Err(e)) => Some(Err(e)),
                 std::task::Poll::Pending => None,
@@ -396,6 +478,10 @@ impl ServerConn {
         .await;
         match peeked {
             Some(Ok(0)) | Some(Err(_)) => true,
+            // Encrypted: what it says cannot be seen without reading it;
+            // an idle server says something only when it is closing (or a
+            // notice, which costs a reconnect).
+            Some(Ok(_)) if self.stream.is_tls() => true,
             Some(Ok(_)) => self.rbuf.is_empty() && probe[0] == b'E',
             None => false,
         }

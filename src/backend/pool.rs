@@ -187,10 +187,14 @@ impl Pool {
                 }
             });
             match idle {
-                Some(conn) if conn.is_quiet() => break conn,
-                // Closed or talking while idle (a server shutting down sends
-                // FATAL to every connection): never lend it.
-                Some(_) => continue,
+                Some(mut conn) => {
+                    if conn.is_quiet() {
+                        break conn;
+                    }
+                    // Closed or talking while idle (a server shutting down
+                    // sends FATAL to every connection): never lend it.
+                    continue;
+                }
                 None => {
                     break ServerConn::connect(&self.target, &self.login, self.connect_timeout)
                         .await?

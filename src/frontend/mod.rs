@@ -5,7 +5,6 @@
 
 pub mod auth;
 pub mod session;
-pub mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +20,7 @@ use crate::protocol::messages::{self, Severity};
 use crate::protocol::startup::{self, StartupPacket, StartupParams};
 use crate::protocol::MAX_STARTUP_PACKET;
 use crate::server::{Proxy, ProxyHandle};
+use crate::stream;
 use auth::{ScramError, ScramExchange, ScramSecret};
 
 /// The client's socket during startup, with its read buffer.
@@ -383,7 +383,7 @@ async fn authenticate(proxy: &Proxy, io: &mut ClientIo, user: &str) -> Result<()
 }
 
 /// SASLInitialResponse: mechanism name, then a length-prefixed client-first-message.
-fn parse_sasl_initial(body: &[u8]) -> Result<&[u8], LoginError> {
+pub fn parse_sasl_initial(body: &[u8]) -> Result<&[u8], LoginError> {
     let bad = || LoginError::fatal("08P01", "malformed SASLInitialResponse message");
     let end = body.iter().position(|&b| b == 0).ok_or_else(bad)?;
     if &body[..end] != b"SCRAM-SHA-256" {

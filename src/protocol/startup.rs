@@ -2,6 +2,13 @@
 //! requests (SSL, GSS encryption, cancel) that share its framing.
 
 const SSL_REQUEST: i32 = 80_877_103;
+
+/// A whole SSLRequest packet, as a client (the proxy, towards a server)
+/// sends it: length 8, then the request code.
+pub const SSL_REQUEST_PACKET: [u8; 8] = {
+    let code = SSL_REQUEST.to_be_bytes();
+    [0, 0, 0, 8, code[0], code[1], code[2], code[3]]
+};
 const GSSENC_REQUEST: i32 = 80_877_104;
 const CANCEL_REQUEST: i32 = 80_877_102;
 

@@ -34,6 +34,10 @@ pub struct ClusterOptions {
     pub with_redis: bool,
     /// Extra `postgresql.conf` lines for every server, e.g. `"max_connections = 50"`.
     pub extra_config: Vec<String>,
+    /// `ssl = on` with this certificate and key (PEM files, copied into
+    /// the cluster), and TLS-only logins (`hostssl`) for everybody but the
+    /// fixture's superuser.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for ClusterOptions {
@@ -42,6 +46,7 @@ impl Default for ClusterOptions {
             replicas: 2,
             with_redis: false,
             extra_config: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -95,11 +100,15 @@ impl TestCluster {
             log: dir.join("logs").join(format!("{name}.log")),
             name,
         };
+        let mut extra_config = options.extra_config.clone();
+        if let Some((cert, key)) = &options.tls {
+            extra_config.extend(tls_files(tools, &dir, cert, key));
+        }
         let mut cluster = TestCluster {
             settings: ServerSettings {
                 // A Unix socket path over 107 bytes stops the server: then TCP only.
                 socket_dir: (socket_dir.as_os_str().len() + 20 <= 107).then_some(socket_dir),
-                extra_config: options.extra_config.clone(),
+                extra_config,
             },
             primary: server("primary".to_string()),
             replicas: (0..options.replicas)
@@ -146,7 +155,12 @@ impl TestCluster {
                 .args(["--locale=C", "--no-sync"]),
             "initdb of the primary",
         );
-        write_file(tools, &primary.data_dir.join("pg_hba.conf"), PG_HBA);
+        let hba = if self.settings.extra_config.iter().any(|l| l == "ssl = on") {
+            PG_HBA.replace("host    all          all", "hostssl all          all")
+        } else {
+            PG_HBA.to_string()
+        };
+        write_file(tools, &primary.data_dir.join("pg_hba.conf"), &hba);
         let conf = primary.data_dir.join("postgresql.conf");
         let mut text =
             fs::read_to_string(&conf).unwrap_or_else(|e| panic!("read {}: {e}", conf.display()));
@@ -442,4 +456,23 @@ impl Drop for TestCluster {
             let _ = watchdog.wait();
         }
     }
+}
+
+/// Copies a server certificate and key into the cluster directory, owned
+/// by the servers' user with the key readable by it alone (Postgres
+/// refuses a key others can read); the settings that use them.
+fn tls_files(tools: &Tools, dir: &Path, cert: &Path, key: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let (cert_copy, key_copy) = (dir.join("server.crt"), dir.join("server.key"));
+    for (from, to) in [(cert, &cert_copy), (key, &key_copy)] {
+        fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+        tools.give_to_server_user(to);
+    }
+    fs::set_permissions(&key_copy, fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", key_copy.display()));
+    vec![
+        "ssl = on".to_string(),
+        format!("ssl_cert_file = '{}'", cert_copy.display()),
+        format!("ssl_key_file = '{}'", key_copy.display()),
+    ]
 }

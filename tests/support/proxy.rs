@@ -73,10 +73,29 @@ impl TestProxy {
     /// Starts a proxy with the test config changed by `tweak`, and waits
     /// until its monitor has seen every replica healthy.
     pub fn start_with(cluster: &TestCluster, tweak: impl FnOnce(&mut Config)) -> TestProxy {
+        let proxy = Self::start_unready(cluster, tweak);
+        let started = Instant::now();
+        let expect_replicas = proxy.proxy.config.replicas.len();
+        loop {
+            let positions = proxy.proxy.monitor.positions();
+            let healthy = positions.replicas.iter().filter(|r| r.healthy).count();
+            if positions.primary_healthy && healthy >= expect_replicas {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(15) {
+                panic!("proxy monitor never saw the servers healthy: {positions:?}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        proxy
+    }
+
+    /// Starts a proxy with the test config changed by `tweak`, without
+    /// waiting for its monitor (the servers may be out of its reach).
+    pub fn start_unready(cluster: &TestCluster, tweak: impl FnOnce(&mut Config)) -> TestProxy {
         let mut config = Config::parse(&config_text(cluster), "test config")
             .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
         tweak(&mut config);
-        let expect_replicas = config.replicas.len();
         let proxy = Arc::new(Proxy::new(config));
         let (stop, stop_rx) = watch::channel(false);
         let (port_tx, port_rx) = std::sync::mpsc::channel();
@@ -100,18 +119,6 @@ impl TestProxy {
         let port = port_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("proxy did not start");
-        let started = Instant::now();
-        loop {
-            let positions = proxy.monitor.positions();
-            let healthy = positions.replicas.iter().filter(|r| r.healthy).count();
-            if positions.primary_healthy && healthy >= expect_replicas {
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(15) {
-                panic!("proxy monitor never saw the servers healthy: {positions:?}");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
         TestProxy {
             port,
             proxy,

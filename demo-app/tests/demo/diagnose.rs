@@ -135,6 +135,7 @@ fn wal_level_replica_fails_with_what_to_do() {
         replicas: 1,
         with_redis: false,
         extra_config: vec!["wal_level = replica".into()],
+        ..ClusterOptions::default()
     });
     let proxy = TestProxy::start(&cluster);
     let database_url = format!(

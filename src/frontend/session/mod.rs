@@ -29,7 +29,6 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::watch;
 
 use super::{backend_login_error, refuse, ClientIo, Ready};
@@ -42,6 +41,7 @@ use crate::protocol::FrameError;
 use crate::replicas::Mark;
 use crate::router::{Effect, Server};
 use crate::server::Proxy;
+use crate::stream::{ServerRead, ServerWrite};
 use responses::{Expect, InFlight};
 use state::SessionState;
 use units::{Unit, UnitBuilder};
@@ -96,7 +96,7 @@ struct Attached {
 
 struct Session {
     proxy: Arc<Proxy>,
-    client: super::stream::ClientStream,
+    client: crate::stream::ClientStream,
     /// Client bytes read and not yet handled.
     cbuf: BytesMut,
     to_client: BytesMut,
@@ -409,7 +409,7 @@ pub async fn run(
     crate::metrics::client_disconnected();
 }
 
-async fn read_opt(half: Option<(ReadHalf<'_>, &mut BytesMut)>) -> io::Result<usize> {
+async fn read_opt(half: Option<(ServerRead<'_>, &mut BytesMut)>) -> io::Result<usize> {
     match half {
         Some((mut half, buf)) => {
             reserve_for_read(buf);
@@ -419,7 +419,7 @@ async fn read_opt(half: Option<(ReadHalf<'_>, &mut BytesMut)>) -> io::Result<usi
     }
 }
 
-async fn write_opt(half: Option<WriteHalf<'_>>, buf: &[u8]) -> io::Result<usize> {
+async fn write_opt(half: Option<ServerWrite<'_>>, buf: &[u8]) -> io::Result<usize> {
     match half {
         Some(mut half) => half.write(buf).await,
         None => std::future::pending().await,

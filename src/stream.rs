@@ -1,0 +1,197 @@
+//! A socket to a client or a server: plain TCP, or TLS over it after an
+//! SSLRequest.
+//!
+//! A session reads and writes both ends concurrently, so it splits each
+//! socket every turn of its loop. A plain socket splits into borrowed halves
+//! at no cost (`TcpStream::split`); a TLS stream is one state machine for
+//! both directions and splits through `tokio::io::split`'s lock. The enums
+//! here give the session one type either way.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::{tcp, TcpStream};
+
+/// A TLS stream over TCP, as a server (towards clients) or as a client
+/// (towards Postgres servers).
+pub trait TlsOverTcp: AsyncRead + AsyncWrite + Unpin {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl TlsOverTcp for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl TlsOverTcp for tokio_rustls::client::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+pub enum Socket<T> {
+    Plain(TcpStream),
+    Tls(Box<T>),
+    /// Taken for the TLS handshake, which failed: nothing to talk to.
+    Gone,
+}
+
+/// A client's socket; the proxy is the TLS server.
+pub type ClientStream = Socket<tokio_rustls::server::TlsStream<TcpStream>>;
+/// A Postgres server's socket; the proxy is the TLS client.
+pub type ServerStream = Socket<tokio_rustls::client::TlsStream<TcpStream>>;
+pub type ServerRead<'a> = SocketRead<'a, tokio_rustls::client::TlsStream<TcpStream>>;
+pub type ServerWrite<'a> = SocketWrite<'a, tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl<T> std::fmt::Debug for Socket<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Socket::Plain(_) => "Socket::Plain",
+            Socket::Tls(_) => "Socket::Tls",
+            Socket::Gone => "Socket::Gone",
+        })
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the client's connection is gone",
+    )
+}
+
+pub enum SocketRead<'a, T> {
+    Plain(tcp::ReadHalf<'a>),
+    Tls(ReadHalf<&'a mut T>),
+    Gone,
+}
+
+pub enum SocketWrite<'a, T> {
+    Plain(tcp::WriteHalf<'a>),
+    Tls(WriteHalf<&'a mut T>),
+    Gone,
+}
+
+impl<T: TlsOverTcp> Socket<T> {
+    pub fn split(&mut self) -> (SocketRead<'_, T>, SocketWrite<'_, T>) {
+        match self {
+            Socket::Plain(s) => {
+                let (r, w) = s.split();
+                (SocketRead::Plain(r), SocketWrite::Plain(w))
+            }
+            Socket::Tls(s) => {
+                let (r, w) = tokio::io::split(&mut **s);
+                (SocketRead::Tls(r), SocketWrite::Tls(w))
+            }
+            Socket::Gone => (SocketRead::Gone, SocketWrite::Gone),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Socket::Tls(_))
+    }
+
+    /// The TCP connection under it, if any.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Socket::Plain(s) => Some(s),
+            Socket::Tls(s) => Some(s.tcp()),
+            Socket::Gone => None,
+        }
+    }
+
+    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.tcp().ok_or_else(gone)?.peer_addr()
+    }
+}
+
+impl<T: TlsOverTcp> AsyncRead for Socket<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Socket::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl<T: TlsOverTcp> AsyncWrite for Socket<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Socket::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Socket::Gone => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Socket::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl<T: TlsOverTcp> AsyncRead for SocketRead<'_, T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SocketRead::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            SocketRead::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            SocketRead::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl<T: TlsOverTcp> AsyncWrite for SocketWrite<'_, T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SocketWrite::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            SocketWrite::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            SocketWrite::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SocketWrite::Plain(s) => Pin::new(s).poll_flush(cx),
+            SocketWrite::Tls(s) => Pin::new(s).poll_flush(cx),
+            SocketWrite::Gone => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SocketWrite::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            SocketWrite::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            SocketWrite::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
