@@ -55,6 +55,9 @@ pub struct Proxy {
     pub facts_cache: FactsCache,
     /// TLS towards clients (`[tls]`), read when the config was loaded.
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// `tls-server-end-point` data of the certificate shown to clients,
+    /// for SCRAM-SHA-256-PLUS.
+    pub tls_binding: Option<Vec<u8>>,
     /// Causal LSNs shared by connections of one client.
     pub causal: Arc<CausalMap>,
     pub stats: Arc<Stats>,
@@ -161,6 +164,7 @@ impl Proxy {
             ),
             stats: previous.map_or_else(|| Arc::new(Stats::default()), |p| p.stats.clone()),
             catalogs: crate::catalog::Catalogs::default(),
+            tls_binding: config.tls.channel_binding(),
             tls: config.tls.server_config().unwrap_or_else(|(key, e)| {
                 tracing::error!(%key, error = %e, "TLS for clients is off");
                 None

@@ -270,6 +270,13 @@ mod verify {
 }
 
 impl TlsSection {
+    /// The channel binding data of the certificate shown to clients (see
+    /// [`end_point_hash`]), when there is one.
+    pub fn channel_binding(&self) -> Option<Vec<u8>> {
+        let certs = read_certs(self.cert_file.as_ref()?).ok()?;
+        certs.first().map(|leaf| end_point_hash(leaf))
+    }
+
     pub fn mode(&self) -> ClientMode {
         match (self.client_mode, &self.cert_file) {
             (Some(mode), _) => mode,
@@ -315,6 +322,64 @@ impl TlsSection {
                 )
             })?;
         Ok(Some(Arc::new(config)))
+    }
+}
+
+/// The `tls-server-end-point` channel binding of a certificate (RFC 5929,
+/// what SCRAM-SHA-256-PLUS binds to): its hash by the hash function of its
+/// signature algorithm, SHA-256 for MD5 and SHA-1 (and anything else, as
+/// the common case).
+pub fn end_point_hash(cert_der: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    // ecdsa-with-SHA384, sha384WithRSAEncryption; then the SHA-512 pair.
+    const SHA384: [&[u8]; 2] = [
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c],
+    ];
+    const SHA512: [&[u8]; 2] = [
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04],
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d],
+    ];
+    match signature_algorithm(cert_der) {
+        Some(oid) if SHA384.contains(&oid) => sha2::Sha384::digest(cert_der).to_vec(),
+        Some(oid) if SHA512.contains(&oid) => sha2::Sha512::digest(cert_der).to_vec(),
+        _ => sha2::Sha256::digest(cert_der).to_vec(),
+    }
+}
+
+/// The OID of a DER certificate's `signatureAlgorithm`: Certificate ::=
+/// SEQUENCE { tbsCertificate, signatureAlgorithm SEQUENCE { OID, ... }, ... }.
+fn signature_algorithm(der: &[u8]) -> Option<&[u8]> {
+    /// One DER element: (tag, contents, what follows it).
+    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    let (0x30, certificate, _) = element(der)? else {
+        return None;
+    };
+    let (0x30, _, after_tbs) = element(certificate)? else {
+        return None;
+    };
+    let (0x30, algorithm, _) = element(after_tbs)? else {
+        return None;
+    };
+    match element(algorithm)? {
+        (0x06, oid, _) => Some(oid),
+        _ => None,
     }
 }
 
@@ -385,6 +450,35 @@ mod tests {
             .err()
             .map(|e| e.0),
             Some("primary.sslrootcert".into())
+        );
+    }
+
+    #[test]
+    fn the_end_point_hash_follows_the_signature_algorithm() {
+        // rcgen signs with ECDSA P-256 and SHA-256 by default.
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let der = cert.der().to_vec();
+        assert_eq!(
+            signature_algorithm(&der),
+            Some(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02][..])
+        );
+        use sha2::Digest;
+        assert_eq!(end_point_hash(&der), sha2::Sha256::digest(&der).to_vec());
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let der = cert.der().to_vec();
+        assert_eq!(end_point_hash(&der), sha2::Sha384::digest(&der).to_vec());
+        // Not a certificate: no panic, SHA-256 of whatever it is.
+        assert_eq!(
+            end_point_hash(b"\x30\x82\xff"),
+            sha2::Sha256::digest(b"\x30\x82\xff").to_vec()
         );
     }
 }

@@ -84,6 +84,7 @@ fn clients_connect_over_tls_and_plaintext_is_refused_when_required() {
         "sslmode=require".to_string(),
         format!("sslmode=verify-full sslrootcert={ca}"),
         format!("sslmode=verify-ca sslrootcert={ca}"),
+        "sslmode=require channel_binding=require".to_string(),
     ] {
         let info = psql(port, &tls, "\\conninfo").unwrap_or_else(|e| panic!("{tls}: {e}"));
         assert!(
@@ -121,6 +122,23 @@ fn clients_connect_over_tls_and_plaintext_is_refused_when_required() {
         psql(prefer.port, "sslmode=disable", "SELECT 1").expect("plaintext"),
         "1"
     );
+    // SCRAM-SHA-256-PLUS is offered over TLS only.
+    assert_eq!(
+        psql(
+            prefer.port,
+            "sslmode=require channel_binding=require",
+            "SELECT 1"
+        )
+        .expect("bound"),
+        "1"
+    );
+    let err = psql(
+        prefer.port,
+        "sslmode=disable channel_binding=require",
+        "SELECT 1",
+    )
+    .expect_err("no binding without TLS");
+    assert!(err.contains("channel binding"), "{err}");
     prefer.stop();
 }
 

@@ -266,19 +266,26 @@ impl ServerConn {
                             messages::password_message(&mut out, &data);
                         }
                         10 => {
-                            let offers_scram =
-                                body.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
-                            if !offers_scram {
+                            let offers = |name: &[u8]| body.split(|&b| b == 0).any(|m| m == name);
+                            if !offers(b"SCRAM-SHA-256") && !offers(b"SCRAM-SHA-256-PLUS") {
                                 return Err(
                                     self.protocol("server offers no SASL mechanism we know")
                                 );
                             }
                             let password = self.password(login)?;
-                            let s = ScramSha256::new(
-                                password.as_bytes(),
-                                ChannelBinding::unsupported(),
-                            );
-                            messages::sasl_initial_response(&mut out, "SCRAM-SHA-256", s.message());
+                            // Over TLS, bind the exchange to the server's
+                            // certificate when it offers that, as libpq does.
+                            let end_point = self.tls_end_point();
+                            let (mechanism, binding) = match end_point {
+                                Some(hash) if offers(b"SCRAM-SHA-256-PLUS") => (
+                                    "SCRAM-SHA-256-PLUS",
+                                    ChannelBinding::tls_server_end_point(hash),
+                                ),
+                                Some(_) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
+                                None => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+                            };
+                            let s = ScramSha256::new(password.as_bytes(), binding);
+                            messages::sasl_initial_response(&mut out, mechanism, s.message());
                             scram = Some(s);
                         }
                         11 => {
@@ -336,6 +343,16 @@ impl ServerConn {
                 }
             }
         }
+    }
+
+    /// The `tls-server-end-point` data of the server's certificate, when
+    /// the connection is TLS.
+    fn tls_end_point(&self) -> Option<Vec<u8>> {
+        let Socket::Tls(tls) = &self.stream else {
+            return None;
+        };
+        let leaf = tls.get_ref().1.peer_certificates()?.first()?;
+        Some(crate::tls::end_point_hash(leaf))
     }
 
     fn password<'a>(&self, login: &'a Login) -> Result<&'a str, BackendError> {

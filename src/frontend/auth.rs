@@ -76,7 +76,18 @@ pub struct ScramExchange {
     client_first_bare: String,
     server_first: String,
     nonce: String,
-    gs2_header: String,
+    /// What the client-final's `c=` must carry: the gs2 header, then the
+    /// channel binding data when the client binds.
+    binding_input: Vec<u8>,
+}
+
+/// Channel binding on one login: whether the client chose
+/// SCRAM-SHA-256-PLUS, and the server's `tls-server-end-point` data when
+/// the connection is TLS (the PLUS mechanism was offered).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Binding<'a> {
+    pub plus_selected: bool,
+    pub end_point: Option<&'a [u8]>,
 }
 
 impl ScramExchange {
@@ -86,21 +97,47 @@ impl ScramExchange {
         secret: ScramSecret,
         client_first: &[u8],
     ) -> Result<(ScramExchange, String), ScramError> {
+        Self::start_bound(secret, client_first, Binding::default())
+    }
+
+    /// [`ScramExchange::start`] on a connection where channel binding may
+    /// be in play, checked as Postgres checks it.
+    pub fn start_bound(
+        secret: ScramSecret,
+        client_first: &[u8],
+        binding: Binding<'_>,
+    ) -> Result<(ScramExchange, String), ScramError> {
         let text =
             std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         // gs2-header: channel-binding flag, optional authzid, then the bare message.
         let (flag, rest) = text
             .split_once(',')
             .ok_or(ScramError::Malformed("no gs2 header"))?;
-        match flag {
-            "n" | "y" => {}
+        let bound = match (flag, binding.plus_selected, binding.end_point) {
+            ("p=tls-server-end-point", true, Some(data)) => Some(data),
+            (_, true, _) if !flag.starts_with("p=") => {
+                return Err(ScramError::Malformed(
+                    "client selected SCRAM-SHA-256-PLUS but the SCRAM message does not include channel binding data",
+                ))
+            }
+            ("y", false, Some(_)) => {
+                return Err(ScramError::Malformed(
+                    "the client supports SCRAM channel binding but thinks the server does not; however, this server does support channel binding",
+                ))
+            }
+            ("n" | "y", false, _) => None,
+            (_, true, _) => {
+                return Err(ScramError::Malformed(
+                    "unsupported SCRAM channel-binding type",
+                ))
+            }
             _ if flag.starts_with("p=") => {
                 return Err(ScramError::Malformed(
-                    "channel binding is not supported without TLS",
+                    "client uses channel binding without selecting SCRAM-SHA-256-PLUS",
                 ))
             }
             _ => return Err(ScramError::Malformed("bad channel binding flag")),
-        }
+        };
         let (authzid, bare) = rest
             .split_once(',')
             .ok_or(ScramError::Malformed("no authzid"))?;
@@ -120,12 +157,14 @@ impl ScramExchange {
             B64.encode(&secret.salt),
             secret.iterations
         );
+        let mut binding_input = format!("{flag},{authzid},").into_bytes();
+        binding_input.extend_from_slice(bound.unwrap_or_default());
         let exchange = ScramExchange {
             secret,
             client_first_bare: bare.to_string(),
             server_first: server_first.clone(),
             nonce,
-            gs2_header: format!("{flag},{authzid},"),
+            binding_input,
         };
         Ok((exchange, server_first))
     }
@@ -147,9 +186,9 @@ impl ScramExchange {
                 nonce = Some(v);
             }
         }
-        let expected_binding = B64.encode(self.gs2_header.as_bytes());
+        let expected_binding = B64.encode(&self.binding_input);
         if channel_binding != Some(expected_binding.as_str()) {
-            return Err(ScramError::Malformed("channel binding does not match"));
+            return Err(ScramError::Malformed("SCRAM channel binding check failed"));
         }
         if nonce != Some(self.nonce.as_str()) {
             return Err(ScramError::Malformed("nonce does not match"));
@@ -265,6 +304,55 @@ mod tests {
             .map(|_| ())
             .expect_err("no TLS");
         assert!(matches!(err, ScramError::Malformed(_)));
+    }
+
+    /// A full exchange with channel binding: the client binds to
+    /// `client_sees`, the server checks against `server_has`.
+    fn bound_exchange(client_sees: &[u8], server_has: &[u8]) -> Result<(), ScramError> {
+        let mut client = ScramSha256::new(
+            b"s3cret",
+            ChannelBinding::tls_server_end_point(client_sees.to_vec()),
+        );
+        let binding = Binding {
+            plus_selected: true,
+            end_point: Some(server_has),
+        };
+        let (server, server_first) = ScramExchange::start_bound(
+            ScramSecret::from_password("s3cret"),
+            client.message(),
+            binding,
+        )?;
+        client
+            .update(server_first.as_bytes())
+            .map_err(|_| ScramError::Malformed("client rejected server-first"))?;
+        server.finish(client.message()).map(drop)
+    }
+
+    #[test]
+    fn channel_binding_to_the_certificate_is_checked() {
+        assert_eq!(bound_exchange(b"hash", b"hash"), Ok(()));
+        // A man in the middle shows the client another certificate.
+        assert_eq!(
+            bound_exchange(b"other", b"hash"),
+            Err(ScramError::Malformed("SCRAM channel binding check failed"))
+        );
+        // "y": the client thinks the server cannot bind; over TLS it can,
+        // so a downgrade is refused, as Postgres refuses it.
+        let offered = Binding {
+            plus_selected: false,
+            end_point: Some(b"hash"),
+        };
+        let y = ScramExchange::start_bound(ScramSecret::random(), b"y,,n=,r=abc", offered);
+        assert!(matches!(y, Err(ScramError::Malformed(_))));
+        let n = ScramExchange::start_bound(ScramSecret::random(), b"n,,n=,r=abc", offered);
+        assert!(n.is_ok(), "plain SCRAM stays allowed");
+        // PLUS chosen without binding data.
+        let plus = Binding {
+            plus_selected: true,
+            end_point: Some(b"hash"),
+        };
+        let err = ScramExchange::start_bound(ScramSecret::random(), b"n,,n=,r=abc", plus);
+        assert!(matches!(err, Err(ScramError::Malformed(_))));
     }
 
     #[test]

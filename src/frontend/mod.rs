@@ -351,18 +351,29 @@ async fn authenticate(proxy: &Proxy, io: &mut ClientIo, user: &str) -> Result<()
             let secret = known
                 .and_then(|u| u.scram.clone())
                 .unwrap_or_else(ScramSecret::random);
-            messages::authentication_sasl(&mut out, &["SCRAM-SHA-256"]);
+            // Over TLS, channel binding to the proxy's certificate is
+            // offered first, as Postgres does.
+            let end_point = proxy.tls_binding.as_deref().filter(|_| io.stream.is_tls());
+            let mechanisms: &[&str] = match end_point {
+                Some(_) => &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"],
+                None => &["SCRAM-SHA-256"],
+            };
+            messages::authentication_sasl(&mut out, mechanisms);
             io.stream.write_all(&out).await?;
             let initial = read_password_message(io).await?;
-            let client_first = parse_sasl_initial(&initial)?;
+            let (plus_selected, client_first) = parse_sasl_choice(&initial, end_point.is_some())?;
             let malformed = |e: ScramError| match e {
                 ScramError::Malformed(why) => {
                     LoginError::fatal("08P01", format!("malformed SCRAM message: {why}"))
                 }
                 ScramError::WrongProof => auth_failed(user, method),
             };
+            let binding = auth::Binding {
+                plus_selected,
+                end_point,
+            };
             let (exchange, server_first) =
-                ScramExchange::start(secret, client_first).map_err(malformed)?;
+                ScramExchange::start_bound(secret, client_first, binding).map_err(malformed)?;
             out.clear();
             messages::authentication_sasl_continue(&mut out, server_first.as_bytes());
             io.stream.write_all(&out).await?;
@@ -382,16 +393,28 @@ async fn authenticate(proxy: &Proxy, io: &mut ClientIo, user: &str) -> Result<()
     Ok(())
 }
 
-/// SASLInitialResponse: mechanism name, then a length-prefixed client-first-message.
+/// SASLInitialResponse: mechanism name, then a length-prefixed
+/// client-first-message, on a connection where only SCRAM-SHA-256 was
+/// offered.
 pub fn parse_sasl_initial(body: &[u8]) -> Result<&[u8], LoginError> {
+    parse_sasl_choice(body, false).map(|(_, data)| data)
+}
+
+/// [`parse_sasl_initial`] where SCRAM-SHA-256-PLUS may have been offered:
+/// returns whether the client chose it, and the message.
+pub fn parse_sasl_choice(body: &[u8], plus_offered: bool) -> Result<(bool, &[u8]), LoginError> {
     let bad = || LoginError::fatal("08P01", "malformed SASLInitialResponse message");
     let end = body.iter().position(|&b| b == 0).ok_or_else(bad)?;
-    if &body[..end] != b"SCRAM-SHA-256" {
-        return Err(LoginError::fatal(
-            "08P01",
-            "client selected an invalid SASL authentication mechanism",
-        ));
-    }
+    let plus = match &body[..end] {
+        b"SCRAM-SHA-256" => false,
+        b"SCRAM-SHA-256-PLUS" if plus_offered => true,
+        _ => {
+            return Err(LoginError::fatal(
+                "08P01",
+                "client selected an invalid SASL authentication mechanism",
+            ))
+        }
+    };
     let rest = &body[end + 1..];
     if rest.len() < 4 {
         return Err(bad());
@@ -401,7 +424,7 @@ pub fn parse_sasl_initial(body: &[u8]) -> Result<&[u8], LoginError> {
     if len < 0 || len as usize != data.len() {
         return Err(bad());
     }
-    Ok(data)
+    Ok((plus, data))
 }
 
 /// Maps a failure to get a server connection at login to what the client sees.
