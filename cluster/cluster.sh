@@ -15,9 +15,10 @@
 #                          in pg_stat_replication. Idempotent: starts only what is
 #                          down, clones only replicas that do not exist yet.
 #   stop                   stop every server (pg_ctl -m fast) and Redis
-#   status                 table: name, port, role, replayed LSN, lag bytes vs
-#                          the primary's pg_current_wal_lsn(), replay paused,
-#                          apply delay; and Redis up/down.
+#   status                 table: name, port, real role (pg_is_in_recovery()),
+#                          replayed LSN, lag bytes vs the primary's
+#                          pg_current_wal_lsn(), replay paused, apply delay, whom
+#                          a standby streams from; and Redis up/down.
 #                          Exit 0 when everything is up, 3 when something is down.
 #   pause NAME             pg_wal_replay_pause() on a replica (waits until paused)
 #   resume NAME            pg_wal_replay_resume()
@@ -25,15 +26,24 @@
 #                          0 removes the delay
 #   stop-server NAME       stop one server (NAME may also be `redis`)
 #   start-server NAME      start one server; a replica is waited for until streaming
-#   promote NAME           pg_ctl promote a replica (waits until it is out of
-#                          recovery); causeway sends writes to it once the
-#                          primary is gone
-#   failover NAME          stop the primary, then promote replica NAME
+#   kill NAME              stop one server with `pg_ctl -m immediate`, as a crash
+#   promote NAME           pg_ctl promote a standby (waits until it is out of
+#                          recovery) and record it as the primary; causeway sends
+#                          writes to it once the old primary is gone or in recovery
+#   failover NAME          stop the primary, then promote standby NAME
+#   rejoin NAME            make NAME a streaming standby of the current primary:
+#                          re-point it (primary_conninfo, reload), else pg_rewind
+#                          it, else clone it afresh with pg_basebackup; waits until
+#                          it streams. For the other standbys and the old primary
+#                          after a promotion.
 #   psql NAME [ARGS...]    psql to one server as the superuser (rest passed to psql)
 #   env                    print `export` lines: ports, URLs, DIR, PG_BIN
 #   destroy                stop everything and delete DIR (only if DIR holds a cluster)
 #
-#   NAME is primary, replica0, replica1, ... (ports in that order).
+#   NAME is primary, replica0, replica1, ... (ports in that order). A name is a
+#   server (data directory and port), not a role: after a promotion, `replica0`
+#   may be the primary and `primary` a standby. DIR/cluster.env records which
+#   server is the primary; `status` shows each server's real role.
 #
 # Options (and the environment variables that set the same default):
 #   --dir DIR                 data directory          CLUSTER_DIR   ($REPO/.cluster)
@@ -45,8 +55,9 @@
 #   --no-fsync                fsync=off, full_page_writes=off, synchronous_commit=off
 #                             (throwaway test clusters; never for benchmarks)
 #
-# The layout (ports, replicas, Redis) is saved in DIR/cluster.env at the first
-# `start`; later commands read it, so only --dir is needed after that.
+# The layout (ports, replicas, Redis, which server is the primary) is saved in
+# DIR/cluster.env at the first `start`; later commands read it, so only --dir is
+# needed after that.
 #
 # Layout of DIR: primary/ replicaK/ (data directories), run/ (Unix sockets),
 # log/NAME.log (server logs), redis/ (Redis data, log, pid), cluster.env.
@@ -232,6 +243,9 @@ L_PRIMARY_PORT=
 L_REPLICA_PORTS=
 L_REDIS_PORT=
 L_NO_FSYNC=0
+# The server that is the primary now (a layout saved before promotions were
+# recorded has no such line: then it is `primary`).
+L_PRIMARY_NAME=primary
 
 load_layout() {
   [[ -f $LAYOUT ]] || return 1
@@ -250,6 +264,7 @@ save_layout() {
     printf 'L_REPLICA_PORTS=%q\n' "$L_REPLICA_PORTS"
     printf 'L_REDIS_PORT=%q\n' "$L_REDIS_PORT"
     printf 'L_NO_FSYNC=%q\n' "$L_NO_FSYNC"
+    printf 'L_PRIMARY_NAME=%q\n' "$L_PRIMARY_NAME"
   } >"$LAYOUT"
 }
 
@@ -261,6 +276,7 @@ wanted_layout() {
   for ((k = 0; k < n; k++)); do L_REPLICA_PORTS+="${L_REPLICA_PORTS:+ }$((base + k))"; done
   if ((OPT_NO_REDIS)); then L_REDIS_PORT=; else L_REDIS_PORT=${OPT_REDIS_PORT:-6379}; fi
   L_NO_FSYNC=$OPT_NO_FSYNC
+  L_PRIMARY_NAME=primary
 }
 
 replica_ports() { read -r -a REPLICA_PORTS <<<"$L_REPLICA_PORTS"; }
@@ -290,9 +306,15 @@ port_of() {
   esac
 }
 
+# The current primary (recorded by start, promote and failover) and its port.
+primary_name() { echo "$L_PRIMARY_NAME"; }
+primary_port() { port_of "$L_PRIMARY_NAME"; }
+standby_names() { server_names | grep -vx "$L_PRIMARY_NAME"; }
+
 require_replica() {
-  [[ $1 == replica* ]] || die "$1 is not a replica (replicas: $(server_names | grep replica | paste -sd" "))"
   port_of "$1" >/dev/null
+  [[ $1 != "$L_PRIMARY_NAME" ]] ||
+    die "$1 is the primary, not a standby (standbys: $(standby_names | paste -sd" "))"
 }
 
 datadir_of() { echo "$DIR/$1"; }
@@ -311,16 +333,25 @@ q() {
 
 pg_running() { as_pg "$PG_CTL" -D "$(datadir_of "$1")" status >/dev/null 2>&1; }
 
-wait_streaming() {
-  local name=$1 state deadline=$((SECONDS + ${CLUSTER_WAIT_SECONDS:-60}))
+# streams_within NAME SECONDS: true once the primary's pg_stat_replication
+# shows NAME 'streaming', false when SECONDS pass first.
+streams_within() {
+  local name=$1 deadline=$((SECONDS + $2)) port
+  port=$(primary_port)
+  STREAM_STATE=
   while :; do
-    state=$(q "$L_PRIMARY_PORT" -c \
+    STREAM_STATE=$(q "$port" -c \
       "SELECT state FROM pg_stat_replication WHERE application_name = '$name'" 2>/dev/null || true)
-    [[ $state == *streaming* ]] && return 0
-    ((SECONDS < deadline)) ||
-      die "$name is not streaming after ${CLUSTER_WAIT_SECONDS:-60}s (state '${state:-absent}'); see $LOG_DIR/$name.log"
+    [[ $STREAM_STATE == *streaming* ]] && return 0
+    ((SECONDS < deadline)) || return 1
     sleep 0.2
   done
+}
+
+wait_streaming() {
+  local name=$1 wait=${CLUSTER_WAIT_SECONDS:-60}
+  streams_within "$name" "$wait" ||
+    die "$name is not streaming from $(primary_name) after ${wait}s (state '${STREAM_STATE:-absent}'); see $LOG_DIR/$name.log"
 }
 
 # ---------------------------------------------------------------- Postgres servers
@@ -347,6 +378,8 @@ max_wal_senders = 10
 max_replication_slots = 10
 max_slot_wal_keep_size = '2GB'
 wal_receiver_status_interval = 1s
+# Lets pg_rewind turn a failed primary into a standby (cluster.sh rejoin).
+wal_log_hints = on
 log_line_prefix = '%m [%p] %q%u@%d '
 EOF
   if ((L_NO_FSYNC)); then
@@ -389,8 +422,10 @@ EOF
 
 # Run at every start, so a start interrupted after initdb still ends with them.
 ensure_app_role() {
-  [[ -z $(q "$L_PRIMARY_PORT" -c "SELECT 1 FROM pg_database WHERE datname = 'app'") ]] || return 0
-  q "$L_PRIMARY_PORT" >/dev/null <<'SQL'
+  local port
+  port=$(primary_port)
+  [[ -z $(q "$port" -c "SELECT 1 FROM pg_database WHERE datname = 'app'") ]] || return 0
+  q "$port" >/dev/null <<'SQL'
 DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'app') THEN
     CREATE ROLE app LOGIN REPLICATION PASSWORD 'app';
@@ -426,14 +461,15 @@ stop_pg() {
 }
 
 clone_replica() {
-  local name=$1 port datadir
+  local name=$1 port datadir source
   port=$(port_of "$name")
   datadir=$(datadir_of "$name")
-  say "cloning $name from primary (pg_basebackup -R -X stream, slot $name)"
+  source=$(primary_port)
+  say "cloning $name from $(primary_name) (pg_basebackup -R -X stream, slot $name)"
   # A slot left by an earlier replica of that name would make -C fail.
-  q "$L_PRIMARY_PORT" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-                          WHERE slot_name = '$name' AND NOT active" >/dev/null
-  as_pg "$PG_BASEBACKUP" -h 127.0.0.1 -p "$L_PRIMARY_PORT" -U postgres -D "$datadir" \
+  q "$source" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                  WHERE slot_name = '$name' AND NOT active" >/dev/null
+  as_pg "$PG_BASEBACKUP" -h 127.0.0.1 -p "$source" -U postgres -D "$datadir" \
     -R -X stream -C -S "$name" -c fast >"$LOG_DIR/$name-basebackup.log" 2>&1 ||
     die "pg_basebackup for $name failed; see $LOG_DIR/$name-basebackup.log"
   write_conf "$name" "$port"
@@ -525,20 +561,34 @@ cmd_start() {
   done < <(server_names)
   prepare_dir
   save_layout
-  [[ -f $(datadir_of primary)/PG_VERSION ]] || init_primary
-  start_pg primary && started=1
+  local primary
+  primary=$(primary_name)
+  if [[ ! -f $(datadir_of "$primary")/PG_VERSION ]]; then
+    [[ $primary == primary ]] ||
+      die "$LAYOUT names $primary as the primary, but $(datadir_of "$primary") holds no server"
+    init_primary
+  fi
+  start_pg "$primary" && started=1
   ensure_app_role
   while read -r name; do
-    [[ $name == primary ]] && continue
-    [[ -f $(datadir_of "$name")/PG_VERSION ]] || clone_replica "$name"
+    if [[ ! -f $(datadir_of "$name")/PG_VERSION ]]; then
+      clone_replica "$name"
+    elif [[ ! -f $(datadir_of "$name")/standby.signal ]] && ! pg_running "$name"; then
+      # A former primary left stopped after a promotion: started as it is,
+      # it would be a second primary.
+      say "$name is not a standby (no standby.signal); rejoining it to $primary"
+      rejoin_server "$name"
+      started=1
+      continue
+    fi
     start_pg "$name" && started=1
-  done < <(server_names)
+  done < <(standby_names)
   if [[ -n $L_REDIS_PORT ]]; then
     start_redis && started=1
   fi
   while read -r name; do
-    [[ $name == primary ]] || wait_streaming "$name"
-  done < <(server_names)
+    wait_streaming "$name"
+  done < <(standby_names)
   if ((started)); then
     say "cluster up in $DIR"
   else
@@ -551,21 +601,22 @@ cmd_stop() {
   require_layout
   need_server_bins
   local name
-  # Replicas first, so none of them logs the primary going away.
+  # Standbys first, so none of them logs the primary going away.
   while read -r name; do
-    [[ $name == primary ]] || stop_pg "$name"
-  done < <(server_names)
-  stop_pg primary
+    stop_pg "$name"
+  done < <(standby_names)
+  stop_pg "$(primary_name)"
   [[ -z $L_REDIS_PORT ]] || stop_redis
 }
 
 cmd_status() {
   require_layout
   need_psql
-  local name port primary_lsn all_up=0 row role lsn lag paused delay
-  primary_lsn=$(q "$L_PRIMARY_PORT" -c "SELECT pg_current_wal_lsn()" 2>/dev/null || true)
-  printf '%-10s %-6s %-8s %-14s %-11s %-16s %s\n' \
-    NAME PORT ROLE REPLAYED_LSN LAG_BYTES REPLAY_PAUSED APPLY_DELAY
+  local name port primary_lsn all_up=0 row role lsn lag paused delay upstream out_of_recovery=
+  primary_lsn=$(q "$(primary_port)" -c \
+    "SELECT pg_current_wal_lsn() WHERE NOT pg_is_in_recovery()" 2>/dev/null || true)
+  printf '%-10s %-6s %-8s %-14s %-11s %-16s %-11s %s\n' \
+    NAME PORT ROLE REPLAYED_LSN LAG_BYTES REPLAY_PAUSED APPLY_DELAY UPSTREAM
   while read -r name; do
     port=$(port_of "$name")
     # On a replica: its replayed LSN and the bytes it is behind the primary.
@@ -579,15 +630,23 @@ cmd_status() {
                   ELSE greatest(0, pg_wal_lsn_diff(nullif('$primary_lsn', '')::pg_lsn,
                                                    pg_last_wal_replay_lsn()))::bigint::text END,
              CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE '-' END,
-             current_setting('recovery_min_apply_delay')" 2>/dev/null || true)
+             current_setting('recovery_min_apply_delay'),
+             CASE WHEN NOT pg_is_in_recovery() THEN '-'
+                  ELSE coalesce((SELECT status || ':' || coalesce(sender_port::text, '?')
+                                 FROM pg_stat_wal_receiver), 'none') END" 2>/dev/null || true)
     if [[ -z $row ]]; then
       all_up=3
-      printf '%-10s %-6s %-8s %-14s %-11s %-16s %s\n' "$name" "$port" down - - - -
+      printf '%-10s %-6s %-8s %-14s %-11s %-16s %-11s %s\n' "$name" "$port" down - - - - -
       continue
     fi
-    IFS='|' read -r role lsn lag paused delay <<<"$row"
-    printf '%-10s %-6s %-8s %-14s %-11s %-16s %s\n' "$name" "$port" "$role" "$lsn" "$lag" "$paused" "$delay"
+    IFS='|' read -r role lsn lag paused delay upstream <<<"$row"
+    [[ $role == primary ]] && out_of_recovery+="${out_of_recovery:+ }$name"
+    printf '%-10s %-6s %-8s %-14s %-11s %-16s %-11s %s\n' \
+      "$name" "$port" "$role" "$lsn" "$lag" "$paused" "$delay" "$(upstream_label "$upstream")"
   done < <(server_names)
+  if [[ -n $out_of_recovery && $out_of_recovery != "$(primary_name)" ]]; then
+    say "note: $LAYOUT records $(primary_name) as the primary; out of recovery: $out_of_recovery"
+  fi
   if [[ -n $L_REDIS_PORT ]]; then
     if redis_up "$L_REDIS_PORT"; then
       printf '%-10s %-6s %s\n' redis "$L_REDIS_PORT" up
@@ -597,6 +656,23 @@ cmd_status() {
     fi
   fi
   return "$all_up"
+}
+
+# "streaming:5434" (pg_stat_wal_receiver's status and sender port) as
+# "streaming from replica0"; a receiver that is not running as "no receiver".
+upstream_label() {
+  local status=${1%%:*} port=${1#*:} name
+  case $1 in
+    - | '') echo - ; return ;;
+    none) echo "no receiver"; return ;;
+  esac
+  while read -r name; do
+    if [[ $(port_of "$name") == "$port" ]]; then
+      echo "$status from $name"
+      return
+    fi
+  done < <(server_names)
+  echo "$status from port $port"
 }
 
 cmd_pause() {
@@ -671,25 +747,7 @@ cmd_start_server() {
   fi
   need_server_bins
   start_pg "$name" || true
-  [[ $name == primary ]] || wait_streaming "$name"
-}
-
-cmd_promote() {
-  local name=${1:?usage: $PROG promote NAME}
-  require_layout
-  [[ $name == replica* ]] || die "only a replica can be promoted, not '$name'"
-  port_of "$name" >/dev/null
-  need_server_bins
-  pg_running "$name" || die "$name is not running"
-  as_pg "$PG_CTL" -D "$(datadir_of "$name")" -w -t 60 promote >/dev/null ||
-    die "$name was not promoted; see $LOG_DIR/$name.log"
-  say "$name promoted: it is a primary now (the other replicas still follow the old one)"
-}
-
-cmd_failover() {
-  local name=${1:?usage: $PROG failover NAME}
-  cmd_stop_server primary
-  cmd_promote "$name"
+  [[ $name == "$(primary_name)" ]] || wait_streaming "$name"
 }
 
 cmd_psql() {
@@ -713,8 +771,12 @@ cmd_env() {
   done
   printf 'export PGPORT_REPLICAS="%s"\n' "$L_REPLICA_PORTS"
   printf 'export CLUSTER_REPLICAS=%d\n' "${#REPLICA_PORTS[@]}"
-  printf 'export PRIMARY_URL=%q\n' "postgres://app:app@127.0.0.1:$L_PRIMARY_PORT/app"
-  printf 'export ADMIN_URL=%q\n' "postgres://postgres@127.0.0.1:$L_PRIMARY_PORT/postgres"
+  # PGPORT_PRIMARY is the server named `primary`; the URLs reach the server
+  # that is the primary now (CLUSTER_PRIMARY, another one after a promotion).
+  printf 'export CLUSTER_PRIMARY=%s\n' "$(primary_name)"
+  printf 'export CLUSTER_SERVERS="%s"\n' "$(server_names | paste -sd" ")"
+  printf 'export PRIMARY_URL=%q\n' "postgres://app:app@127.0.0.1:$(primary_port)/app"
+  printf 'export ADMIN_URL=%q\n' "postgres://postgres@127.0.0.1:$(primary_port)/postgres"
   if [[ -n $L_REDIS_PORT ]]; then
     printf 'export REDIS_PORT=%s\n' "$L_REDIS_PORT"
     printf 'export REDIS_URL=%q\n' "redis://127.0.0.1:$L_REDIS_PORT"
@@ -731,6 +793,10 @@ cmd_destroy() {
   say "deleted $DIR"
 }
 
+# kill, promote, failover, rejoin: changing which server is the primary.
+# shellcheck source=cluster/failover.sh
+source "$REPO/cluster/failover.sh"
+
 cmd=${1:-}
 [[ -n $cmd ]] || { usage >&2; exit 2; }
 shift
@@ -743,8 +809,10 @@ case $cmd in
   delay) cmd_delay "$@" ;;
   stop-server) cmd_stop_server "$@" ;;
   start-server) cmd_start_server "$@" ;;
+  kill) cmd_kill "$@" ;;
   promote) cmd_promote "$@" ;;
   failover) cmd_failover "$@" ;;
+  rejoin) cmd_rejoin "$@" ;;
   psql) cmd_psql "$@" ;;
   env) cmd_env "$@" ;;
   destroy) cmd_destroy "$@" ;;
