@@ -36,6 +36,10 @@
 #                          it, else clone it afresh with pg_basebackup; waits until
 #                          it streams. For the other standbys and the old primary
 #                          after a promotion.
+#   chaos [OPTIONS]        kill, restart and promote servers at random under load
+#                          through causeway, then print what clients saw (stale
+#                          reads, lost writes, errors, closed sessions); see
+#                          cluster/chaos.sh --help and docs/chaos.md
 #   psql NAME [ARGS...]    psql to one server as the superuser (rest passed to psql)
 #   env                    print `export` lines: ports, URLs, DIR, PG_BIN
 #   destroy                stop everything and delete DIR (only if DIR holds a cluster)
@@ -102,8 +106,9 @@ is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 
 ARGS=()
 while (($#)); do
-  # Everything after `psql NAME` belongs to psql.
-  if ((${#ARGS[@]} == 2)) && [[ ${ARGS[0]} == psql ]]; then
+  # Everything after `psql NAME` belongs to psql, after `chaos` to chaos.sh.
+  if { ((${#ARGS[@]} == 2)) && [[ ${ARGS[0]} == psql ]]; } ||
+    { ((${#ARGS[@]} == 1)) && [[ ${ARGS[0]} == chaos ]]; }; then
     ARGS+=("$@")
     break
   fi
@@ -797,6 +802,10 @@ cmd_destroy() {
 # shellcheck source=cluster/failover.sh
 source "$REPO/cluster/failover.sh"
 
+cmd_chaos() {
+  exec bash "$REPO/cluster/chaos.sh" --dir "$DIR" "$@"
+}
+
 cmd=${1:-}
 [[ -n $cmd ]] || { usage >&2; exit 2; }
 shift
@@ -813,6 +822,7 @@ case $cmd in
   promote) cmd_promote "$@" ;;
   failover) cmd_failover "$@" ;;
   rejoin) cmd_rejoin "$@" ;;
+  chaos) cmd_chaos "$@" ;;
   psql) cmd_psql "$@" ;;
   env) cmd_env "$@" ;;
   destroy) cmd_destroy "$@" ;;
