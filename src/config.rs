@@ -192,6 +192,16 @@ pub struct AuthSection {
     pub method: AuthMethod,
     /// Users who may connect to the admin console (database `causeway`).
     pub admin_users: Vec<String>,
+    /// Looks up users not in `[[users]]` on the servers: a query with one
+    /// parameter, `$1` (the user name), returning the name and the secret
+    /// as `pg_authid` stores it (SCRAM verifier or md5 hash).
+    pub auth_query: Option<String>,
+    /// The `[[users]]` entry whose server login runs `auth_query`.
+    pub auth_user: Option<String>,
+    /// The database `auth_query` runs in; default the client's.
+    pub auth_dbname: Option<String>,
+    /// How long a looked-up secret (or the absence of one) is kept.
+    pub auth_query_cache_ttl_ms: u64,
 }
 
 impl Default for AuthSection {
@@ -199,6 +209,10 @@ impl Default for AuthSection {
         AuthSection {
             method: AuthMethod::ScramSha256,
             admin_users: Vec::new(),
+            auth_query: None,
+            auth_user: None,
+            auth_dbname: None,
+            auth_query_cache_ttl_ms: 60_000,
         }
     }
 }
@@ -464,6 +478,28 @@ impl Config {
             // Root certificates must load now, like the client certificate.
             server.tls(&self.tls, &key)?;
         }
+        if let Some(query) = &self.auth.auth_query {
+            if !query.contains("$1") {
+                return Err((
+                    "auth.auth_query".to_string(),
+                    "must take the user name as $1".to_string(),
+                ));
+            }
+            let runner = self.auth.auth_user.as_ref().ok_or_else(|| {
+                (
+                    "auth.auth_user".to_string(),
+                    "is required with auth.auth_query: the [[users]] entry that runs it"
+                        .to_string(),
+                )
+            })?;
+            let listed = self.users.iter().find(|u| &u.name == runner);
+            if listed.is_none_or(|u| u.server_login().1.is_none()) {
+                return Err((
+                    "auth.auth_user".to_string(),
+                    format!("'{runner}' must be a [[users]] entry with a password for the servers"),
+                ));
+            }
+        }
         let mut users = HashSet::new();
         for (i, user) in self.users.iter().enumerate() {
             let key = format!("users[{i}]");
@@ -678,5 +714,22 @@ mod tests {
         let c = Config::parse("[tls]\nserver_sslmode = \"require\"\n", "p.toml").expect("require");
         let tls = c.primary.tls(&c.tls, "primary").expect("ok").expect("on");
         assert_eq!(tls.mode, crate::tls::SslMode::Require);
+    }
+
+    #[test]
+    fn auth_query_needs_a_runner_with_a_password() {
+        let err = Config::parse("[auth]\nauth_query = \"SELECT 1\"\n", "p.toml")
+            .expect_err("no $1")
+            .to_string();
+        assert!(err.contains("auth.auth_query"), "{err}");
+        let err = Config::parse("[auth]\nauth_query = \"SELECT f($1)\"\n", "p.toml")
+            .expect_err("no runner")
+            .to_string();
+        assert!(err.contains("auth.auth_user"), "{err}");
+        let text = "[auth]\nauth_query = \"SELECT f($1)\"\nauth_user = \"nobody\"\n";
+        let err = Config::parse(text, "p.toml").expect_err("unlisted").to_string();
+        assert!(err.contains("auth.auth_user"), "{err}");
+        let text = "[auth]\nauth_query = \"SELECT f($1)\"\nauth_user = \"app\"\n";
+        Config::parse(text, "p.toml").expect("app has a password");
     }
 }

@@ -5,6 +5,7 @@
 //! are framed by [`protocol`], and go out to a server from [`backend`].
 
 pub mod admin;
+pub mod auth_query;
 pub mod backend;
 pub mod cancel;
 pub mod catalog;

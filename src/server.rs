@@ -58,6 +58,8 @@ pub struct Proxy {
     /// `tls-server-end-point` data of the certificate shown to clients,
     /// for SCRAM-SHA-256-PLUS.
     pub tls_binding: Option<Vec<u8>>,
+    /// Secrets read by `auth_query` (a reload starts afresh).
+    pub auth_cache: crate::auth_query::AuthCache,
     /// Causal LSNs shared by connections of one client.
     pub causal: Arc<CausalMap>,
     pub stats: Arc<Stats>,
@@ -165,6 +167,7 @@ impl Proxy {
             stats: previous.map_or_else(|| Arc::new(Stats::default()), |p| p.stats.clone()),
             catalogs: crate::catalog::Catalogs::default(),
             tls_binding: config.tls.channel_binding(),
+            auth_cache: Default::default(),
             tls: config.tls.server_config().unwrap_or_else(|(key, e)| {
                 tracing::error!(%key, error = %e, "TLS for clients is off");
                 None
@@ -203,6 +206,7 @@ impl Proxy {
             user,
             password,
             database: routing.monitor_database.clone(),
+            secret: None,
         }
     }
 
@@ -277,6 +281,7 @@ impl Proxy {
             user: server_user,
             password,
             database: database.to_string(),
+            secret: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! (`connect`), and lending them out (`pool`).
 
 pub mod pool;
+pub mod scram;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -39,6 +40,33 @@ pub struct Login {
     pub user: String,
     pub password: Option<String>,
     pub database: String,
+    /// Without a password: what the client's own login gave the proxy.
+    pub secret: Option<ServerSecret>,
+}
+
+/// How the proxy proves a role to a server when it has no password for it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum ServerSecret {
+    /// SCRAM keys: the ClientKey from the client's proof, the ServerKey
+    /// from the verifier (pass-through).
+    Scram(scram::ScramKeys),
+    /// The md5 hash as `pg_authid` stores it, which is all md5 needs.
+    Md5(String),
+}
+
+impl std::fmt::Debug for ServerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServerSecret::Scram(_) => "ServerSecret::Scram(..)",
+            ServerSecret::Md5(_) => "ServerSecret::Md5(..)",
+        })
+    }
+}
+
+/// A SASL exchange in progress towards a server.
+enum Sasl {
+    Password(ScramSha256),
+    Keys(scram::KeyedScram),
 }
 
 /// One logged-in connection to a server.
@@ -231,7 +259,7 @@ impl ServerConn {
             &[("user", &login.user), ("database", &login.database)],
         );
         self.send(&out).await?;
-        let mut scram: Option<ScramSha256> = None;
+        let mut scram: Option<Sasl> = None;
         loop {
             let (tag, body, raw) = self.read_message().await?;
             match tag {
@@ -251,16 +279,21 @@ impl ServerConn {
                             messages::password_message(&mut out, &data);
                         }
                         5 => {
-                            let password = self.password(login)?;
                             let salt: [u8; 4] = body
                                 .get(..4)
                                 .and_then(|s| s.try_into().ok())
                                 .ok_or_else(|| self.protocol("short md5 salt"))?;
-                            let hash = postgres_protocol::authentication::md5_hash(
-                                login.user.as_bytes(),
-                                password.as_bytes(),
-                                salt,
-                            );
+                            let hash = match (&login.password, &login.secret) {
+                                (None, Some(ServerSecret::Md5(stored))) => {
+                                    crate::frontend::auth::md5_response(stored, salt)
+                                        .ok_or_else(|| self.protocol("bad stored md5 hash"))?
+                                }
+                                _ => postgres_protocol::authentication::md5_hash(
+                                    login.user.as_bytes(),
+                                    self.password(login)?.as_bytes(),
+                                    salt,
+                                ),
+                            };
                             let mut data = hash.into_bytes();
                             data.push(0);
                             messages::password_message(&mut out, &data);
@@ -272,36 +305,70 @@ impl ServerConn {
                                     self.protocol("server offers no SASL mechanism we know")
                                 );
                             }
-                            let password = self.password(login)?;
                             // Over TLS, bind the exchange to the server's
                             // certificate when it offers that, as libpq does.
                             let end_point = self.tls_end_point();
-                            let (mechanism, binding) = match end_point {
-                                Some(hash) if offers(b"SCRAM-SHA-256-PLUS") => (
-                                    "SCRAM-SHA-256-PLUS",
-                                    ChannelBinding::tls_server_end_point(hash),
-                                ),
-                                Some(_) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
-                                None => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+                            let plus = offers(b"SCRAM-SHA-256-PLUS");
+                            let mechanism = match (&end_point, plus) {
+                                (Some(_), true) => "SCRAM-SHA-256-PLUS",
+                                _ => "SCRAM-SHA-256",
                             };
-                            let s = ScramSha256::new(password.as_bytes(), binding);
-                            messages::sasl_initial_response(&mut out, mechanism, s.message());
+                            let s = match (&login.password, &login.secret) {
+                                (None, Some(ServerSecret::Scram(keys))) => {
+                                    let (header, data) = match (end_point, plus) {
+                                        (Some(hash), true) => ("p=tls-server-end-point,,", hash),
+                                        (Some(_), false) => ("y,,", Vec::new()),
+                                        (None, _) => ("n,,", Vec::new()),
+                                    };
+                                    Sasl::Keys(scram::KeyedScram::new(keys.clone(), header, &data))
+                                }
+                                _ => {
+                                    let binding = match (end_point, plus) {
+                                        (Some(hash), true) => {
+                                            ChannelBinding::tls_server_end_point(hash)
+                                        }
+                                        (Some(_), false) => ChannelBinding::unrequested(),
+                                        (None, _) => ChannelBinding::unsupported(),
+                                    };
+                                    let password = self.password(login)?;
+                                    Sasl::Password(ScramSha256::new(password.as_bytes(), binding))
+                                }
+                            };
+                            let first = match &s {
+                                Sasl::Password(s) => s.message().to_vec(),
+                                Sasl::Keys(k) => k.client_first(),
+                            };
+                            messages::sasl_initial_response(&mut out, mechanism, &first);
                             scram = Some(s);
                         }
                         11 => {
                             let s = scram
                                 .as_mut()
                                 .ok_or_else(|| self.protocol("unexpected SASL continue"))?;
-                            s.update(body)
-                                .map_err(|e| self.protocol(&format!("SCRAM: {e}")))?;
-                            messages::password_message(&mut out, s.message());
+                            let reply = match s {
+                                Sasl::Password(s) => {
+                                    s.update(body)
+                                        .map_err(|e| self.protocol(&format!("SCRAM: {e}")))?;
+                                    s.message().to_vec()
+                                }
+                                Sasl::Keys(k) => k
+                                    .client_final(body)
+                                    .map_err(|e| self.protocol(&format!("SCRAM: {e}")))?,
+                            };
+                            messages::password_message(&mut out, &reply);
                         }
                         12 => {
-                            let mut s = scram
+                            let s = scram
                                 .take()
                                 .ok_or_else(|| self.protocol("unexpected SASL final"))?;
-                            s.finish(body)
-                                .map_err(|e| self.protocol(&format!("SCRAM: {e}")))?;
+                            match s {
+                                Sasl::Password(mut s) => s
+                                    .finish(body)
+                                    .map_err(|e| self.protocol(&format!("SCRAM: {e}")))?,
+                                Sasl::Keys(k) => k
+                                    .verify(body)
+                                    .map_err(|e| self.protocol(&format!("SCRAM: {e}")))?,
+                            }
                         }
                         other => {
                             return Err(self
@@ -429,6 +496,20 @@ impl ServerConn {
         &mut self,
         sql: &str,
     ) -> Result<Result<Vec<String>, messages::ErrorFields>, BackendError> {
+        let rows = self.query_rows(sql).await?;
+        Ok(rows.map(|rows| {
+            rows.into_iter()
+                .filter_map(|row| row.into_iter().next().flatten())
+                .collect()
+        }))
+    }
+
+    /// Runs one statement of the proxy's own and returns its rows, every
+    /// column as text (`None` for NULL), or the server's error.
+    pub async fn query_rows(
+        &mut self,
+        sql: &str,
+    ) -> Result<Result<Vec<Vec<Option<String>>>, messages::ErrorFields>, BackendError> {
         let mut out = BytesMut::new();
         messages::query(&mut out, sql);
         self.send(&out).await?;
@@ -442,7 +523,7 @@ impl ServerConn {
                         self.params.insert(name, value);
                     }
                 }
-                b'D' => rows.extend(messages::first_column_text(&body).map(str::to_string)),
+                b'D' => rows.extend(messages::data_row_columns(&body)),
                 b'E' if error.is_none() => error = Some(messages::parse_error_fields(&body)),
                 b'Z' => return Ok(error.map_or(Ok(rows), Err)),
                 _ => {}

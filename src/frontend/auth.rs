@@ -172,6 +172,15 @@ impl ScramExchange {
     /// Checks the client-final-message; on success returns the
     /// server-final-message (`v=...`) to send.
     pub fn finish(self, client_final: &[u8]) -> Result<String, ScramError> {
+        self.finish_keys(client_final)
+            .map(|(server_final, _)| server_final)
+    }
+
+    /// [`ScramExchange::finish`], also returning the client's ClientKey,
+    /// which its proof reveals to whoever knows StoredKey: with it (and
+    /// ServerKey) the proxy logs in to the servers as the client, without
+    /// the password (SCRAM pass-through, as PgBouncer does).
+    pub fn finish_keys(self, client_final: &[u8]) -> Result<(String, [u8; 32]), ScramError> {
         let text =
             std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (without_proof, proof) = text
@@ -212,11 +221,11 @@ impl ScramExchange {
             return Err(ScramError::WrongProof);
         }
         let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
-        Ok(format!("v={}", B64.encode(server_signature)))
+        Ok((format!("v={}", B64.encode(server_signature)), client_key))
     }
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
     mac.update(data);
@@ -235,16 +244,21 @@ pub fn md5_secret(user: &str, password: &str) -> String {
     format!("md5{:x}", h.finalize())
 }
 
-/// Checks an md5 password response (`md5` + hex(md5(secret-hex || salt))).
-pub fn md5_check(stored: &str, salt: [u8; 4], response: &[u8]) -> bool {
-    let Some(inner) = stored.strip_prefix("md5") else {
-        return false;
-    };
+/// The md5 password response for a stored md5 secret and a salt (`md5` +
+/// hex(md5(secret-hex || salt))): what a client that knows the password
+/// sends, and what the proxy sends for a user it knows only by the hash.
+pub fn md5_response(stored: &str, salt: [u8; 4]) -> Option<String> {
+    let inner = stored.strip_prefix("md5")?;
     let mut h = Md5::new();
     h.update(inner.as_bytes());
     h.update(salt);
-    let expected = format!("md5{:x}", h.finalize());
-    constant_time_eq(expected.as_bytes(), response)
+    Some(format!("md5{:x}", h.finalize()))
+}
+
+/// Checks an md5 password response against a stored md5 secret.
+pub fn md5_check(stored: &str, salt: [u8; 4], response: &[u8]) -> bool {
+    md5_response(stored, salt)
+        .is_some_and(|expected| constant_time_eq(expected.as_bytes(), response))
 }
 
 #[cfg(test)]
@@ -353,6 +367,15 @@ mod tests {
         };
         let err = ScramExchange::start_bound(ScramSecret::random(), b"n,,n=,r=abc", plus);
         assert!(matches!(err, Err(ScramError::Malformed(_))));
+    }
+
+    #[test]
+    fn the_md5_hash_answers_as_the_password_would() {
+        let salt = [1, 2, 3, 4];
+        let from_hash = md5_response(&md5_secret("app", "pw"), salt);
+        let from_password = postgres_protocol::authentication::md5_hash(b"app", b"pw", salt);
+        assert_eq!(from_hash, Some(from_password));
+        assert_eq!(md5_response("SCRAM-SHA-256$...", salt), None);
     }
 
     #[test]

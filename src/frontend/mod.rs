@@ -14,7 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::backend::{BackendError, Login};
+use crate::auth_query::Stored;
+use crate::backend::scram::ScramKeys;
+use crate::backend::{BackendError, Login, ServerSecret};
 use crate::config::AuthMethod;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::startup::{self, StartupPacket, StartupParams};
@@ -242,7 +244,7 @@ async fn login(proxy: &Proxy, io: &mut ClientIo) -> Result<Option<Ready>, LoginE
         settings.extend(parsed);
     }
 
-    authenticate(proxy, io, &user).await?;
+    let secret = authenticate(proxy, io, &user, &database).await?;
 
     let admin = database == crate::admin::ADMIN_DATABASE;
     if admin && !proxy.config.auth.admin_users.contains(&user) {
@@ -251,7 +253,12 @@ async fn login(proxy: &Proxy, io: &mut ClientIo) -> Result<Option<Ready>, LoginE
             format!("permission denied: user \"{user}\" is not in [auth] admin_users of the causeway console"),
         ));
     }
-    let login = proxy.server_login(&user, &database);
+    let mut login = proxy.server_login(&user, &database);
+    if login.password.is_none() {
+        // No password for the servers: log in to them with what the
+        // client's own login gave (SCRAM keys, or the md5 hash).
+        login.secret = secret;
+    }
     Ok(Some(Ready {
         params,
         login,
@@ -322,13 +329,47 @@ fn auth_failed(user: &str, method: AuthMethod) -> LoginError {
     LoginError::fatal(code, message)
 }
 
-/// Checks the client's password by the user's method, then says AuthenticationOk.
-async fn authenticate(proxy: &Proxy, io: &mut ClientIo, user: &str) -> Result<(), LoginError> {
+/// Checks the client's password by the user's method, then says
+/// AuthenticationOk. Returns what the login gave that lets the proxy log in
+/// to the servers as this user without a password: the SCRAM keys its
+/// proof revealed, or the md5 hash it was checked against.
+async fn authenticate(
+    proxy: &Proxy,
+    io: &mut ClientIo,
+    user: &str,
+    database: &str,
+) -> Result<Option<ServerSecret>, LoginError> {
     let known = proxy.users.get(user);
+    // Not listed: what the servers store for it, if `auth_query` is set.
+    let stored = match known {
+        Some(_) => None,
+        None => crate::auth_query::lookup(proxy, user, database)
+            .await
+            .map_err(|why| {
+                tracing::warn!(%user, error = %why, "auth_query lookup failed; login refused");
+                crate::metrics::auth_failed();
+                LoginError::fatal(
+                    "28000",
+                    format!("causeway could not look up user \"{user}\" with auth_query: {why}"),
+                )
+            })?,
+    };
+    let (scram, md5) = match (known, &stored) {
+        (Some(u), _) => (u.scram.clone(), u.md5.clone()),
+        (None, Some(Stored::Scram(secret))) => (Some(secret.clone()), None),
+        (None, Some(Stored::Md5(hash))) => (None, Some(hash.clone())),
+        (None, None) => (None, None),
+    };
+    let exists = known.is_some() || stored.is_some();
     // An unknown user gets the default method's exchange and fails at the
     // end, so a client cannot tell unknown users from wrong passwords.
-    let method = known.map(|u| u.method).unwrap_or(proxy.config.auth.method);
+    let mut method = known.map(|u| u.method).unwrap_or(proxy.config.auth.method);
+    if method == AuthMethod::Md5 && md5.is_none() && scram.is_some() {
+        // As Postgres: md5 with a SCRAM secret is done with SCRAM.
+        method = AuthMethod::ScramSha256;
+    }
     let mut out = BytesMut::new();
+    let mut secret = None;
     match method {
         AuthMethod::Trust => {
             if known.is_none() {
@@ -342,15 +383,17 @@ async fn authenticate(proxy: &Proxy, io: &mut ClientIo, user: &str) -> Result<()
             io.stream.write_all(&out).await?;
             let response = read_password_message(io).await?;
             let response = response.strip_suffix(b"\0").unwrap_or(&response);
-            let stored = known.and_then(|u| u.md5.as_deref());
-            if !stored.is_some_and(|s| auth::md5_check(s, salt, response)) {
+            if !md5
+                .as_deref()
+                .is_some_and(|s| auth::md5_check(s, salt, response))
+            {
                 return Err(auth_failed(user, method));
             }
+            secret = md5.map(ServerSecret::Md5);
         }
         AuthMethod::ScramSha256 => {
-            let secret = known
-                .and_then(|u| u.scram.clone())
-                .unwrap_or_else(ScramSecret::random);
+            let scram = scram.unwrap_or_else(ScramSecret::random);
+            let server_key = scram.server_key;
             // Over TLS, channel binding to the proxy's certificate is
             // offered first, as Postgres does.
             let end_point = proxy.tls_binding.as_deref().filter(|_| io.stream.is_tls());
@@ -373,15 +416,20 @@ async fn authenticate(proxy: &Proxy, io: &mut ClientIo, user: &str) -> Result<()
                 end_point,
             };
             let (exchange, server_first) =
-                ScramExchange::start_bound(secret, client_first, binding).map_err(malformed)?;
+                ScramExchange::start_bound(scram, client_first, binding).map_err(malformed)?;
             out.clear();
             messages::authentication_sasl_continue(&mut out, server_first.as_bytes());
             io.stream.write_all(&out).await?;
             let client_final = read_password_message(io).await?;
-            let server_final = exchange.finish(&client_final).map_err(malformed)?;
-            if known.is_none() {
+            let (server_final, client_key) =
+                exchange.finish_keys(&client_final).map_err(malformed)?;
+            if !exists {
                 return Err(auth_failed(user, method));
             }
+            secret = Some(ServerSecret::Scram(ScramKeys {
+                client_key,
+                server_key,
+            }));
             out.clear();
             messages::authentication_sasl_final(&mut out, server_final.as_bytes());
             io.stream.write_all(&out).await?;
@@ -390,7 +438,7 @@ async fn authenticate(proxy: &Proxy, io: &mut ClientIo, user: &str) -> Result<()
     out.clear();
     messages::authentication_ok(&mut out);
     io.stream.write_all(&out).await?;
-    Ok(())
+    Ok(secret)
 }
 
 /// SASLInitialResponse: mechanism name, then a length-prefixed

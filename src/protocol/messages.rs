@@ -270,6 +270,26 @@ pub fn first_column_text(body: &[u8]) -> Option<&str> {
     std::str::from_utf8(value).ok()
 }
 
+/// Every column of a DataRow body, as text: `None` for NULL (or not
+/// UTF-8); `None` for the whole row if it is malformed.
+pub fn data_row_columns(body: &[u8]) -> Option<Vec<Option<String>>> {
+    let count = u16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    let mut rest = body.get(2..)?;
+    let mut columns = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        if len < 0 {
+            columns.push(None);
+            continue;
+        }
+        let value = rest.get(..len as usize)?;
+        columns.push(std::str::from_utf8(value).ok().map(str::to_string));
+        rest = &rest[len as usize..];
+    }
+    Some(columns)
+}
+
 /// The parameter values of a Bind body, as text: `None` for the whole
 /// message if it is malformed, `None` for a value that is NULL or not
 /// UTF-8. (A `text` value's binary format is its text, so the format codes

@@ -38,8 +38,8 @@ pub(super) fn over_client_limits(proxy: &Proxy, ready: &Ready) -> Option<LoginEr
 /// while the primary cannot be reached, a healthy replica's, so that clients
 /// can still log in and read. A server that refuses the login itself (wrong
 /// database, say) is the answer, not a reason to look further.
-pub(super) async fn greeting_connection(
-    proxy: &Arc<Proxy>,
+pub(crate) async fn greeting_connection(
+    proxy: &Proxy,
     login: &Login,
 ) -> Result<(Server, Arc<Pool>, Lease), BackendError> {
     // In a split brain, the configured primary greets (writes are refused

@@ -15,7 +15,7 @@
 mod attach;
 mod dispatch;
 mod end;
-mod greeting;
+pub(crate) mod greeting;
 mod local;
 mod optimistic;
 mod outage;
