@@ -234,8 +234,11 @@ pub struct PoolSection {
     pub mode: PoolMode,
     /// Most connections the proxy opens to any one server, per database and user.
     pub max_server_connections: usize,
-    /// How long a client waits for a free server connection before an error.
-    pub checkout_timeout_ms: u64,
+    /// How long a unit waits for a free server connection before an error
+    /// (PgBouncer's `query_wait_timeout`; the old name `checkout_timeout_ms`
+    /// is still read).
+    #[serde(alias = "checkout_timeout_ms")]
+    pub query_wait_timeout_ms: u64,
     /// How long opening a server connection (TCP + login) may take.
     pub connect_timeout_ms: u64,
     /// Run on the server connections a client still holds when it leaves
@@ -253,7 +256,7 @@ impl Default for PoolSection {
         PoolSection {
             mode: PoolMode::Transaction,
             max_server_connections: 40,
-            checkout_timeout_ms: 5_000,
+            query_wait_timeout_ms: 5_000,
             connect_timeout_ms: 5_000,
             reset_query: "DISCARD ALL".to_string(),
             server_idle_timeout_ms: 600_000,
@@ -428,7 +431,10 @@ impl Config {
                 "pool.max_server_connections",
                 self.pool.max_server_connections as u64,
             ),
-            ("pool.checkout_timeout_ms", self.pool.checkout_timeout_ms),
+            (
+                "pool.query_wait_timeout_ms",
+                self.pool.query_wait_timeout_ms,
+            ),
             ("pool.connect_timeout_ms", self.pool.connect_timeout_ms),
             ("routing.poll_interval_ms", self.routing.poll_interval_ms),
             (
@@ -563,7 +569,7 @@ impl Config {
 
 impl PoolSection {
     pub fn checkout_timeout(&self) -> Duration {
-        Duration::from_millis(self.checkout_timeout_ms)
+        Duration::from_millis(self.query_wait_timeout_ms)
     }
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
@@ -727,7 +733,9 @@ mod tests {
             .to_string();
         assert!(err.contains("auth.auth_user"), "{err}");
         let text = "[auth]\nauth_query = \"SELECT f($1)\"\nauth_user = \"nobody\"\n";
-        let err = Config::parse(text, "p.toml").expect_err("unlisted").to_string();
+        let err = Config::parse(text, "p.toml")
+            .expect_err("unlisted")
+            .to_string();
         assert!(err.contains("auth.auth_user"), "{err}");
         let text = "[auth]\nauth_query = \"SELECT f($1)\"\nauth_user = \"app\"\n";
         Config::parse(text, "p.toml").expect("app has a password");

@@ -96,3 +96,46 @@ async fn a_client_idle_in_a_transaction_is_closed_and_its_work_rolled_back() {
     assert_eq!(left, 0, "the idle transaction's write was not rolled back");
     proxy.stop();
 }
+
+/// A statement that waits longer than `query_wait_timeout_ms` for a server
+/// connection gets an ERROR (53300), and its client stays connected: its
+/// next statement runs once a connection is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_waits_for_a_server_connection_only_so_long() {
+    let proxy = TestProxy::start_with(cluster(), |c| {
+        c.pool.max_server_connections = 1;
+        c.pool.query_wait_timeout_ms = 300;
+    });
+    let holder = support::connect_app(proxy.port, APP_DB, None).await;
+    let waiter = support::connect_app(proxy.port, APP_DB, None).await;
+    // The one primary connection is held by an open block.
+    holder
+        .batch_execute("BEGIN; SELECT txid_current()")
+        .await
+        .expect("block");
+    let started = std::time::Instant::now();
+    let err = waiter
+        .batch_execute("SELECT txid_current()")
+        .await
+        .expect_err("no connection free");
+    let waited = started.elapsed();
+    let db = err.as_db_error().expect("an ERROR, not a closed session");
+    assert_eq!(
+        (db.severity(), db.code().code()),
+        ("ERROR", "53300"),
+        "{db:?}"
+    );
+    assert!(
+        db.message()
+            .contains("within 300 ms (query_wait_timeout_ms)"),
+        "{db:?}"
+    );
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    holder.batch_execute("COMMIT").await.expect("commit");
+    let row = waiter
+        .query_one("SELECT txid_current() > 0", &[])
+        .await
+        .expect("the same client, once a connection is free");
+    assert!(row.get::<_, bool>(0));
+    proxy.stop();
+}

@@ -133,8 +133,8 @@ pub enum BackendError {
         server: String,
         source: std::io::Error,
     },
-    #[error("timed out waiting for a free connection to server \"{server}\"")]
-    PoolTimeout { server: String },
+    #[error("no connection to server \"{server}\" became free within {waited_ms} ms (query_wait_timeout_ms)")]
+    PoolTimeout { server: String, waited_ms: u128 },
     /// TLS was required and could not be had, or the handshake failed
     /// (a certificate that does not verify, ...).
     #[error("TLS with server \"{server}\" at {address} failed: {detail}")]

@@ -164,9 +164,11 @@ impl Pool {
             .await
             .map_err(|_| BackendError::PoolTimeout {
                 server: self.target.name.clone(),
+                waited_ms: self.checkout_timeout.as_millis(),
             })?
             .map_err(|_| BackendError::PoolTimeout {
                 server: self.target.name.clone(),
+                waited_ms: self.checkout_timeout.as_millis(),
             })
     }
 

@@ -369,6 +369,15 @@ impl Session {
             // No primary: a unit that opened nothing on any server gets an
             // ERROR, and the session goes on (its reads still reach the
             // replicas; its writes work again once the primary is back).
+            // No server connection came free in time: the same, with the
+            // pool's words.
+            Err(End::NoServer {
+                code: "53300",
+                message,
+            }) if self.may_refuse_unit(&unit) => {
+                self.refuse_unit(&unit, "53300", &format!("causeway: {message}"), None);
+                return Ok(());
+            }
             Err(End::NoServer { message, .. }) if self.may_refuse_unit(&unit) => {
                 self.refuse_no_primary(&unit, &message);
                 return Ok(());

@@ -135,15 +135,20 @@ impl Session {
             "causeway: no primary server is available, so this statement was not run: {why}"
         );
         tracing::warn!(reason = %why, "no primary for a unit; answered with an error");
-        messages::error_response(
-            &mut self.to_client,
-            Severity::Error,
+        crate::metrics::no_primary();
+        self.refuse_unit(
+            unit,
             "57P03",
             &text,
             Some("Reads still go to the replicas; retry the write when the primary is back."),
         );
-        crate::metrics::error_sent(b"57P03");
-        crate::metrics::no_primary();
+    }
+
+    /// Answers `unit` with an ERROR instead of running it (see
+    /// [`Session::may_refuse_unit`]); the session goes on.
+    pub(super) fn refuse_unit(&mut self, unit: &Unit, code: &str, text: &str, hint: Option<&str>) {
+        messages::error_response(&mut self.to_client, Severity::Error, code, text, hint);
+        crate::metrics::error_sent(code.as_bytes());
         self.deferred_begin = None;
         self.tx_status = b'I';
         if unit.synced {
