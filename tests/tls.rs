@@ -95,6 +95,43 @@ fn clients_connect_over_tls_and_plaintext_is_refused_when_required() {
         let on_replica = psql(port, &tls, "SELECT pg_is_in_recovery()").expect("read");
         assert_eq!(on_replica, "t", "{tls}");
     }
+    // tokio-postgres with rustls: verify-full against the CA, and
+    // SCRAM-SHA-256-PLUS required.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let on_replica: bool = runtime.block_on(async {
+        let roots = causeway::tls::ServerTls::new(
+            SslMode::VerifyFull,
+            Some(Path::new(&ca)),
+            "test.sslrootcert",
+        )
+        .expect("roots")
+        .expect("tls");
+        let connector = postgres_rustls::MakeTlsConnector::new(tokio_rustls::TlsConnector::from(
+            roots.config.clone(),
+        ));
+        let (client, connection) = tokio_postgres::Config::new()
+            .host("localhost")
+            .hostaddr(std::net::IpAddr::from([127, 0, 0, 1]))
+            .port(port)
+            .user(APP_USER)
+            .password(APP_PASSWORD)
+            .dbname(APP_DB)
+            .ssl_mode(tokio_postgres::config::SslMode::Require)
+            .channel_binding(tokio_postgres::config::ChannelBinding::Require)
+            .connect(connector)
+            .await
+            .expect("tokio-postgres over TLS with channel binding");
+        tokio::spawn(connection);
+        client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .expect("read")
+            .get(0)
+    });
+    assert!(on_replica);
     // Another CA: the client refuses the proxy.
     let err = psql(
         port,
