@@ -109,6 +109,9 @@ pub fn positions(positions: &Positions, primary_name: &str) {
     // Whether writes have somewhere to go: the configured primary, or a
     // promoted replica.
     metrics::gauge!("causeway_primary_up").set(up(positions.has_primary()));
+    // Two servers claim to be the primary: writes are refused.
+    let split = positions.write_target() == crate::replicas::WriteTarget::SplitBrain;
+    metrics::gauge!("causeway_split_brain").set(up(split));
     metrics::gauge!("causeway_server_up", "server" => primary_name.to_string(), "role" => "primary")
         .set(up(positions.primary_healthy));
     for r in &positions.replicas {

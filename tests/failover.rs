@@ -344,3 +344,95 @@ async fn a_write_lost_in_the_promotion_holds_no_read_back() {
         .get(0);
     assert_eq!(lost, 0, "the write past the fork is not on the new primary");
 }
+
+/// A promotion under load: eight sessions write and read their own
+/// writes; the primary dies and replica0 is promoted. Writes reach the new
+/// primary again on the same sessions, no session is closed, and no read
+/// is stale (replica1, left on the old timeline, serves none of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_under_load_loses_no_session_and_reads_nothing_stale() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let cluster = TestCluster::start(ClusterOptions::default());
+    setup(&cluster);
+    let proxy = TestProxy::start(&cluster);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Microseconds since `epoch` of the first write that succeeded after
+    // the promotion, or u64::MAX.
+    let epoch = Instant::now();
+    let first_after = Arc::new(AtomicU64::new(u64::MAX));
+    let promoted_at = Arc::new(AtomicU64::new(u64::MAX));
+    let mut sessions = Vec::new();
+    for n in 0..8 {
+        let (port, stop) = (proxy.port, stop.clone());
+        let (first_after, promoted_at) = (first_after.clone(), promoted_at.clone());
+        sessions.push(tokio::spawn(async move {
+            let c = support::connect_app(port, APP_DB, None).await;
+            let (mut writes, mut errors, mut reads, mut stale) = (0u32, 0u32, 0u32, 0u32);
+            let mut turn = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                turn += 1;
+                let body = format!("s{n}-{turn}");
+                match write(&c, &body).await {
+                    Ok(_) => {
+                        writes += 1;
+                        let now = epoch.elapsed().as_micros() as u64;
+                        if now > promoted_at.load(Ordering::Acquire) {
+                            first_after.fetch_min(now, Ordering::AcqRel);
+                        }
+                        reads += 1;
+                        if count(&c, &body).await != 1 {
+                            stale += 1;
+                        }
+                    }
+                    Err(e) => {
+                        let db = e.as_db_error().unwrap_or_else(|| {
+                            panic!("session {n}: {}", support::describe_error(&e))
+                        });
+                        assert_eq!(db.severity(), "ERROR", "session {n}: {db:?}");
+                        errors += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            assert!(!c.is_closed(), "session {n} was closed");
+            (writes, errors, reads, stale)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.stop_server("primary");
+    cluster.promote("replica0");
+    promoted_at.store(epoch.elapsed().as_micros() as u64, Ordering::Release);
+    wait_for(
+        "a write on the new primary",
+        Duration::from_secs(30),
+        || match first_after.load(Ordering::Acquire) {
+            u64::MAX => Err("none yet".to_string()),
+            _ => Ok(()),
+        },
+    );
+    // Load goes on against the new primary for a while: the scenario.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut writes, mut errors, mut reads, mut stale) = (0, 0, 0, 0);
+    for s in sessions {
+        let (w, e, r, st) = s.await.expect("a session panicked");
+        writes += w;
+        errors += e;
+        reads += r;
+        stale += st;
+    }
+    let gap = Duration::from_micros(
+        first_after.load(Ordering::Acquire) - promoted_at.load(Ordering::Acquire),
+    );
+    eprintln!(
+        "promotion under load: {writes} writes, {errors} write errors (all ERROR), {reads} reads, \
+         {stale} stale; first write on the new primary {gap:?} after pg_ctl promote returned"
+    );
+    assert_eq!(stale, 0, "stale reads");
+    assert!(writes > 0 && reads > 0);
+    let p = proxy.proxy.monitor.positions();
+    assert_eq!(p.write_target(), WriteTarget::Promoted(0));
+    assert!(!p.serves(&p.replicas[1]), "replica1 is on the old timeline");
+}
