@@ -3,6 +3,8 @@
 #
 #   bash cluster/demo.sh
 #
+# 0. installs what the machine lacks (cluster/setup.sh demo: PostgreSQL 15,
+#    Redis, Prometheus; as root, else it prints the apt-get line);
 # 1. starts the local cluster (primary, 2 replicas, Redis) with cluster.sh,
 #    unless it is already running (with fsync on: a --no-fsync cluster sets
 #    synchronous_commit=off, which delays WAL shipping, so replicas lag and
@@ -63,6 +65,11 @@ trap 'say "DEMO_DURATION (${DEMO_DURATION}s) is up"; exit 0' USR1
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+bash "$REPO/cluster/setup.sh" demo || die "set-up failed (see above)"
+if ! command -v cargo >/dev/null 2>&1 && [[ -f ${CARGO_HOME:-$HOME/.cargo}/env ]]; then
+  # shellcheck disable=SC1091
+  source "${CARGO_HOME:-$HOME/.cargo}/env"
+fi
 [[ -f $CONFIG ]] || die "no config at $CONFIG (set CAUSEWAY_CONFIG)"
 for port in "$CAUSEWAY_PORT" "$METRICS_PORT" "$API_PORT" "$PAYMENTS_PORT"; do
   port_open "$port" && die "port $port is already in use (another demo?); \

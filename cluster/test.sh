@@ -9,16 +9,22 @@
 #    much faster than --release, and the tests measure behaviour, not speed;
 #    --no-fail-fast so one failing test binary does not hide the others)
 #
-# The integration tests start their own throwaway clusters (primary + replicas
-# on free ports, tests/support/cluster.rs), so nothing needs to be running
-# first; they need only the PostgreSQL server binaries and redis-server
-# (apt-get install -y postgresql-15 postgresql-client-15 redis-server).
+# First `cluster/setup.sh test` installs what the machine lacks (as root on
+# Debian; otherwise it prints the apt-get line): PostgreSQL 15, Redis,
+# Prometheus, PgBouncer, Chromium, rustfmt and clippy. The integration tests
+# start their own throwaway clusters (primary + replicas on free ports,
+# tests/support/cluster.rs), so nothing needs to be running first.
 # cargo test's own output comes last, so its closing "test result:" lines are
 # the last lines of this script's output.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
+bash cluster/setup.sh test
+if ! command -v cargo >/dev/null 2>&1 && [[ -f ${CARGO_HOME:-$HOME/.cargo}/env ]]; then
+  # shellcheck disable=SC1091
+  source "${CARGO_HOME:-$HOME/.cargo}/env"
+fi
 
 # Tell the tests where Postgres is, found the same way cluster.sh finds it.
 if [[ -z ${PG_BIN:-} ]]; then
