@@ -82,6 +82,10 @@ async fn run(config: Config, config_path: PathBuf) -> ExitCode {
         None
     };
     let proxy = Arc::new(Proxy::new(config));
+    if recorder.is_some() {
+        let replicas: Vec<String> = proxy.replicas.iter().map(|r| r.name.clone()).collect();
+        causeway::metrics::init_series(&proxy.primary.name, &replicas);
+    }
     proxy.start_monitor();
     let handle = ProxyHandle::new(proxy, Some(config_path));
     if let Some(recorder) = recorder {

@@ -143,6 +143,106 @@ pub fn timeline_switch(timeline: u32) {
     metrics::gauge!("causeway_timeline").set(f64::from(timeline));
 }
 
+/// Every reason a unit can be routed for, for [`init_series`].
+const REASONS: [Reason; 16] = [
+    Reason::Write,
+    Reason::Transaction,
+    Reason::Pinned,
+    Reason::Hint,
+    Reason::Fresh,
+    Reason::WithinLag,
+    Reason::ReadOnlyTransaction,
+    Reason::Stale,
+    Reason::NoReplica,
+    Reason::Pipelined,
+    Reason::Retry,
+    Reason::Session,
+    Reason::Serializable,
+    Reason::Optimistic,
+    Reason::OptimisticOverflow,
+    Reason::LearnedWrite,
+];
+
+/// Reasons a unit can run on a replica for.
+const REPLICA_REASONS: [Reason; 5] = [
+    Reason::Fresh,
+    Reason::WithinLag,
+    Reason::ReadOnlyTransaction,
+    Reason::Hint,
+    Reason::Optimistic,
+];
+
+/// SQLSTATE classes of the errors causeway itself sends (connection, aborted
+/// block, authentication, limits, operator intervention, syntax/privilege).
+const OWN_ERROR_CLASSES: [&str; 6] = ["08", "25", "28", "42", "53", "57"];
+
+/// Creates, at zero, every series the dashboards read and causeway knows
+/// the labels of (each server, each reason, each error class it sends), so
+/// that a healthy proxy's panels show 0, not "No data", before the first
+/// event (Prometheus's advice). Histograms are registered empty.
+pub fn init_series(primary: &str, replicas: &[String]) {
+    let zero = |c: metrics::Counter| c.increment(0);
+    zero(metrics::counter!("causeway_client_auth_failures_total"));
+    zero(metrics::counter!("causeway_client_connections_total"));
+    zero(metrics::counter!("causeway_client_bytes_received_total"));
+    zero(metrics::counter!("causeway_client_bytes_sent_total"));
+    metrics::gauge!("causeway_client_connections").increment(0.0);
+    zero(metrics::counter!("causeway_no_primary_errors_total"));
+    zero(metrics::counter!("causeway_stale_reads_refused_total"));
+    zero(metrics::counter!("causeway_timeline_switches_total"));
+    zero(metrics::counter!("causeway_optimistic_replays_total"));
+    zero(metrics::counter!(
+        "causeway_optimistic_replayed_units_total"
+    ));
+    for outcome in ["read_only", "started_on_primary"] {
+        zero(
+            metrics::counter!("causeway_optimistic_transactions_total", "outcome" => outcome, "why" => ""),
+        );
+    }
+    for class in OWN_ERROR_CLASSES {
+        zero(metrics::counter!("causeway_errors_total", "class" => class));
+    }
+    for outcome in ["caught_up", "gave_up"] {
+        zero(metrics::counter!("causeway_read_waits_total", "outcome" => outcome));
+    }
+    let _ = metrics::histogram!("causeway_read_wait_seconds");
+    for route in ["primary", "replica"] {
+        let _ = metrics::histogram!("causeway_statement_duration_seconds", "route" => route);
+    }
+    for server in std::iter::once(primary).chain(replicas.iter().map(String::as_str)) {
+        let _ = metrics::histogram!("causeway_pool_wait_seconds", "server" => server.to_string());
+        server_connections(server, 0, 0);
+        zero(
+            metrics::counter!("causeway_replica_poll_errors_total", "server" => server.to_string()),
+        );
+    }
+    for reason in REASONS {
+        routed_zero(primary, true, reason);
+    }
+    for replica in replicas {
+        for reason in REPLICA_REASONS {
+            routed_zero(replica, false, reason);
+        }
+        for why in ["refused", "replica_lost"] {
+            zero(
+                metrics::counter!("causeway_read_retries_total", "server" => replica.clone(), "reason" => why, "sqlstate" => ""),
+            );
+        }
+    }
+}
+
+/// [`routed`]'s series at zero.
+fn routed_zero(server: &str, primary: bool, reason: Reason) {
+    let route = if primary { "primary" } else { "replica" };
+    metrics::counter!(
+        "causeway_statements_total",
+        "route" => route,
+        "server" => server.to_string(),
+        "reason" => reason.as_str()
+    )
+    .increment(0);
+}
+
 /// A poll of a server failed.
 pub fn poll_error(server: &str) {
     metrics::counter!("causeway_replica_poll_errors_total", "server" => server.to_string())
