@@ -356,7 +356,7 @@ streams_within() {
 wait_streaming() {
   local name=$1 wait=${CLUSTER_WAIT_SECONDS:-60}
   streams_within "$name" "$wait" ||
-    die "$name is not streaming from $(primary_name) after ${wait}s (state '${STREAM_STATE:-absent}'); see $LOG_DIR/$name.log"
+    die "$name is not streaming from $(primary_name) after ${wait}s (state '${STREAM_STATE:-absent}'); see $LOG_DIR/$name.log ($PROG rejoin $name makes it follow $(primary_name))"
 }
 
 # ---------------------------------------------------------------- Postgres servers

@@ -127,6 +127,14 @@ stop_to_rebuild() {
 # pg_stat_replication on the primary, within CLUSTER_REJOIN_SECONDS (20) for
 # the first three.
 rejoin_server() {
+  attach_standby "$1"
+  # Physical slots a former primary kept would hold WAL on a standby for
+  # nobody.
+  q "$(port_of "$1")" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                          WHERE slot_type = 'physical' AND NOT active" >/dev/null || true
+}
+
+attach_standby() {
   local name=$1 primary port datadir wait=${CLUSTER_REJOIN_SECONDS:-20}
   primary=$(primary_name)
   port=$(port_of "$name")
