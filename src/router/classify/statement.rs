@@ -9,6 +9,8 @@
 //! [`Context`] carries what every grammar may need besides the tokens: the
 //! text (for verbatim replay) and the configured writing functions.
 
+use std::cell::Cell;
+
 use sqlparser::tokenizer::Token;
 
 use super::functions::{function_effect, Effect};
@@ -25,7 +27,18 @@ pub(super) struct Context<'a> {
     sql: &'a str,
     /// Lowercased, without schema.
     pub(super) extra_write_functions: Vec<String>,
+    /// How many statements [`classify_tokens`] is inside now.
+    depth: Cell<usize>,
 }
+
+/// How deep statements may nest (`PREPARE p AS EXPLAIN ANALYZE DECLARE c
+/// CURSOR FOR SELECT ...` is four). Postgres nests no deeper than that,
+/// while each level here is a stack frame and, for `PREPARE`, a copy of
+/// the text: without a bound, `EXPLAIN ANALYZE` repeated a hundred
+/// thousand times in one Query would overflow the stack and abort the
+/// proxy, and `PREPARE p AS` repeated would take memory quadratic in its
+/// length. Deeper statements are unparsable: the primary will refuse them.
+const MAX_NESTED_STATEMENTS: usize = 8;
 
 impl<'a> Context<'a> {
     pub(super) fn new(sql: &'a str, extra: &[String]) -> Self {
@@ -39,6 +52,7 @@ impl<'a> Context<'a> {
         Context {
             sql,
             extra_write_functions,
+            depth: Cell::new(0),
         }
     }
 
@@ -77,7 +91,14 @@ pub(super) fn pin(reason: PinReason) -> Kind {
 }
 
 pub(super) fn classify_tokens(cx: &Context, t: &Toks) -> Kind {
-    statement_kind(cx, t).unwrap_or_else(unparsable)
+    let depth = cx.depth.get();
+    if depth >= MAX_NESTED_STATEMENTS {
+        return unparsable();
+    }
+    cx.depth.set(depth + 1);
+    let kind = statement_kind(cx, t).unwrap_or_else(unparsable);
+    cx.depth.set(depth);
+    kind
 }
 
 /// `None` when the statement is not one this module can read: the server
