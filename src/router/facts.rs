@@ -229,26 +229,34 @@ impl FactsCache {
 /// Looked up by exact text first (drivers repeat prepared texts), then by
 /// the text with its literals blanked (simple-protocol clients inline
 /// values). Only facts that hold no text of their own are shared under
-/// the blanked key: a SET's replay statement must be its own.
+/// the blanked key: a SET's replay statement must be its own. Blanked keys
+/// start with a NUL, which no statement text holds, so a key is never
+/// taken for a text: `SELECT set_config('', '', false)` filed under its
+/// own text is not found by the key of `SELECT set_config('a', 'x',
+/// false)`, nor `EXPLAIN (ANALYZE 0) ...` by that of `(ANALYZE 1)`.
 pub fn cached(cache: &FactsCache, sql: &str, extra_write_functions: &[String]) -> SharedFacts {
     if let Some(found) = cache.map.get(sql) {
         return found.clone();
     }
-    let key = super::normalize::literal_blind_key(sql);
+    let key = super::normalize::literal_blind_key(sql).map(|k| format!("\0{k}"));
     if let Some(found) = key.as_deref().and_then(|k| cache.map.get(k)) {
         return found.clone();
     }
     let facts = from_sql(sql, extra_write_functions);
-    // set_config's third argument (is_local) decides whether it pins the
-    // session, and may be written as a string: never share its verdict.
-    let mentions_set_config = sql
-        .as_bytes()
-        .windows(10)
-        .any(|w| w.eq_ignore_ascii_case(b"set_config"));
+    // Two literals decide a verdict, and may be written as strings or
+    // numbers: set_config's third argument (is_local) whether it pins the
+    // session, and EXPLAIN's `ANALYZE 0` / `ANALYZE 'on'` whether the
+    // statement runs. Never share a verdict that may hang on them.
+    let mentions = |word: &[u8]| {
+        sql.as_bytes()
+            .windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+    };
+    let literal_decides = mentions(b"set_config") || mentions(b"analyze") || mentions(b"analyse");
     let shareable = facts.effects.is_empty()
         && facts.executes.is_empty()
         && facts.pins.is_empty()
-        && !mentions_set_config;
+        && !literal_decides;
     match key {
         Some(key) if shareable => cache.get_or_insert(&key, || facts),
         _ => cache.get_or_insert(sql, || facts),
