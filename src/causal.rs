@@ -84,6 +84,15 @@ impl CausalMap {
         self.map.retain(|_, (_, at)| *at > threshold);
     }
 
+    /// Every client's causal LSN still within the TTL.
+    pub fn entries(&self) -> Vec<(String, Mark)> {
+        self.map
+            .iter()
+            .filter(|e| e.value().1.elapsed() < self.ttl)
+            .map(|e| (e.key().clone(), e.value().0))
+            .collect()
+    }
+
     /// Forgets expired clients; run now and then.
     pub fn sweep(&self) {
         let now = Instant::now();

@@ -105,6 +105,13 @@ pub struct RoutingSection {
     pub client_lsn_ttl_ms: u64,
     /// Most clients whose causal LSN is remembered at once.
     pub client_lsn_max_entries: usize,
+    /// A Redis URL (`redis://host:port/db`) where every causeway instance
+    /// records and reads causal LSNs, so a client's write through one
+    /// instance is read through another. Default: none (in-process only).
+    pub causal_store: Option<String>,
+    /// How long a call to the causal store may take before it counts as
+    /// failed (reads then go to the primary).
+    pub causal_store_timeout_ms: u64,
     /// Login for the replica monitor; defaults to the first user's server login.
     pub monitor_user: Option<String>,
     pub monitor_password: Option<String>,
@@ -127,6 +134,8 @@ impl Default for RoutingSection {
             optimistic_max_bytes: 256 * 1024,
             client_lsn_ttl_ms: 300_000,
             client_lsn_max_entries: 100_000,
+            causal_store: None,
+            causal_store_timeout_ms: 250,
             monitor_user: None,
             monitor_password: None,
             monitor_database: "postgres".to_string(),
@@ -483,6 +492,14 @@ impl Config {
             }
             // Root certificates must load now, like the client certificate.
             server.tls(&self.tls, &key)?;
+        }
+        if let Some(url) = &self.routing.causal_store {
+            redis::Client::open(url.as_str()).map_err(|e| {
+                (
+                    "routing.causal_store".to_string(),
+                    format!("is not a Redis URL redis:// rediss:// or redis+unix:// ({e})"),
+                )
+            })?;
         }
         if let Some(query) = &self.auth.auth_query {
             if !query.contains("$1") {

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod cancel;
 pub mod catalog;
 pub mod causal;
+pub mod causal_store;
 pub mod config;
 pub mod frontend;
 pub mod http;

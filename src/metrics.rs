@@ -143,8 +143,15 @@ pub fn timeline_switch(timeline: u32) {
     metrics::gauge!("causeway_timeline").set(f64::from(timeline));
 }
 
+/// Clients in the shared causal-LSN map (`causal_scope` `client_id` or
+/// `user`; empty under `global` and `session`), expired ones included until
+/// the map makes room.
+pub fn causal_map(entries: usize) {
+    metrics::gauge!("causeway_causal_map_entries").set(entries as f64);
+}
+
 /// Every reason a unit can be routed for, for [`init_series`].
-const REASONS: [Reason; 16] = [
+const REASONS: [Reason; 17] = [
     Reason::Write,
     Reason::Transaction,
     Reason::Pinned,
@@ -161,6 +168,7 @@ const REASONS: [Reason; 16] = [
     Reason::Optimistic,
     Reason::OptimisticOverflow,
     Reason::LearnedWrite,
+    Reason::CausalUnknown,
 ];
 
 /// Reasons a unit can run on a replica for.
@@ -241,6 +249,14 @@ fn routed_zero(server: &str, primary: bool, reason: Reason) {
         "reason" => reason.as_str()
     )
     .increment(0);
+}
+
+/// A call to the shared causal store ended, after `elapsed`.
+pub fn causal_store(op: &'static str, elapsed: Duration, ok: bool) {
+    metrics::histogram!("causeway_causal_store_seconds", "op" => op).record(elapsed.as_secs_f64());
+    if !ok {
+        metrics::counter!("causeway_causal_store_errors_total", "op" => op).increment(1);
+    }
 }
 
 /// A poll of a server failed.

@@ -62,6 +62,9 @@ pub struct Positions {
     pub primary_lsn: Lsn,
     /// The configured primary answers and is not in recovery.
     pub primary_healthy: bool,
+    /// The configured primary last answered in recovery: a standby now,
+    /// where no write may go.
+    pub primary_in_recovery: bool,
     /// The timeline the configured primary writes, while it is one.
     pub primary_timeline: Option<u32>,
     /// The configured primary's `pg_last_wal_replay_lsn()`: the end of
@@ -90,6 +93,8 @@ pub struct History {
     /// One per switch seen: the new primary's fork point (or, when it
     /// cannot say, its position when first seen, which is past it).
     bounds: Vec<Lsn>,
+    /// The timeline of each epoch: the first seen, then one per switch.
+    timelines: Vec<u32>,
 }
 
 impl History {
@@ -97,6 +102,20 @@ impl History {
     /// LSN is tagged with.
     pub fn epoch(&self) -> u32 {
         u32::try_from(self.bounds.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The timeline writes of `epoch` went to, if known.
+    pub fn timeline_of(&self, epoch: u32) -> Option<u32> {
+        self.timelines.get(epoch as usize).copied()
+    }
+
+    /// The epoch of a write made on `timeline` (as another proxy names it,
+    /// through a shared store): the last epoch on that timeline or before;
+    /// a timeline older than any seen is of the first epoch.
+    pub fn epoch_of(&self, timeline: u32) -> u32 {
+        let later = self.timelines.iter().filter(|&&t| t > timeline).count();
+        let epochs = self.timelines.len().max(1);
+        u32::try_from(epochs.saturating_sub(later).saturating_sub(1)).unwrap_or(0)
     }
 
     /// The LSN a replica of the current timeline must have replayed to
@@ -115,11 +134,13 @@ impl History {
             Some(known) if known == timeline => false,
             None => {
                 self.timeline = Some(timeline);
+                self.timelines.push(timeline);
                 false
             }
             Some(known) => {
                 tracing::warn!(from = known, to = timeline, fork = %since, "the primary is on a new timeline: writes acknowledged past the fork may be lost; replicas not on the new timeline get no reads");
                 self.bounds.push(since);
+                self.timelines.push(timeline);
                 self.timeline = Some(timeline);
                 crate::metrics::timeline_switch(timeline);
                 true
@@ -161,6 +182,20 @@ pub enum WriteTarget {
     /// Two servers say they are the primary: writes are refused until one
     /// of them is in recovery again (or gone), never sent to both.
     SplitBrain,
+    /// No server says it is the primary: the configured one is a standby
+    /// now and no replica is out of recovery.
+    Nowhere,
+}
+
+impl WriteTarget {
+    /// Why writes have nowhere to go, if they have not.
+    pub fn refusal(self) -> Option<&'static str> {
+        match self {
+            WriteTarget::SplitBrain => Some("two servers claim to be the primary; writes are refused until one of them is in recovery again"),
+            WriteTarget::Nowhere => Some("no server is the primary now: the configured primary is in recovery and no replica has been promoted"),
+            WriteTarget::Configured | WriteTarget::Promoted(_) => None,
+        }
+    }
 }
 
 impl Positions {
@@ -205,7 +240,7 @@ impl Positions {
         match self.write_target() {
             WriteTarget::Configured => self.primary_healthy,
             WriteTarget::Promoted(_) => true,
-            WriteTarget::SplitBrain => false,
+            WriteTarget::SplitBrain | WriteTarget::Nowhere => false,
         }
     }
 
@@ -214,6 +249,7 @@ impl Positions {
             .filter(|&i| self.replicas[i].promoted)
             .collect();
         match (self.primary_healthy, promoted.as_slice()) {
+            (_, []) if self.primary_in_recovery => WriteTarget::Nowhere,
             (_, []) => WriteTarget::Configured,
             (false, [only]) => WriteTarget::Promoted(*only),
             _ => WriteTarget::SplitBrain,
@@ -247,6 +283,7 @@ impl Monitor {
         let positions = Positions {
             primary_lsn: Lsn::ZERO,
             primary_healthy: false,
+            primary_in_recovery: false,
             replicas: replicas
                 .iter()
                 .map(|r| ReplicaStatus {
@@ -395,6 +432,7 @@ impl Monitor {
                                 || p.primary_timeline != timeline;
                             p.primary_lsn = p.primary_lsn.max(lsn);
                             p.primary_healthy = true;
+                            p.primary_in_recovery = false;
                             p.primary_timeline = timeline;
                             p.primary_since = Some(since);
                             p.follow_timeline() || changed
@@ -402,6 +440,9 @@ impl Monitor {
                     }
                     Ok(_) => {
                         // In recovery: a standby now, not the primary.
+                        self.positions.send_if_modified(|p| {
+                            !std::mem::replace(&mut p.primary_in_recovery, true)
+                        });
                         if self.primary_lost() {
                             tracing::warn!(server = %target.name, "the configured primary is in recovery: writes go to a promoted replica, if any");
                         }
@@ -710,6 +751,13 @@ mod tests {
         assert!(history.follow(3, Lsn(600)));
         assert_eq!(history.carry(Lsn(700), 0), Lsn(500), "the lowest fork");
         assert_eq!(history.carry(Lsn(700), 1), Lsn(600));
+        // Timelines as another proxy names them, back to epochs.
+        assert_eq!(history.timeline_of(1), Some(2));
+        assert_eq!(
+            (1..=4).map(|t| history.epoch_of(t)).collect::<Vec<_>>(),
+            vec![0, 1, 2, 2]
+        );
+        assert_eq!(History::default().epoch_of(7), 0);
     }
 
     #[test]
@@ -742,6 +790,7 @@ mod tests {
         let mut p = Positions {
             primary_lsn: Lsn(1000),
             primary_healthy: true,
+            primary_in_recovery: false,
             primary_timeline: Some(1),
             primary_since: Some(Lsn(1000)),
             replicas: vec![status("r0", true, Some(1)), status("r1", true, Some(1))],

@@ -58,6 +58,8 @@ pub struct Proxy {
     /// `tls-server-end-point` data of the certificate shown to clients,
     /// for SCRAM-SHA-256-PLUS.
     pub tls_binding: Option<Vec<u8>>,
+    /// The causal store shared by instances (`[routing] causal_store`).
+    pub causal_store: Option<Arc<crate::causal_store::CausalStore>>,
     /// Secrets read by `auth_query` (a reload starts afresh).
     pub auth_cache: crate::auth_query::AuthCache,
     /// Causal LSNs shared by connections of one client.
@@ -168,6 +170,16 @@ impl Proxy {
             catalogs: crate::catalog::Catalogs::default(),
             tls_binding: config.tls.channel_binding(),
             auth_cache: Default::default(),
+            causal_store: routing.causal_store.as_deref().and_then(|url| {
+                crate::causal_store::CausalStore::new(
+                    url,
+                    Duration::from_millis(routing.client_lsn_ttl_ms),
+                    Duration::from_millis(routing.causal_store_timeout_ms),
+                )
+                .map(Arc::new)
+                .map_err(|e| tracing::error!(error = %e, "routing.causal_store is unusable"))
+                .ok()
+            }),
             tls: config.tls.server_config().unwrap_or_else(|(key, e)| {
                 tracing::error!(%key, error = %e, "TLS for clients is off");
                 None
@@ -253,22 +265,44 @@ impl Proxy {
     /// `crate::replicas::WriteTarget`): the configured primary, or the
     /// replica promoted while it is gone; `None` while two claim the role.
     pub fn primary_target(&self) -> Option<&ServerTarget> {
-        self.primary_target_in_epoch().map(|(target, _)| target)
+        self.primary_target_in_epoch()
+            .ok()
+            .map(|(target, _)| target)
     }
 
     /// The write target and the epoch (timeline switches seen) it belongs
-    /// to, read together: a commit on it is tagged with that epoch.
-    pub fn primary_target_in_epoch(&self) -> Option<(&ServerTarget, u32)> {
+    /// to, read together: a commit on it is tagged with that epoch. `Err`
+    /// says why writes have nowhere to go.
+    pub fn primary_target_in_epoch(&self) -> Result<(&ServerTarget, u32), &'static str> {
         use crate::replicas::WriteTarget;
         let (target, epoch) = self
             .monitor
             .with_positions(|p| (p.write_target(), p.history.epoch()));
         match target {
-            WriteTarget::Configured => Some((&self.primary, epoch)),
-            WriteTarget::Promoted(i) => {
-                Some((self.replicas.get(i).unwrap_or(&self.primary), epoch))
-            }
-            WriteTarget::SplitBrain => None,
+            WriteTarget::Configured => Ok((&self.primary, epoch)),
+            WriteTarget::Promoted(i) => Ok((self.replicas.get(i).unwrap_or(&self.primary), epoch)),
+            other => Err(other.refusal().unwrap_or("no primary")),
+        }
+    }
+
+    /// Writes every causal LSN this instance knows to the shared store
+    /// again (it lost its data: see [`crate::causal_store`]).
+    pub fn republish_causal(&self) {
+        let Some(store) = &self.causal_store else {
+            return;
+        };
+        let value = |mark: crate::replicas::Mark| {
+            let timeline = self
+                .monitor
+                .with_positions(|p| p.history.timeline_of(mark.epoch))
+                .unwrap_or(0);
+            crate::causal_store::encode_value(timeline, mark.lsn)
+        };
+        if let Some(newest) = self.causal.newest() {
+            store.keep("global", value(newest));
+        }
+        for (key, mark) in self.causal.entries() {
+            store.keep(&key, value(mark));
         }
     }
 

@@ -114,6 +114,12 @@ async fn two_primaries_get_no_writes_until_one_is_gone() {
     let proxy = TestProxy::start(&cluster);
     let session = support::connect_app(proxy.port, APP_DB, None).await;
     write(&session, "before").await.expect("write");
+    // A block open on the old primary when the split happens.
+    let in_block = support::connect_app(proxy.port, APP_DB, None).await;
+    in_block
+        .batch_execute("BEGIN; INSERT INTO failover_notes (body) VALUES ('in block')")
+        .await
+        .expect("block");
 
     // Split brain: replica0 promoted while the primary is still up.
     cluster.promote("replica0");
@@ -134,6 +140,25 @@ async fn two_primaries_get_no_writes_until_one_is_gone() {
     // Nothing was written anywhere (read on a connection of its own).
     let reader = support::connect_app(proxy.port, APP_DB, None).await;
     assert_eq!(count(&reader, "split").await, 0);
+    // The block's next statement: an ERROR and the block rolled back, not a
+    // closed session; ROLLBACK ends it and the session reads on.
+    let err = in_block
+        .batch_execute("INSERT INTO failover_notes (body) VALUES ('in block, later')")
+        .await
+        .expect_err("no write in a split brain");
+    let db = err.as_db_error().expect("an ERROR, not a closed session");
+    assert_eq!(
+        (db.severity(), db.code().code()),
+        ("ERROR", "57P03"),
+        "{db:?}"
+    );
+    let again = in_block
+        .batch_execute("SELECT 1")
+        .await
+        .expect_err("aborted");
+    assert_eq!(again.code().map(|c| c.code()), Some("25P02"));
+    in_block.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(count(&in_block, "in block").await, 0);
 
     // The old primary goes: replica0 takes the writes.
     cluster.stop_server("primary");
@@ -435,4 +460,44 @@ async fn a_promotion_under_load_loses_no_session_and_reads_nothing_stale() {
     let p = proxy.proxy.monitor.positions();
     assert_eq!(p.write_target(), WriteTarget::Promoted(0));
     assert!(!p.serves(&p.replicas[1]), "replica1 is on the old timeline");
+}
+
+/// The configured primary came back as a standby of the promoted replica
+/// (as a cluster manager rebuilds an old primary), and then the promoted
+/// replica went down: no server is the primary. Writes get 57P03, not the
+/// standby's 25006, and no read falls back to the configured standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_primary_in_recovery_takes_no_writes() {
+    let cluster = TestCluster::start(ClusterOptions::default());
+    setup(&cluster);
+    let proxy = TestProxy::start(&cluster);
+    let session = support::connect_app(proxy.port, APP_DB, None).await;
+    write(&session, "before").await.expect("write");
+    cluster.stop_server("primary");
+    cluster.promote("replica0");
+    wait_write_target(&proxy, "writes to go to replica0", WriteTarget::Promoted(0));
+    write(&session, "on replica0")
+        .await
+        .expect("write on the new primary");
+    // The old primary returns as a standby of replica0; then replica0 goes.
+    cluster.reclone_as_standby("primary", "replica0");
+    wait_for(
+        "the old primary to be in recovery",
+        Duration::from_secs(30),
+        || {
+            let p = proxy.proxy.monitor.positions();
+            p.primary_in_recovery.then_some(()).ok_or(format!("{p:?}"))
+        },
+    );
+    cluster.stop_server("replica0");
+    wait_write_target(&proxy, "no write target", WriteTarget::Nowhere);
+    let err = write(&session, "nowhere").await.expect_err("no primary");
+    let db = err.as_db_error().expect("an ERROR");
+    assert_eq!(
+        (db.severity(), db.code().code()),
+        ("ERROR", "57P03"),
+        "{db:?}"
+    );
+    assert!(db.message().contains("no server is the primary"), "{db:?}");
+    assert!(!session.is_closed());
 }

@@ -58,6 +58,10 @@ pub enum Reason {
     OptimisticOverflow,
     /// A block whose shape usually writes: started on the primary.
     LearnedWrite,
+    /// A read whose causal LSN cannot be known now (its commit's LSN was
+    /// lost with the primary, or the shared causal store does not
+    /// answer): only the primary is sure to have the write.
+    CausalUnknown,
 }
 
 impl Reason {
@@ -79,6 +83,7 @@ impl Reason {
             Reason::Optimistic => "optimistic",
             Reason::OptimisticOverflow => "optimistic_overflow",
             Reason::LearnedWrite => "learned_write",
+            Reason::CausalUnknown => "causal_unknown",
         }
     }
 }
@@ -297,6 +302,14 @@ mod tests {
             WriteTarget::Configured,
             "no primary anywhere: try the configured one"
         );
+        p.primary_in_recovery = true;
+        assert_eq!(
+            p.write_target(),
+            WriteTarget::Nowhere,
+            "the configured one is a standby: no writes at all"
+        );
+        p.replicas[0].promoted = true;
+        assert_eq!(p.write_target(), WriteTarget::Promoted(0));
     }
 
     fn policy() -> Policy {
@@ -312,6 +325,7 @@ mod tests {
         Positions {
             primary_lsn: Lsn(500),
             primary_healthy: true,
+            primary_in_recovery: false,
             primary_timeline: None,
             primary_since: None,
             replicas,

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use super::ports::free_port;
 use super::redis::RedisServer;
 use super::server::{
-    base_backup, is_running, pg_ctl_start, start_with_free_port, tail, write_file, PgServer,
-    ServerSettings, PG_HBA,
+    base_backup, is_running, pg_ctl_start, start_with_free_port, tail, write_file, write_settings,
+    PgServer, ServerSettings, PG_HBA,
 };
 use super::tools::{run, Tools};
 use super::wait::try_wait_for;
@@ -337,6 +337,25 @@ impl TestCluster {
             vec![name.to_string()]
         };
         self.wait_streaming(&waiting_for);
+    }
+
+    /// Makes the stopped server `name` a standby of `primary` (a fresh
+    /// base backup from it, with a slot made there), and starts it: what a
+    /// cluster manager does with an old primary after a failover.
+    pub fn reclone_as_standby(&self, name: &str, primary: &str) {
+        let server = self.server(name);
+        self.psql(
+            self.port_of(primary),
+            &format!("SELECT pg_create_physical_replication_slot('{name}')"),
+        );
+        fs::remove_dir_all(&server.data_dir)
+            .unwrap_or_else(|e| panic!("remove {}: {e}", server.data_dir.display()));
+        let tools = Tools::get();
+        base_backup(tools, &self.dir, self.port_of(primary), server);
+        // The backup copied the other server's settings file; this one's
+        // own port and name go back in.
+        write_settings(tools, &self.settings, server);
+        self.start_server_alone(name);
     }
 
     /// Starts a stopped server without waiting for it to stream (its

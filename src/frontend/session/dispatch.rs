@@ -313,7 +313,12 @@ impl Session {
     ) -> Result<Option<(Server, Reason)>, End> {
         let proxy = self.proxy.clone();
         let policy = proxy.policy;
+        self.refresh_causal().await;
         let causal = self.effective_causal();
+        if causal == Some(crate::lsn::Lsn(u64::MAX)) {
+            // No replica can be shown to have the session's writes.
+            return Ok(Some((Server::Primary, Reason::CausalUnknown)));
+        }
         let spread = proxy.spread.fetch_add(1, Ordering::Relaxed);
         let label = |reason| {
             if read_only_block {
@@ -380,6 +385,16 @@ impl Session {
             }
             Err(End::NoServer { message, .. }) if self.may_refuse_unit(&unit) => {
                 self.refuse_no_primary(&unit, &message);
+                return Ok(());
+            }
+            // Inside a block whose primary is no longer the primary (a
+            // split brain, a demotion): the block is rolled back, the
+            // client hears why and the session goes on.
+            Err(End::NoServer {
+                code: "57P03",
+                message,
+            }) if self.may_abort_block() => {
+                self.abort_block_without_primary(&unit, &message);
                 return Ok(());
             }
             Err(end) => return Err(end),

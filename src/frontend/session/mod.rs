@@ -185,6 +185,14 @@ struct Session {
     lsn_answer: Option<Lsn>,
     /// A write's ReadyForQuery, passed on once its commit LSN is known.
     ready_after_lsn: Option<BytesMut>,
+    /// A commit's causal LSN to record in the shared causal store, under
+    /// this key, on this timeline; its ReadyForQuery waits in
+    /// `ready_after_store` until the store has it.
+    store_write: Option<(String, u32, Lsn)>,
+    ready_after_store: Option<BytesMut>,
+    /// The shared causal store did not answer this session's last read:
+    /// its reads go to the primary until it does.
+    store_down: std::sync::atomic::AtomicBool,
     /// How this client's server connections log in.
     login: Login,
     /// The login role, for `causal_scope = "user"`.
@@ -380,6 +388,9 @@ pub async fn run(
         commit_awaiting_lsn: false,
         lsn_answer: None,
         ready_after_lsn: None,
+        store_write: None,
+        ready_after_store: None,
+        store_down: std::sync::atomic::AtomicBool::new(false),
         login: ready.login.clone(),
         user: ready.params.user().unwrap_or_default().to_string(),
         client_id,
@@ -467,10 +478,74 @@ impl Session {
         }
     }
 
+    /// Where this session's causal LSN lives in the shared causal store.
+    fn store_key(&self) -> Option<String> {
+        self.proxy.causal_store.as_ref()?;
+        match self.proxy.config.routing.causal_scope {
+            crate::config::CausalScope::Global => Some("global".to_string()),
+            _ => self.causal_key(),
+        }
+    }
+
+    /// Reads the session's causal LSN from the shared causal store into
+    /// the in-process map (it only ever raises it). If the store does not
+    /// answer, the session's reads go to the primary until it does.
+    async fn refresh_causal(&self) {
+        let (Some(store), Some(key)) = (&self.proxy.causal_store, self.store_key()) else {
+            return;
+        };
+        match store.get(&key).await {
+            Ok(found) => {
+                self.store_down
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                if let Some((timeline, lsn)) = found {
+                    let epoch = self
+                        .proxy
+                        .monitor
+                        .with_positions(|p| p.history.epoch_of(timeline));
+                    let mark = Mark { lsn, epoch };
+                    match self.proxy.config.routing.causal_scope {
+                        crate::config::CausalScope::Global => {
+                            self.proxy.causal.advance_newest(mark)
+                        }
+                        _ => self.proxy.causal.advance(&key, mark),
+                    }
+                }
+            }
+            Err(e) => {
+                if e == crate::causal_store::StoreError::Reset {
+                    self.proxy.republish_causal();
+                }
+                if e != crate::causal_store::StoreError::Recovering {
+                    store.note_failure("get", &e);
+                }
+                self.store_down
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Records a commit in the shared causal store, then lets its
+    /// ReadyForQuery go: a client told its write is done may read it
+    /// through any instance. A value Redis does not take is written again
+    /// until it does; meanwhile instances that cannot reach Redis, or saw
+    /// it fail less than a grace period ago, read from the primary.
+    async fn store_commit(&mut self, key: String, timeline: u32, lsn: Lsn) {
+        if let Some(store) = &self.proxy.causal_store {
+            // A failure keeps the value for the store's republisher.
+            if let Err(e) = store.advance(&key, timeline, lsn).await {
+                store.note_failure("advance", &e);
+            }
+        }
+        if let Some(ready) = self.ready_after_store.take() {
+            self.to_client.extend_from_slice(&ready);
+        }
+    }
+
     /// The LSN a replica must have replayed before it may serve this
     /// session's reads: its own writes, and those of its client.
     fn effective_causal(&self) -> Option<Lsn> {
-        if self.causal_unknown {
+        if self.causal_unknown || self.store_down.load(std::sync::atomic::Ordering::Relaxed) {
             // No replica can be shown to have the last write.
             return Some(Lsn(u64::MAX));
         }
@@ -500,6 +575,9 @@ impl Session {
 
     async fn relay(&mut self, shutdown: &mut watch::Receiver<bool>) -> End {
         loop {
+            if let Some((key, timeline, lsn)) = self.store_write.take() {
+                self.store_commit(key, timeline, lsn).await;
+            }
             if let Err(end) = self.dispatch_queued().await {
                 return end;
             }

@@ -109,10 +109,12 @@ impl Session {
     /// Returns it with its epoch (see [`crate::replicas::History`]).
     pub(super) fn primary_target(&self) -> Result<(crate::backend::ServerTarget, u32), End> {
         let found = self.proxy.primary_target_in_epoch();
-        found.map(|(target, epoch)| (target.clone(), epoch)).ok_or_else(|| End::NoServer {
-            code: "57P03",
-            message: "two servers claim to be the primary; writes are refused until one of them is in recovery again".into(),
-        })
+        found
+            .map(|(target, epoch)| (target.clone(), epoch))
+            .map_err(|why| End::NoServer {
+                code: "57P03",
+                message: why.into(),
+            })
     }
 
     /// Whether `unit` can be answered with an error instead of running: it
@@ -234,6 +236,56 @@ impl Session {
             })
     }
 
+    /// Whether a unit of the open block can be refused with the block
+    /// rolled back: nothing in flight, nothing a new connection lacks.
+    pub(super) fn may_abort_block(&self) -> bool {
+        self.tx_status != b'I'
+            && self.deferred_begin.is_none()
+            && self.pending.is_empty()
+            && self.block_survives_loss()
+    }
+
+    /// A unit of an open block needs the primary and there is none to be
+    /// sure of: the block's connection is closed (which rolls it back), and
+    /// the unit gets ERROR 57P03, or `ROLLBACK` if it was one. The client
+    /// is then in an aborted block, unless the unit ended it.
+    pub(super) fn abort_block_without_primary(&mut self, unit: &Unit, why: &str) {
+        tracing::warn!(reason = %why, "no primary for a unit inside a block; the block is rolled back");
+        crate::metrics::no_primary();
+        self.current = None;
+        self.set_cancel_target();
+        self.tx_wrote = false;
+        self.tx_effects.clear();
+        if ends_block_alone(unit) && is_rollback(unit) {
+            self.lost_block = false;
+            self.tx_status = b'I';
+            super::local::respond(
+                &mut self.to_client,
+                &unit.bytes,
+                &super::local::Answer::Tag("ROLLBACK"),
+                b'I',
+            );
+            return;
+        }
+        let status = if unit.facts.ends_tx { b'I' } else { b'E' };
+        let text = format!(
+            "causeway: no primary server is available, so this transaction was rolled back: {why}"
+        );
+        messages::error_response(
+            &mut self.to_client,
+            Severity::Error,
+            "57P03",
+            &text,
+            Some("Retry the transaction when the primary is back."),
+        );
+        crate::metrics::error_sent(b"57P03");
+        if unit.synced {
+            messages::ready_for_query(&mut self.to_client, status);
+        }
+        self.lost_block = status == b'E';
+        self.tx_status = status;
+    }
+
     /// Answers a unit of a block lost with its server, as Postgres answers
     /// one in an aborted block: COMMIT, ROLLBACK (or END, ABORT) alone end
     /// it with `ROLLBACK`; anything else fails with 25P02.
@@ -318,4 +370,29 @@ fn ends_block_alone(unit: &Unit) -> bool {
         }
     }
     statements == 1
+}
+/// Whether `unit`'s statement is a ROLLBACK (or ABORT) of the whole block.
+fn is_rollback(unit: &Unit) -> bool {
+    let Ok(Some(header)) = crate::protocol::frontend_header(&unit.bytes) else {
+        return false;
+    };
+    let len = header.wire_len().min(unit.bytes.len());
+    let body = &unit.bytes[5.min(len)..len];
+    let sql = match header.tag {
+        b'Q' => body,
+        // Parse: the statement name, then the SQL.
+        b'P' => body
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(&[][..], |end| &body[end + 1..]),
+        _ => return false,
+    };
+    let sql = String::from_utf8_lossy(sql).to_ascii_uppercase();
+    let words: Vec<&str> = sql
+        .split(|c: char| c.is_whitespace() || c == ';' || c == '\0')
+        .filter(|w| !w.is_empty())
+        .take(2)
+        .collect();
+    matches!(words.first(), Some(&"ROLLBACK") | Some(&"ABORT"))
+        && !matches!(words.get(1), Some(&"TO") | Some(&"PREPARED"))
 }

@@ -504,20 +504,26 @@ impl Session {
     }
 
     fn lsn_arrived(&mut self) {
-        self.record_lsn();
-        if let Some(ready) = self.ready_after_lsn.take() {
-            self.to_client.extend_from_slice(&ready);
+        let ready = self.ready_after_lsn.take();
+        match (self.record_lsn(), ready) {
+            (Some(write), ready) => {
+                // The shared store first (see `Session::store_commit`).
+                self.store_write = Some(write);
+                self.ready_after_store = ready;
+            }
+            (None, Some(ready)) => self.to_client.extend_from_slice(&ready),
+            (None, None) => {}
         }
     }
 
-    fn record_lsn(&mut self) {
+    /// Takes in a commit's LSN; returns what to record in the shared
+    /// causal store, if there is one.
+    fn record_lsn(&mut self) -> Option<(String, u32, Lsn)> {
         let lsn = self.lsn_answer.take();
         if !std::mem::take(&mut self.commit_awaiting_lsn) {
-            return;
+            return None;
         }
-        let Some(lsn) = lsn else {
-            return;
-        };
+        let lsn = lsn?;
         self.causal_unknown = false;
         let mark = Mark {
             lsn,
@@ -531,6 +537,13 @@ impl Session {
         // The causal token, for the client to carry to other connections
         // or proxies (`SET causeway.min_lsn`).
         messages::parameter_status(&mut self.to_client, "causeway.lsn", &lsn.to_string());
+        let key = self.store_key()?;
+        let timeline = self
+            .proxy
+            .monitor
+            .with_positions(|p| p.history.timeline_of(mark.epoch))
+            .unwrap_or(0);
+        Some((key, timeline, lsn))
     }
 
     /// Applies a finished unit's changes to the session and to the mirror
