@@ -7,8 +7,10 @@
 #                                 Prometheus (the demo scrapes causeway when
 #                                 it is there)
 #   bash cluster/setup.sh test    the same, plus PgBouncer (benchmarks and
-#                                 comparisons) and Chromium (the dashboard's
-#                                 browser test); and cargo's fmt and clippy
+#                                 comparisons), HAProxy (several instances
+#                                 behind one address) and Chromium (the
+#                                 dashboard's browser test); and cargo's fmt
+#                                 and clippy
 #
 # As root on Debian/Ubuntu it runs `apt-get install` for what is missing.
 # Otherwise it prints the one `apt-get install` line to run and exits 1.
@@ -45,6 +47,7 @@ have redis-server || missing+=(redis-server)
 have prometheus || missing+=(prometheus)
 if [[ $what == test ]]; then
   have pgbouncer || missing+=(pgbouncer)
+  have haproxy || missing+=(haproxy)
   have chromium || missing+=(chromium)
 fi
 
