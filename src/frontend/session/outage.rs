@@ -81,7 +81,14 @@ impl Session {
             crate::metrics::error_sent(b"08006");
             messages::ready_for_query(&mut self.to_client, b'I');
         }
-        self.tx_status = b'I';
+        self.forget_lost_server(b'I');
+        true
+    }
+
+    /// Forgets what the session expected of a server it lost, leaving the
+    /// client with transaction status `status`.
+    fn forget_lost_server(&mut self, status: u8) {
+        self.tx_status = status;
         self.tx_wrote = false;
         self.tx_effects.clear();
         self.server_fatal = false;
@@ -89,7 +96,6 @@ impl Session {
         self.commit_awaiting_lsn = false;
         self.lsn_answer = None;
         self.catalog_rows = None;
-        true
     }
 
     /// Between units, with nothing on the current server that a new
@@ -208,15 +214,8 @@ impl Session {
             // Nothing was in flight: the next statement hears of it.
             self.lost_block_news = Some(text);
         }
-        self.tx_status = status;
-        self.tx_wrote = false;
-        self.tx_effects.clear();
-        self.server_fatal = false;
-        self.fatal_swallowed = false;
-        self.commit_awaiting_lsn = false;
-        self.lsn_answer = None;
+        self.forget_lost_server(status);
         self.ready_after_lsn = None;
-        self.catalog_rows = None;
         self.deferred_begin = None;
         true
     }
