@@ -1,5 +1,8 @@
 //! The proxy's HTTP side: `/metrics` (Prometheus text format), `/healthz`
-//! (the process is up) and `/readyz` (the primary answers the monitor).
+//! (the process is up), `/readyz` (the primary answers the monitor), and
+//! the live dashboard at `/` ([`dashboard`]), which draws `/metrics`.
+
+mod dashboard;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,8 +48,7 @@ pub async fn serve(
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let current = refresher.get();
-            current.publish_pool_metrics();
-            crate::metrics::positions(&current.monitor.positions(), &current.primary.name);
+            publish(&current);
             upkeep.run_upkeep();
         }
     });
@@ -54,15 +56,22 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .merge(dashboard::routes())
         .with_state(Endpoint { proxy, handle });
     axum::serve(listener, app).await
 }
 
 async fn metrics(State(endpoint): State<Endpoint>) -> String {
-    let current = endpoint.proxy.get();
+    publish(&endpoint.proxy.get());
+    endpoint.handle.render()
+}
+
+/// Sets the gauges read from the proxy's state rather than recorded as
+/// things happen: pools, the monitor's positions, the causal map's size.
+fn publish(current: &crate::server::Proxy) {
     current.publish_pool_metrics();
     crate::metrics::positions(&current.monitor.positions(), &current.primary.name);
-    endpoint.handle.render()
+    crate::metrics::causal_map(current.causal.len());
 }
 
 /// 200 `ready` with a primary; 200 `degraded: no primary` while only
