@@ -43,7 +43,8 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
     pub enabled: bool,
-    /// Serves `/metrics`, `/healthz` and `/readyz`.
+    /// Serves the live dashboard at `/`, and `/metrics`, `/healthz` and
+    /// `/readyz`.
     pub listen: SocketAddr,
 }
 
