@@ -87,7 +87,11 @@ pub async fn serve(handle: Arc<ProxyHandle>, stream: TcpStream, shutdown: watch:
     };
     tracing::debug!(?peer, user = %ready.params.user().unwrap_or(""), "client logged in");
     if ready.admin {
-        crate::admin::serve(handle, proxy, io, ready).await;
+        // The console is served by pgwire on the logged-in socket; see
+        // `crate::admin` for why the login stays here.
+        let application_name = ready.params.get("application_name").unwrap_or("");
+        let application_name = application_name.to_string();
+        crate::admin::serve(handle, io.stream, io.rbuf, application_name, shutdown).await;
         return;
     }
     session::run(proxy, io, ready, shutdown).await;
