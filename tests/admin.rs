@@ -1,13 +1,33 @@
 //! The admin console (database `causeway`) and RELOAD, against a real
-//! cluster through the real `causeway` binary.
+//! cluster through the real `causeway` binary. Every command is asked
+//! through the simple protocol (`simple_query`, psql) and through prepared
+//! statements (tokio-postgres's `query` and `execute`, which Parse,
+//! Describe, Bind and Execute as psycopg's `prepare=True` and JDBC do),
+//! in plain text and over TLS.
 
 mod support;
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{config_text, connect, try_connect, TestCluster, APP_DB, APP_PASSWORD, APP_USER};
+use support::{
+    config_text, connect, try_connect, TestCluster, TestProxy, APP_DB, APP_PASSWORD, APP_USER,
+};
 use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// The commands that answer with rows, as `SHOW HELP` lists them.
+const SHOWS: &[&str] = &[
+    "SHOW HELP",
+    "SHOW CLIENTS",
+    "SHOW SERVERS",
+    "SHOW REPLICAS",
+    "SHOW POOLS",
+    "SHOW DATABASES",
+    "SHOW STATS",
+    "SHOW CONFIG",
+    "SHOW VERSION",
+];
 
 /// A `causeway` process; killed when dropped.
 struct Running {
@@ -92,6 +112,69 @@ async fn rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
             _ => None,
         })
         .collect()
+}
+
+/// Column names and rows of `sql` through the simple protocol.
+async fn simple(client: &Client, sql: &str) -> (Vec<String>, Vec<Vec<Option<String>>>) {
+    let messages = client.simple_query(sql).await.expect(sql);
+    let columns = messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::RowDescription(columns) => {
+                Some(columns.iter().map(|c| c.name().to_string()).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_default();
+    (columns, rows(client, sql).await)
+}
+
+/// Column names and rows of `sql` as a prepared statement: tokio-postgres
+/// Parses and Describes it, then Binds (asking for binary results) and
+/// Executes it.
+async fn prepared(client: &Client, sql: &str) -> (Vec<String>, Vec<Vec<Option<String>>>) {
+    let statement = client.prepare(sql).await.expect(sql);
+    let columns = statement
+        .columns()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    let rows = client
+        .query(&statement, &[])
+        .await
+        .expect(sql)
+        .iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.get::<_, Option<String>>(i))
+                .collect()
+        })
+        .collect();
+    (columns, rows)
+}
+
+/// psql (from `$PG_BIN` or the PATH) with a libpq connection string;
+/// stdout, or stderr as the error.
+fn psql(conninfo: &str, sql: &str) -> Result<String, String> {
+    let psql = std::env::var("PG_BIN")
+        .map(|bin| format!("{bin}/psql"))
+        .unwrap_or_else(|_| "psql".to_string());
+    let out = Command::new(psql)
+        .args(["-X", "-A", "-t", "-d", conninfo, "-c", sql])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env_remove("PGSSLMODE")
+        .output()
+        .expect("psql runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+fn console_conninfo(port: u16) -> String {
+    format!("host=127.0.0.1 port={port} user={APP_USER} dbname=causeway")
 }
 
 /// Waits until SHOW REPLICAS lists `count` healthy replicas.
@@ -304,4 +387,282 @@ async fn kill_ends_one_client_and_shutdown_drains_the_proxy() {
         status.success(),
         "causeway exits cleanly after SHUTDOWN: {status}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_answers_simple_and_prepared_queries_alike() {
+    let (_dir, _path, mut proxy) = start_on_shared(2);
+    wait_healthy(proxy.port, 2).await;
+    let app = connect(proxy.port, APP_USER, APP_PASSWORD, APP_DB).await;
+    app.simple_query("SELECT 1").await.expect("a read");
+    let admin = connect(proxy.port, APP_USER, APP_PASSWORD, "causeway").await;
+
+    for sql in SHOWS {
+        let (simple_columns, simple_rows) = simple(&admin, sql).await;
+        let (prepared_columns, prepared_rows) = prepared(&admin, sql).await;
+        assert!(!simple_columns.is_empty(), "{sql}");
+        assert_eq!(simple_columns, prepared_columns, "{sql}");
+        assert_eq!(simple_rows.len(), prepared_rows.len(), "{sql}");
+        // Clocks and LSNs move between the two asks (other tests write on
+        // the shared cluster); the rest is the same.
+        if !["SHOW CLIENTS", "SHOW REPLICAS", "SHOW STATS"].contains(sql) {
+            assert_eq!(simple_rows, prepared_rows, "{sql}");
+        }
+    }
+    let (_, replicas) = prepared(&admin, "show replicas;").await;
+    let names: Vec<_> = replicas.iter().map(|r| r[0].as_deref()).collect();
+    assert_eq!(names, [Some("replica0"), Some("replica1")]);
+    // A statement prepared once runs again, as psycopg's prepare=True and
+    // JDBC's server-prepared statements do.
+    let statement = admin.prepare("SHOW REPLICAS").await.expect("prepare");
+    for _ in 0..3 {
+        assert_eq!(admin.query(&statement, &[]).await.expect("run").len(), 2);
+    }
+
+    // The commands without rows, prepared; a driver's SET is accepted.
+    for sql in ["PAUSE", "RESUME", "RELOAD", "SET extra_float_digits = 3"] {
+        admin.execute(sql, &[]).await.expect(sql);
+    }
+    app.simple_query("SELECT 1")
+        .await
+        .expect("the app goes on after PAUSE and RESUME");
+
+    // An unknown command fails at Parse, with the commands in its hint,
+    // and the connection goes on.
+    let err = admin.query("SHOW NOTHING", &[]).await.expect_err("unknown");
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "42601");
+    assert!(db.message().contains("SHOW NOTHING"), "{}", db.message());
+    assert!(
+        db.hint().is_some_and(|h| h.contains("SHOW POOLS")),
+        "{:?}",
+        db.hint()
+    );
+    let err = admin
+        .execute("KILL 999999999", &[])
+        .await
+        .expect_err("no such client");
+    assert!(support::describe_error(&err).contains("no client with pid"));
+    let (_, version) = prepared(&admin, "SHOW VERSION").await;
+    assert_eq!(version.len(), 1, "the console answers after errors");
+
+    let (_, clients) = prepared(&admin, "SHOW CLIENTS").await;
+    let pid = clients[0][0].clone().expect("the app's pid");
+    admin
+        .execute(format!("KILL {pid}").as_str(), &[])
+        .await
+        .expect("KILL, prepared");
+    app.simple_query("SELECT 1")
+        .await
+        .expect_err("a killed client is gone");
+
+    admin.execute("SHUTDOWN", &[]).await.expect("SHUTDOWN");
+    let status = tokio::task::spawn_blocking(move || proxy.child.wait())
+        .await
+        .expect("wait")
+        .expect("exit status");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_databases_and_help_as_pgbouncer_shows_them() {
+    let cluster = TestCluster::shared();
+    let (_dir, _path, proxy) = start_on_shared(2);
+    wait_healthy(proxy.port, 2).await;
+    let app = connect(proxy.port, APP_USER, APP_PASSWORD, APP_DB).await;
+    app.simple_query("SELECT 1").await.expect("a read");
+    let admin = connect(proxy.port, APP_USER, APP_PASSWORD, "causeway").await;
+
+    let (columns, pools) = simple(&admin, "SHOW POOLS").await;
+    assert_eq!(
+        columns,
+        [
+            "database",
+            "user",
+            "cl_active",
+            "cl_waiting",
+            "sv_active",
+            "sv_idle",
+            "sv_used",
+            "maxwait",
+            "pool_mode"
+        ]
+    );
+    let pool = pools
+        .iter()
+        .find(|p| p[0].as_deref() == Some(APP_DB) && p[1].as_deref() == Some(APP_USER))
+        .unwrap_or_else(|| panic!("a pool for app/app: {pools:?}"));
+    let number = |v: &Option<String>| {
+        v.as_deref()
+            .unwrap_or("")
+            .parse::<usize>()
+            .expect("a count")
+    };
+    assert_eq!(number(&pool[2]), 1, "one client: {pool:?}");
+    assert_eq!(pool[3], None, "waiting clients are not counted: {pool:?}");
+    assert!(
+        number(&pool[4]) + number(&pool[5]) >= 1,
+        "the read's connection: {pool:?}"
+    );
+    assert_eq!(pool[8].as_deref(), Some("transaction"));
+
+    let (columns, databases) = simple(&admin, "SHOW DATABASES").await;
+    assert_eq!(&columns[..4], ["name", "host", "port", "database"]);
+    let app_rows: Vec<_> = databases
+        .iter()
+        .filter(|d| d[0].as_deref() == Some(APP_DB))
+        .collect();
+    let mut ports: Vec<u16> = vec![cluster.primary_port()];
+    ports.extend(cluster.replica_ports());
+    assert_eq!(
+        app_rows.len(),
+        ports.len(),
+        "app on every server: {databases:?}"
+    );
+    for (row, port) in app_rows.iter().zip(&ports) {
+        assert_eq!(row[1].as_deref(), Some("127.0.0.1"));
+        assert_eq!(row[2].as_deref(), Some(port.to_string().as_str()));
+        assert_eq!(row[3].as_deref(), Some(APP_DB));
+    }
+    assert_eq!(app_rows[0][5].as_deref(), Some("primary"));
+    let console_row = databases.last().expect("the console's own row");
+    assert_eq!(console_row[0].as_deref(), Some("causeway"));
+    assert_eq!(
+        console_row[2].as_deref(),
+        Some(proxy.port.to_string().as_str())
+    );
+
+    // SHOW HELP lists every command, and each SHOW it lists answers.
+    let (_, help) = simple(&admin, "SHOW HELP").await;
+    let listed: Vec<&str> = help.iter().filter_map(|r| r[0].as_deref()).collect();
+    for sql in SHOWS {
+        assert!(listed.contains(sql), "{sql} in {listed:?}");
+    }
+    for command in ["RELOAD", "PAUSE", "RESUME", "KILL pid", "SHUTDOWN"] {
+        assert!(listed.contains(&command), "{command} in {listed:?}");
+    }
+    // Several commands in one Query, as psql -c sends them.
+    let both = admin
+        .simple_query("SHOW VERSION; SHOW HELP")
+        .await
+        .expect("two commands");
+    let completes = both
+        .iter()
+        .filter(|m| matches!(m, SimpleQueryMessage::CommandComplete(_)))
+        .count();
+    assert_eq!(completes, 2);
+    let err = admin.simple_query("SHOW LISTS").await.expect_err("unknown");
+    let hint = err.as_db_error().and_then(|e| e.hint()).unwrap_or("");
+    for sql in SHOWS {
+        assert!(hint.contains(sql), "{sql} in the hint: {hint}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_runs_every_command() {
+    let (_dir, _path, proxy) = start_on_shared(2);
+    wait_healthy(proxy.port, 2).await;
+    let conninfo = console_conninfo(proxy.port);
+    for sql in SHOWS {
+        let out = psql(&conninfo, sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        // Nothing is connected but the console: no clients, servers or pools.
+        let empty = ["SHOW CLIENTS", "SHOW SERVERS", "SHOW POOLS"].contains(sql);
+        assert_eq!(out.is_empty(), empty, "{sql}: {out}");
+    }
+    let replicas = psql(&conninfo, "SHOW REPLICAS").expect("SHOW REPLICAS");
+    let names: Vec<_> = replicas
+        .lines()
+        .map(|l| l.split('|').next().unwrap_or(""))
+        .collect();
+    assert_eq!(names, ["replica0", "replica1"]);
+    for sql in ["PAUSE", "RESUME", "RELOAD", "SET application_name = 'psql'"] {
+        psql(&conninfo, sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let err = psql(&conninfo, "SHOW LISTS").expect_err("unknown");
+    assert!(
+        err.contains("unknown console command") && err.contains("HINT:"),
+        "{err}"
+    );
+}
+
+/// A CA, and a certificate it signed for `localhost` and 127.0.0.1, as
+/// PEM files in `dir`: (ca.pem, server.pem, server.key).
+fn certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // Not rcgen's default name, which the server certificate also has.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "causeway console test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("server params");
+    let cert = params
+        .signed_by(&key, &ca, &ca_key)
+        .expect("server certificate");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).expect("write CA");
+    std::fs::write(&paths.1, cert.pem()).expect("write certificate");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write key");
+    paths
+}
+
+#[test]
+fn the_console_answers_over_tls() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ca, cert, key) = certificates(dir.path());
+    let proxy = TestProxy::start_with(TestCluster::shared(), |c| {
+        c.tls.cert_file = Some(cert.clone());
+        c.tls.key_file = Some(key.clone());
+        c.tls.client_mode = Some(causeway::tls::ClientMode::Require);
+    });
+    let tls = format!(
+        "{} sslmode=verify-full sslrootcert={} channel_binding=require",
+        console_conninfo(proxy.port).replace("host=127.0.0.1", "host=localhost hostaddr=127.0.0.1"),
+        ca.display()
+    );
+    let replicas = psql(&tls, "SHOW REPLICAS").expect("psql over TLS");
+    assert_eq!(replicas.lines().count(), 2, "{replicas}");
+
+    // Prepared statements over TLS, with SCRAM-SHA-256-PLUS.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let roots = causeway::tls::ServerTls::new(
+            causeway::tls::SslMode::VerifyFull,
+            Some(ca.as_path()),
+            "test.sslrootcert",
+        )
+        .expect("roots")
+        .expect("tls");
+        let connector = postgres_rustls::MakeTlsConnector::new(tokio_rustls::TlsConnector::from(
+            roots.config.clone(),
+        ));
+        let (admin, connection) = tokio_postgres::Config::new()
+            .host("localhost")
+            .hostaddr(std::net::IpAddr::from([127, 0, 0, 1]))
+            .port(proxy.port)
+            .user(APP_USER)
+            .password(APP_PASSWORD)
+            .dbname("causeway")
+            .ssl_mode(tokio_postgres::config::SslMode::Require)
+            .channel_binding(tokio_postgres::config::ChannelBinding::Require)
+            .connect(connector)
+            .await
+            .expect("the console over TLS");
+        tokio::spawn(connection);
+        let (_, replicas) = prepared(&admin, "SHOW REPLICAS").await;
+        assert_eq!(replicas.len(), 2);
+        let (_, pools) = simple(&admin, "SHOW POOLS").await;
+        assert!(pools.iter().all(|p| p.len() == 9), "{pools:?}");
+    });
 }
