@@ -405,20 +405,22 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     .iter()
                     .map(|(k, n)| format!("{k}={n}"))
                     .collect();
-                println!(
+                format!(
                     "cdc: {} changes handled ({} handler failures), slot consumed to {}; \
                      so far: {}",
                     pass.changes,
                     pass.handler_failures,
                     pass.consumed_to.map_or("-".into(), |l| l.to_string()),
                     counts.join(" ")
-                );
+                )
             };
             if args.once {
                 let pass = cdc.run_once().await?;
-                summary(&pass);
+                println!("{}", summary(&pass));
             } else {
-                cdc.run(stop, summary).await;
+                // One line per batch: at debug level, like the changes.
+                cdc.run(stop, |pass| tracing::debug!("{}", summary(pass)))
+                    .await;
             }
         }
         Command::Diagnose(args) => {

@@ -7,7 +7,8 @@ pub fn on_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutting down");
+        // At debug: `demo-app all` says it is stopping everything, once.
+        tracing::debug!("shutting down");
         let _ = tx.send(true);
     });
     rx

@@ -127,7 +127,7 @@ pub async fn show(
     };
     match read_ride(&context, &user.email, user.id, id).await {
         Ok((ride, server)) => {
-            tracing::info!("Reading ride {id} from server '{server}'");
+            tracing::debug!("Reading ride {id} from server '{server}'");
             let response = match ride {
                 Some(ride) => ApiResponse::new(200, json!({ "ride": ride })),
                 None => ApiResponse::error(404, "Ride not found."),

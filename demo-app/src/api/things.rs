@@ -83,7 +83,7 @@ pub async fn update(
                 &[&id, &color],
             )
             .await?;
-        tracing::info!("Thing {id}: wrote color {color:?}");
+        tracing::debug!("Thing {id}: wrote color {color:?}");
         reads.push(read(&context, &conn, id, "read after the write").await?);
         Ok::<_, Error>((updated, reads))
     }
@@ -109,7 +109,7 @@ async fn read(context: &ApiContext, conn: &Object, id: i64, step: &str) -> Resul
         .await?;
     let color: Option<String> = row.try_get(0)?;
     let server = context.servers.name_of(row.try_get(1)?, row.try_get(2)?);
-    tracing::info!("Thing {id}: {step} from server '{server}'");
+    tracing::debug!("Thing {id}: {step} from server '{server}'");
     Ok(json!({ "step": step, "server": server, "color": color }))
 }
 

@@ -36,7 +36,7 @@ pub async fn create(services: &Services, request: &RideRequest, key: &Key) -> Re
         ChargeOutcome::Charged { id } => return record(services, key, &id).await,
         ChargeOutcome::Unavailable { reason } => return Err(Error::Payment(reason)),
         ChargeOutcome::Declined { message } => {
-            tracing::info!("key {}: card declined: {message}", key.id);
+            tracing::debug!("key {}: card declined: {message}", key.id);
             ApiResponse::error(402, "Your card was declined.")
         }
         ChargeOutcome::Refused { status, message } => {
@@ -68,6 +68,6 @@ async fn record(services: &Services, key: &Key, charge_id: &str) -> Result<Step>
     }
     key::advance(&tx, key, RecoveryPoint::ChargeCreated).await?;
     tx.commit().await?;
-    tracing::info!("key {}: charged {charge_id}", key.id);
+    tracing::debug!("key {}: charged {charge_id}", key.id);
     Ok(Step::Next(RecoveryPoint::ChargeCreated))
 }

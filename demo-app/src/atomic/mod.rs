@@ -78,7 +78,7 @@ pub async fn create_ride(services: &Services, request: &RideRequest) -> ApiRespo
     loop {
         if request.fail_after == Some(key.recovery_point) {
             key::unlock(&services.db, key.id).await;
-            tracing::warn!("key {}: injected failure at {}", key.id, key.recovery_point);
+            tracing::debug!("key {}: injected failure at {}", key.id, key.recovery_point);
             return ApiResponse::error(
                 500,
                 format!("Injected failure at {}; {RETRY}.", key.recovery_point),
@@ -104,12 +104,19 @@ pub async fn create_ride(services: &Services, request: &RideRequest) -> ApiRespo
     }
 }
 
-/// The answer to a failed phase (module docs), logged with its cause.
+/// The answer to a failed phase (module docs), logged with its cause: at
+/// debug level what the client is told to retry and the demo causes on
+/// purpose or by racing retries (the payment service's injected failures,
+/// conflicts), at warn anything else.
 fn failure(error: &Error, request: &RideRequest, key: Option<&Key>) -> ApiResponse {
     let at = key.map_or("started".to_string(), |k| {
         format!("key {} at {}", k.id, k.recovery_point)
     });
-    tracing::warn!("ride for {} ({at}) failed: {error}", request.user.email);
+    if error.is_conflict() || matches!(error, Error::Payment(_)) {
+        tracing::debug!("ride for {} ({at}) failed: {error}", request.user.email);
+    } else {
+        tracing::warn!("ride for {} ({at}) failed: {error}", request.user.email);
+    }
     match error {
         e if e.is_conflict() => ApiResponse::error(
             409,

@@ -49,6 +49,6 @@ pub async fn create(services: &Services, request: &RideRequest, key: &Key) -> Re
     staged::stage_ride(&tx, ride_id).await?;
     key::advance(&tx, key, RecoveryPoint::RideCreated).await?;
     tx.commit().await?;
-    tracing::info!("key {}: created ride {ride_id}", key.id);
+    tracing::debug!("key {}: created ride {ride_id}", key.id);
     Ok(Step::Next(RecoveryPoint::RideCreated))
 }

@@ -3,9 +3,9 @@
 //!
 //! A pass: make sure the slot exists ([`slot::ensure`]), peek a batch of
 //! whole transactions, turn them into typed [`Change`]s ([`change`],
-//! [`decode`], [`datum`]), log each as one JSON line, dispatch each to its
-//! table's handlers and the catch-alls ([`handler`]), and only then consume
-//! the batch from the slot.
+//! [`decode`], [`datum`]), log each as one JSON line (at debug level),
+//! dispatch each to its table's handlers and the catch-alls ([`handler`]),
+//! and only then consume the batch from the slot.
 //!
 //! # Guarantee: at least once
 //! Nothing is consumed before its handlers ran, so a crash, a lost
@@ -114,7 +114,7 @@ impl Cdc {
             );
         }
         for change in &batch.changes {
-            tracing::info!("cdc event {}", change.to_json());
+            tracing::debug!("cdc event {}", change.to_json());
             pass.handler_failures += self.dispatcher.dispatch(change).await;
         }
         if let Some(upto) = batch.last_commit {

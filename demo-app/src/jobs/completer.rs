@@ -106,7 +106,7 @@ pub async fn run_once(completer: &Completer) -> Result<usize> {
             lock_timeout: *lock_timeout,
         };
         let response = atomic::create_ride(&services, &request).await;
-        tracing::info!(
+        tracing::debug!(
             "Completer: key {:?} of {} -> {}",
             request.key,
             request.user.email,

@@ -39,7 +39,7 @@ pub async fn run_once(pool: &Pool, queue: &JobQueue, batch: i64) -> Result<usize
     queue.push_all(&jobs).await?;
     tx.commit().await?;
     for job in &jobs {
-        tracing::info!("Enqueued job {} {}: {}", job.id, job.name, job.args);
+        tracing::debug!("Enqueued job {} {}: {}", job.id, job.name, job.args);
     }
     Ok(jobs.len())
 }

@@ -15,10 +15,12 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Runs `pass` every `interval` until `shutdown`; a pass that did something
-/// runs the next at once (there may be more), an error is logged and waited out.
+/// runs the next at once (there may be more), an error is logged and waited
+/// out (a failure the demo injected on purpose at debug level: it is
+/// expected, and frequent).
 pub async fn every<F, Fut>(
     name: &str,
     interval: Duration,
@@ -36,6 +38,10 @@ pub async fn every<F, Fut>(
         let wait = match pass().await {
             Ok(0) => interval,
             Ok(_) => Duration::ZERO,
+            Err(e @ Error::Injected(_)) => {
+                tracing::debug!("{name}: {e}");
+                interval
+            }
             Err(e) => {
                 tracing::warn!("{name}: {e}");
                 interval

@@ -173,7 +173,8 @@ impl Consumer {
         .transpose()
     }
 
-    /// Passes until `shutdown`, printing the total after each that counted.
+    /// Passes until `shutdown`, logging (at debug) the total after each
+    /// that counted, and injected crashes.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let mut position = match self.checkpoint().await {
             Ok(Some(checkpoint)) => {
@@ -204,7 +205,7 @@ impl Consumer {
                 Ok(pass) => {
                     backoff.reset();
                     if pass.counted > 0 || pass.duplicates > 0 {
-                        println!(
+                        tracing::debug!(
                             "consumer {}: total_distance = {} km after ride {} \
                              (+{} rides, {} duplicates skipped)",
                             self.name,
@@ -216,7 +217,7 @@ impl Consumer {
                     }
                     position = pass.checkpoint.stream_id;
                 }
-                Err(Error::Injected(what)) => tracing::warn!("{what}"),
+                Err(Error::Injected(what)) => tracing::debug!("{what}"),
                 Err(e) => {
                     tracing::warn!("consumer {}: {e}", self.name);
                     backoff.sleep(&mut shutdown).await;

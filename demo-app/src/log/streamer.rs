@@ -75,7 +75,7 @@ pub async fn run_once(pool: &Pool, stream: &LogStream, config: &StreamerConfig) 
     tx.execute("DELETE FROM staged_log_records WHERE id = ANY($1)", &[&ids])
         .await?;
     tx.commit().await?;
-    tracing::info!(
+    tracing::debug!(
         "Streamed {} records ({first_id}..={last_id}) to {}",
         ids.len(),
         stream.name

@@ -35,7 +35,7 @@ async fn create_charge(
     let (status, body) = match serde_json::from_slice::<ChargeRequest>(&body) {
         Ok(request) => {
             let answer = ledger.charge(key, request.clone());
-            tracing::info!(
+            tracing::debug!(
                 "charge {} for {} (key {}): {}",
                 request.amount,
                 request.customer,
