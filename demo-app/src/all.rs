@@ -46,9 +46,15 @@ pub struct AllConfig {
     pub payments_port: u16,
     /// Pause between the simulator's rides.
     pub pause_ms: u64,
+    /// Seconds between the simulator's status lines (0: none, and its
+    /// summary every 100 rides instead).
+    pub status_every: u64,
     /// Leave the simulator out.
     pub no_simulator: bool,
 }
+
+/// The log consumers `all` runs, by name.
+pub const CONSUMERS: [&str; 2] = ["a", "b"];
 
 /// The demo's processes; the simulator, if any, last.
 pub fn procs(config: &AllConfig) -> Vec<Proc> {
@@ -66,16 +72,27 @@ pub fn procs(config: &AllConfig) -> Vec<Proc> {
         Proc::new("completer", &["completer", "--payments-url", &payments_url]),
         Proc::new("reaper", &["reaper"]),
         Proc::new("streamer", &["streamer"]),
-        Proc::new("consumer-a", &["consumer", "a"]),
-        Proc::new("consumer-b", &["consumer", "b"]),
-        Proc::new("cdc", &["cdc"]),
     ];
+    for name in CONSUMERS {
+        procs.push(Proc::new(&format!("consumer-{name}"), &["consumer", name]));
+    }
+    procs.push(Proc::new("cdc", &["cdc"]));
     if !config.no_simulator {
         let pause = config.pause_ms.to_string();
-        procs.push(Proc::new(
-            "simulator",
-            &["simulate", "--api-url", &api_url, "--pause-ms", &pause],
-        ));
+        let mut args = vec!["simulate", "--api-url", &api_url, "--pause-ms", &pause];
+        let status_every = config.status_every.to_string();
+        let consumers = CONSUMERS.join(",");
+        if config.status_every > 0 {
+            args.extend([
+                "--status-every",
+                &status_every,
+                "--report-every",
+                "0",
+                "--consumers",
+                &consumers,
+            ]);
+        }
+        procs.push(Proc::new("simulator", &args));
     }
     procs
 }
@@ -261,6 +278,7 @@ mod tests {
             api_port: 7000,
             payments_port: 7001,
             pause_ms: 100,
+            status_every: 0,
             no_simulator: false,
         };
         let names: Vec<String> = procs(&config).into_iter().map(|p| p.name).collect();
@@ -288,6 +306,22 @@ mod tests {
                 "http://127.0.0.1:7000",
                 "--pause-ms",
                 "100"
+            ]
+        );
+        let watched = AllConfig {
+            status_every: 5,
+            ..config.clone()
+        };
+        let simulator = procs(&watched).pop().unwrap();
+        assert_eq!(
+            simulator.args[5..],
+            [
+                "--status-every",
+                "5",
+                "--report-every",
+                "0",
+                "--consumers",
+                "a,b"
             ]
         );
         let without = AllConfig {

@@ -12,6 +12,7 @@
 //! - [`cdc`]: change-data capture from a logical replication slot;
 //! - [`diagnose`]: what is missing, and how to fix it;
 //! - [`simulate`]: traffic, and the count of stale reads;
+//! - [`status`]: the simulator's status line, every few seconds;
 //! - [`all`]: every process in one terminal;
 //! - [`db`]: how connections are opened, and why read-your-writes needs no
 //!   bookkeeping in the app.
@@ -35,4 +36,5 @@ pub mod rides;
 pub mod servers;
 pub mod shutdown;
 pub mod simulate;
+pub mod status;
 pub mod users;

@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +24,10 @@ use demo_app::log::streamer::{self, StreamerConfig};
 use demo_app::payments::client::DEFAULT_PAYMENTS_URL;
 use demo_app::payments::{self, Ledger, PaymentsClient};
 use demo_app::servers::{ServerNames, DEFAULT_SERVERS};
-use demo_app::simulate::{self, SimulatorConfig, DEFAULT_API_URL};
+use demo_app::simulate::{self, SimulatorConfig, Summary, DEFAULT_API_URL};
+use demo_app::status::{self, Reporter, StatusConfig, DEFAULT_METRICS_URL};
 use demo_app::{migrate, shutdown};
+use tokio::sync::watch;
 
 /// Where Redis is unless `REDIS_URL` says: `cluster/cluster.sh`'s default.
 const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -169,6 +172,25 @@ struct SimulateArgs {
     /// Pause between rides.
     #[arg(long, default_value_t = 0)]
     pause_ms: u64,
+    /// Print a status line every this many seconds (0: never): rides,
+    /// reads by route, stale reads, read-wait p99, consumer and CDC lag.
+    #[arg(long, default_value_t = 0)]
+    status_every: u64,
+    /// causeway's Prometheus endpoint, for the status line.
+    #[arg(long, env = "CAUSEWAY_METRICS_URL", default_value = DEFAULT_METRICS_URL)]
+    metrics_url: String,
+    /// The log consumers whose lag the status line shows.
+    #[arg(long, value_delimiter = ',', default_value = "a,b")]
+    consumers: Vec<String>,
+    /// The CDC slot whose lag the status line shows.
+    #[arg(long, env = "CDC_SLOT", default_value = slot::DEFAULT_SLOT)]
+    slot: String,
+    #[command(flatten)]
+    stream: StreamArgs,
+    /// Write the final summary to this file instead of printing it
+    /// (cluster/demo.sh prints it last, once everything has stopped).
+    #[arg(long, env = "SIMULATOR_SUMMARY_FILE")]
+    summary_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -252,6 +274,10 @@ struct AllArgs {
     /// The simulator's pause between rides.
     #[arg(long, default_value_t = 200)]
     pause_ms: u64,
+    /// Seconds between the simulator's status lines (0: none; then its
+    /// summary every 100 rides).
+    #[arg(long, default_value_t = 5)]
+    status_every: u64,
     /// Run everything but the simulator.
     #[arg(long)]
     no_simulator: bool,
@@ -334,24 +360,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let pass = || reaper::run_once(db.shared(), max_age, args.batch);
             repeat("reaper", &args.interval, stop, pass).await?;
         }
-        Command::Simulate(args) => {
-            let mut config = SimulatorConfig {
-                api_url: args.api_url.trim_end_matches('/').to_string(),
-                iterations: args.count,
-                failure_share: args.failure_share,
-                abandon_rate: args.abandon_rate,
-                report_every: args.report_every,
-                pause: Duration::from_millis(args.pause_ms),
-                ..Default::default()
-            };
-            if !args.users.is_empty() {
-                config.users = args.users;
-            }
-            let summary = simulate::run(&config, stop).await;
-            if summary.stale_reads > 0 {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
+        Command::Simulate(args) => return simulate(db()?, args, stop).await,
         Command::Streamer(args) => {
             let db = db()?;
             let stream = args.stream.open();
@@ -441,6 +450,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 api_port: args.port,
                 payments_port: args.payments_port,
                 pause_ms: args.pause_ms,
+                status_every: args.status_every,
                 no_simulator: args.no_simulator,
             };
             let exe = std::env::current_exe()?;
@@ -454,6 +464,58 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `demo-app simulate`: traffic, the status line if asked, the summary.
+async fn simulate(
+    db: Db,
+    args: SimulateArgs,
+    stop: watch::Receiver<bool>,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let mut config = SimulatorConfig {
+        api_url: args.api_url.trim_end_matches('/').to_string(),
+        iterations: args.count,
+        failure_share: args.failure_share,
+        abandon_rate: args.abandon_rate,
+        report_every: args.report_every,
+        pause: Duration::from_millis(args.pause_ms),
+        ..Default::default()
+    };
+    if !args.users.is_empty() {
+        config.users = args.users;
+    }
+    let (progress, rides) = watch::channel(Summary::default());
+    let status = (args.status_every > 0).then(|| {
+        let config = StatusConfig {
+            every: Duration::from_secs(args.status_every),
+            metrics_url: args.metrics_url,
+            consumers: args.consumers,
+            slot: args.slot,
+        };
+        let reporter = Reporter::new(config, db.shared().clone(), args.stream.open());
+        tokio::spawn(status::run(reporter, rides, stop.clone()))
+    });
+    let summary = simulate::run_watched(&config, stop, &progress).await;
+    if let Some(status) = status {
+        status.abort();
+    }
+    let written = args
+        .summary_file
+        .as_ref()
+        .map(|path| (path, std::fs::write(path, format!("{summary}\n"))));
+    match written {
+        Some((_, Ok(()))) => {}
+        Some((path, Err(e))) => {
+            tracing::warn!("cannot write the summary to {}: {e}", path.display());
+            println!("{summary}");
+        }
+        None => println!("{summary}"),
+    }
+    Ok(if summary.stale_reads > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await
 }
@@ -462,7 +524,7 @@ async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
 async fn repeat<F, Fut>(
     name: &str,
     interval: &Interval,
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     mut pass: F,
 ) -> Result<(), demo_app::error::Error>
 where

@@ -96,6 +96,21 @@ impl LogStream {
         Ok(self.checked(reply)?.ids.iter().map(entry).collect())
     }
 
+    /// How many entries there are after position `after`, counting up to
+    /// `cap` (how far a reader at `after` is behind).
+    pub async fn count_after(&self, after: &str, cap: usize) -> Result<usize> {
+        let mut conn = self.conn().await?;
+        let reply = redis::cmd("XRANGE")
+            .arg(&self.name)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(cap)
+            .query_async::<Vec<redis::Value>>(&mut conn)
+            .await;
+        Ok(self.checked(reply)?.len())
+    }
+
     /// Waits up to `block` (at most [`MAX_BLOCK`]) for an entry after `after`.
     pub async fn wait_after(&self, after: &str, block: Duration) -> Result<bool> {
         let mut conn = self.conn().await?;

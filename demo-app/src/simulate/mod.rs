@@ -61,8 +61,19 @@ impl Default for SimulatorConfig {
     }
 }
 
-/// Runs until `iterations` or shutdown; prints and returns the summary.
-pub async fn run(config: &SimulatorConfig, mut shutdown: watch::Receiver<bool>) -> Summary {
+/// Runs until `iterations` or shutdown; returns the summary (for the
+/// caller to print), having printed it every `report_every` rides.
+pub async fn run(config: &SimulatorConfig, shutdown: watch::Receiver<bool>) -> Summary {
+    run_watched(config, shutdown, &watch::Sender::new(Summary::default())).await
+}
+
+/// [`run`], publishing the summary to `progress` after every ride (for the
+/// status line).
+pub async fn run_watched(
+    config: &SimulatorConfig,
+    mut shutdown: watch::Receiver<bool>,
+    progress: &watch::Sender<Summary>,
+) -> Summary {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -70,6 +81,7 @@ pub async fn run(config: &SimulatorConfig, mut shutdown: watch::Receiver<bool>) 
     let mut summary = Summary::default();
     while config.iterations.is_none_or(|n| summary.rides < n) && !*shutdown.borrow() {
         ride(&http, config, &mut summary).await;
+        progress.send_replace(summary.clone());
         if config.report_every > 0 && summary.rides % config.report_every == 0 {
             println!("{summary}");
         }
@@ -80,7 +92,6 @@ pub async fn run(config: &SimulatorConfig, mut shutdown: watch::Receiver<bool>) 
             }
         }
     }
-    println!("{summary}");
     summary
 }
 

@@ -33,6 +33,16 @@ impl Summary {
     pub fn reads(&self) -> u64 {
         self.reads_by_server.values().sum()
     }
+
+    /// `POST /rides` attempts that failed in a way the simulator retries
+    /// (no answer, 409, 5xx): mostly the failures the demo injects.
+    pub fn failed_attempts(&self) -> u64 {
+        self.requests_by_status
+            .iter()
+            .filter(|&(&status, _)| status == 0 || status == 409 || status >= 500)
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 fn counts<K: fmt::Display>(map: &BTreeMap<K, u64>) -> String {
