@@ -581,6 +581,20 @@ impl Session {
             if let Err(end) = self.dispatch_queued().await {
                 return end;
             }
+            // Bytes already buffered that no read will announce again:
+            // messages pipelined behind the startup packet, and those left
+            // when a burst held more than MAX_QUEUED_UNITS units. Without
+            // this a client waiting for their answers waits forever.
+            if !self.cbuf.is_empty() && self.queued.len() < MAX_QUEUED_UNITS {
+                match self.handle_client_bytes() {
+                    Ok(true) => {}
+                    Ok(false) => return End::ClientLeft,
+                    Err(e) => return End::ClientProtocol(e),
+                }
+                if let Err(end) = self.dispatch_queued().await {
+                    return end;
+                }
+            }
             self.release_if_at_rest();
             let busy = !self.pending.is_empty()
                 || self.open_batch.is_some()
