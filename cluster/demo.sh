@@ -13,19 +13,30 @@
 # 3. starts causeway with proxy.toml from the repository root (rewritten to
 #    the cluster's ports and CAUSEWAY_PORT / METRICS_PORT when they are not
 #    the defaults);
-# 4. runs `demo-app migrate` and `demo-app cdc --once` (creates the CDC
+# 4. starts Prometheus, when it is installed, with grafana/prometheus.yml's
+#    scrape config pointed at causeway's metrics port (data in a temporary
+#    directory, removed at the end);
+# 5. runs `demo-app migrate` and `demo-app cdc --once` (creates the CDC
 #    slot, so it sees every ride), then `demo-app all` (api, payments, enqueuer,
 #    completer, reaper, streamer, two consumers, cdc, simulator), every
 #    query through causeway;
-# 5. prints the URLs, then waits. Ctrl-C stops what this script started
-#    (the demo app, the proxy, and the cluster if it was not already running).
+# 6. prints the URLs, then a status line every 5 seconds (the simulator's:
+#    rides, reads on replicas and on the primary, stale reads, read-wait p99,
+#    the consumers' and CDC's lag). Ctrl-C stops what this script started
+#    (the demo app, the proxy, Prometheus, and the cluster if it was not
+#    already running), and the simulator's summary is the last line.
+#
+# Per-event lines (each ride, charge, job, log pass, CDC change) are at
+# debug level: `--verbose` (or DEMO_VERBOSE=1) shows them, with the build's
+# and the cluster's full output; RUST_LOG sets the level outright.
 #
 # Environment: CAUSEWAY_CONFIG (default $REPO/proxy.toml), CAUSEWAY_PORT
 # (6432), METRICS_PORT (9187), API_PORT (5000), PAYMENTS_PORT (5001),
-# DEMO_PAUSE_MS (the simulator's pause between rides, 200), RUST_LOG
-# (default info); CLUSTER_DIR, PGPORT_PRIMARY, REDIS_PORT... as for
-# cluster.sh. DEMO_DURATION=N stops everything after N seconds (for scripts
-# and CI; default: run until Ctrl-C).
+# PROMETHEUS_PORT (9090), DEMO_PAUSE_MS (the simulator's pause between rides,
+# 200), DEMO_STATUS_EVERY (seconds between status lines, 5), DEMO_VERBOSE,
+# RUST_LOG (default info); CLUSTER_DIR, PGPORT_PRIMARY, REDIS_PORT... as for
+# cluster.sh; CARGO_TARGET_DIR as for cargo. DEMO_DURATION=N stops
+# everything after N seconds (for scripts and CI; default: run until Ctrl-C).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,32 +46,70 @@ CAUSEWAY_PORT=${CAUSEWAY_PORT:-6432}
 METRICS_PORT=${METRICS_PORT:-9187}
 API_PORT=${API_PORT:-5000}
 PAYMENTS_PORT=${PAYMENTS_PORT:-5001}
+PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
 DEMO_PAUSE_MS=${DEMO_PAUSE_MS:-200}
+DEMO_STATUS_EVERY=${DEMO_STATUS_EVERY:-5}
 DEMO_DURATION=${DEMO_DURATION:-}
+DEMO_VERBOSE=${DEMO_VERBOSE:-0}
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+
+case ${1:-} in
+  "") ;;
+  -v | --verbose) DEMO_VERBOSE=1 ;;
+  -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
+  *) printf 'demo: unknown argument %s (--verbose, --help)\n' "$1" >&2; exit 2 ;;
+esac
+if [[ $DEMO_VERBOSE == 0 ]]; then DEMO_VERBOSE=; fi
+# causeway logs at RUST_LOG (info: replicas turning healthy or not); the
+# demo app too, unless RUST_LOG is unset and the demo verbose: then its
+# per-event lines (debug) show.
+if [[ -n ${RUST_LOG:-} ]]; then
+  DEMO_APP_LOG=$RUST_LOG
+elif [[ -n $DEMO_VERBOSE ]]; then
+  DEMO_APP_LOG=info,demo_app=debug
+else
+  DEMO_APP_LOG=info
+fi
 export RUST_LOG=${RUST_LOG:-info}
 
 say() { printf 'demo: %s\n' "$*"; }
 die() { printf 'demo: error: %s\n' "$*" >&2; exit 1; }
+# Runs "$@" with its output shown when verbose, else kept and shown only if
+# it fails.
+quietly() {
+  if [[ -n $DEMO_VERBOSE ]]; then "$@"; return; fi
+  local out status=0
+  out=$("$@" 2>&1) || status=$?
+  ((status == 0)) || printf '%s\n' "$out" >&2
+  return "$status"
+}
 
 STARTED_CLUSTER=0
 CAUSEWAY_PID=
 DEMO_APP_PID=
+PROMETHEUS_PID=
+DEMO_TMP=$(mktemp -d "${TMPDIR:-/tmp}/causeway-demo.XXXXXX")
+# The simulator writes its summary here when it stops; it is printed last.
+export SIMULATOR_SUMMARY_FILE=$DEMO_TMP/summary
 
 cleanup() {
   set +e
-  trap - EXIT INT TERM
+  trap - EXIT INT TERM HUP
   local pid
-  # The demo app first (it stops its children in order), then the proxy.
-  for pid in $DEMO_APP_PID $CAUSEWAY_PID; do
+  # The demo app first (it stops its children in order), then the proxy,
+  # then Prometheus.
+  for pid in $DEMO_APP_PID $CAUSEWAY_PID $PROMETHEUS_PID; do
     kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
   done
   if ((STARTED_CLUSTER)); then
     say "stopping the cluster this script started"
-    "${CLUSTER[@]}" stop
+    quietly "${CLUSTER[@]}" stop
   fi
+  [[ -s $SIMULATOR_SUMMARY_FILE ]] && cat "$SIMULATOR_SUMMARY_FILE"
+  rm -rf -- "$DEMO_TMP"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP
 trap 'say "DEMO_DURATION (${DEMO_DURATION}s) is up"; exit 0' USR1
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -80,7 +129,8 @@ done
 if "${CLUSTER[@]}" status >/dev/null 2>&1; then
   say "cluster already running"
 else
-  "${CLUSTER[@]}" start
+  say "starting the cluster (cluster.sh start)"
+  quietly "${CLUSTER[@]}" start || die "the cluster did not start (see above)"
   STARTED_CLUSTER=1
 fi
 eval "$("${CLUSTER[@]}" env)"
@@ -90,10 +140,17 @@ if grep -qs '^L_NO_FSYNC=1' "$CLUSTER_DIR/cluster.env"; then
   say "         bash cluster/cluster.sh --dir $CLUSTER_DIR destroy, then run this again"
 fi
 
-# 2. Build.
-say "cargo build --release --workspace"
-(cd "$REPO" && cargo build --release --workspace)
-DEMO_APP=$REPO/target/release/demo-app
+# 2. Build (quietly unless verbose: a first build lists hundreds of crates).
+build=(cargo build --release --workspace)
+if [[ -n $DEMO_VERBOSE ]]; then
+  say "${build[*]}"
+else
+  say "${build[*]} (quietly; a first build takes minutes)"
+  build+=(--quiet)
+fi
+(cd "$REPO" && "${build[@]}")
+CAUSEWAY=$TARGET_DIR/release/causeway
+DEMO_APP=$TARGET_DIR/release/demo-app
 
 # 3. The proxy, its output prefixed so it reads apart from the demo app's.
 # proxy.toml names the default ports; other ports get a copy that names them.
@@ -113,9 +170,15 @@ or give a config of your own in CAUSEWAY_CONFIG"
   CONFIG=$DERIVED
   say "ports differ from proxy.toml's: using $CONFIG"
 fi
-"$REPO/target/release/causeway" --check --config "$CONFIG" >/dev/null ||
+"$CAUSEWAY" --check --config "$CONFIG" >/dev/null ||
   die "causeway rejects $CONFIG"
-"$REPO/target/release/causeway" --config "$CONFIG" > >(sed -u 's/^/causeway   | /') 2>&1 &
+# In a session of its own (and its prefixing sed deaf to SIGINT), so that a
+# Ctrl-C in the terminal reaches this script and the demo app but not the
+# proxy, which the demo app still needs while it stops: cleanup stops it last.
+detached=()
+if command -v setsid >/dev/null 2>&1; then detached=(setsid); fi
+"${detached[@]}" "$CAUSEWAY" --config "$CONFIG" \
+  > >(trap '' INT; exec sed -u 's/^/causeway   | /') 2>&1 &
 CAUSEWAY_PID=$!
 for _ in $(seq 1 100); do
   port_open "$CAUSEWAY_PORT" && break
@@ -124,7 +187,37 @@ for _ in $(seq 1 100); do
 done
 port_open "$CAUSEWAY_PORT" || die "causeway is not listening on $CAUSEWAY_PORT after 10 s"
 
-# 4. The demo app: every query through the proxy.
+# 4. Prometheus, if installed, scraping causeway: grafana/prometheus.yml
+# with its target (the host as Docker sees it) made this machine's port.
+PROMETHEUS_URL=
+if ! command -v prometheus >/dev/null 2>&1; then
+  say "prometheus is not installed: not started (bash cluster/setup.sh demo installs it)"
+elif port_open "$PROMETHEUS_PORT"; then
+  say "port $PROMETHEUS_PORT is in use: Prometheus not started (set PROMETHEUS_PORT)"
+else
+  sed "s/host\.docker\.internal:9187/127.0.0.1:$METRICS_PORT/" \
+    "$REPO/grafana/prometheus.yml" >"$DEMO_TMP/prometheus.yml"
+  prometheus --config.file="$DEMO_TMP/prometheus.yml" \
+    --storage.tsdb.path="$DEMO_TMP/prometheus" \
+    --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" \
+    >"$DEMO_TMP/prometheus.log" 2>&1 &
+  PROMETHEUS_PID=$!
+  for _ in $(seq 1 100); do
+    port_open "$PROMETHEUS_PORT" && break
+    kill -0 "$PROMETHEUS_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if port_open "$PROMETHEUS_PORT"; then
+    PROMETHEUS_URL="http://127.0.0.1:$PROMETHEUS_PORT/"
+  else
+    say "Prometheus did not start; the end of its log:"
+    tail -n 5 "$DEMO_TMP/prometheus.log" >&2
+    kill "$PROMETHEUS_PID" 2>/dev/null
+    PROMETHEUS_PID=
+  fi
+fi
+
+# 5. The demo app: every query through the proxy.
 export DATABASE_URL="postgres://app:app@127.0.0.1:$CAUSEWAY_PORT/app"
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 export PRIMARY_URL
@@ -133,10 +226,12 @@ for k in "${!REPLICA_PORT_LIST[@]}"; do
   DEMO_SERVERS+=",replica$k=${REPLICA_PORT_LIST[$k]}"
 done
 export DEMO_SERVERS
-"$DEMO_APP" migrate
+export CAUSEWAY_METRICS_URL="http://127.0.0.1:$METRICS_PORT/metrics"
+RUST_LOG=$DEMO_APP_LOG "$DEMO_APP" migrate
 # The CDC slot before any ride, so ride_stats counts every one.
-"$DEMO_APP" cdc --once
-"$DEMO_APP" all --port "$API_PORT" --payments-port "$PAYMENTS_PORT" --pause-ms "$DEMO_PAUSE_MS" &
+RUST_LOG=$DEMO_APP_LOG "$DEMO_APP" cdc --once
+RUST_LOG=$DEMO_APP_LOG "$DEMO_APP" all --port "$API_PORT" --payments-port "$PAYMENTS_PORT" \
+  --pause-ms "$DEMO_PAUSE_MS" --status-every "$DEMO_STATUS_EVERY" &
 DEMO_APP_PID=$!
 
 CLUSTER_CMD="bash cluster/cluster.sh"
@@ -148,7 +243,9 @@ cat <<EOF
 
   API        http://127.0.0.1:$API_PORT/rides
              curl -s -H 'Authorization: user@example.com' http://127.0.0.1:$API_PORT/rides/1
+  dashboard  http://127.0.0.1:$METRICS_PORT/
   metrics    http://127.0.0.1:$METRICS_PORT/metrics
+  prometheus ${PROMETHEUS_URL:-(not running)}
   admin      $ADMIN_PSQL   (password: app)
   proxy      psql "$DATABASE_URL"
   primary    $PRIMARY_URL   (direct, bypassing the proxy)
@@ -156,11 +253,12 @@ cat <<EOF
 
   Check it:            DATABASE_URL=$DATABASE_URL \\
                        PRIMARY_URL=$PRIMARY_URL REDIS_URL=$REDIS_URL \\
-                       target/release/demo-app diagnose
+                       ${DEMO_APP#"$REPO"/} diagnose
   Make a replica lag:  $CLUSTER_CMD pause replica0   (then: resume replica0)
   Cluster status:      $CLUSTER_CMD status
 
-  Ctrl-C stops what this script started.
+  Every ${DEMO_STATUS_EVERY}s a status line (per-event lines: --verbose). Ctrl-C stops
+  what this script started.
 
 EOF
 
