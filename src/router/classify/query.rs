@@ -89,40 +89,43 @@ fn query_side_effect(cx: &Context, t: &Toks) -> Option<Kind> {
 }
 
 /// sqlparser 0.59 parses a function call's arguments twice (once as a
-/// possible `name => value`, then again), so its time doubles with every
-/// nested call, `f(f(f(...)))`, and more than triples with every nested
-/// `CASE (`: thirty levels, a hundred bytes, would hold a worker thread for
-/// hours. Only a parenthesis that follows a word (a function name, `CASE`,
-/// `IN`, `FROM`...) can start such a level, so the read gate hands the
-/// parser no statement nested deeper than this in those; a deeper one goes
-/// to the primary, like any text the parser rejects.
-const MAX_CALL_DEPTH: usize = 10;
+/// possible `name => value`, then again), so everything inside a call is
+/// parsed twice per call around it, `f(f(f(...)))`, and more than three
+/// times per `CASE (`: thirty levels, a hundred bytes, would hold a worker
+/// thread for hours, and a 64 KiB text of ten-deep calls for seconds. So
+/// the read gate estimates the work first: each token counts 4 to the
+/// power of the parentheses after a word (a function name, `CASE`, `IN`,
+/// `FROM`...) around it, which is where that multiplying starts. A
+/// statement over this budget, one ten-deep nest or so, or a few hundred
+/// thousand shallow tokens, goes to the primary, like any text the parser
+/// rejects; the estimate itself is one pass.
+const MAX_PARSE_COST: u64 = 1 << 23;
 
-/// The deepest nesting of parentheses that follow a word.
-fn call_depth(t: &Toks) -> usize {
+/// The estimated work of parsing `t`, saturating.
+fn parse_cost(t: &Toks) -> u64 {
     let mut open = Vec::new();
-    let (mut calls, mut deepest) = (0usize, 0usize);
+    let (mut calls, mut cost) = (0u32, 0u64);
     for i in 0..t.len() {
         match tok(t, i) {
             Some(Token::LParen) => {
                 let call = matches!(tok(t, i.wrapping_sub(1)), Some(Token::Word(_)));
                 open.push(call);
-                calls += usize::from(call);
-                deepest = deepest.max(calls);
+                calls += u32::from(call);
             }
             Some(Token::RParen) => {
                 if let Some(call) = open.pop() {
-                    calls -= usize::from(call);
+                    calls -= u32::from(call);
                 }
             }
             _ => {}
         }
+        cost = cost.saturating_add(4u64.saturating_pow(calls));
     }
-    deepest
+    cost
 }
 
 fn parse_query(t: &Toks) -> Result<(), &'static str> {
-    if call_depth(t) > MAX_CALL_DEPTH {
+    if parse_cost(t) > MAX_PARSE_COST {
         return Err(UNPARSABLE);
     }
     let tokens = t.iter().map(|l| l.token.clone()).collect();
