@@ -124,64 +124,125 @@ fn classify_mutated_sql() {
     });
 }
 
-/// Long texts, up to 64 KiB: a statement many times over, or the start of
-/// one repeated before it (`EXPLAIN ANALYZE EXPLAIN ANALYZE ... SELECT`,
-/// `((((...`), which is how nesting gets deep.
+/// Long texts, up to 64 KiB, in the shapes that make parsers slow or deep:
+/// a statement many times over; the start of one repeated before it
+/// (`EXPLAIN ANALYZE EXPLAIN ANALYZE ... SELECT`, `((((...`); and nests of
+/// calls, `CASE (`, subqueries or arrays, side by side.
 #[derive(Debug, Clone)]
-struct Long {
-    statement: &'static str,
-    cut: Index,
-    separator: &'static str,
-    nested: bool,
-    bytes: usize,
+enum Long {
+    Repeat {
+        statement: &'static str,
+        separator: &'static str,
+        bytes: usize,
+    },
+    Prefix {
+        statement: &'static str,
+        cut: Index,
+        bytes: usize,
+    },
+    Nest {
+        open: &'static str,
+        close: &'static str,
+        depth: usize,
+        bytes: usize,
+    },
+}
+
+/// What opens and closes one level of a nest.
+const NESTS: &[(&str, &str)] = &[
+    ("f(", ")"),
+    ("f(1, ", ")"),
+    ("CASE (", ") END"),
+    ("CAST(CASE (", ")))"),
+    ("coalesce(", ", 0)"),
+    ("(SELECT ", ")"),
+    ("(", ")"),
+    ("ARRAY[", "]"),
+    ("x IN (SELECT ", ")"),
+    ("EXISTS (SELECT ", ")"),
+];
+
+/// `piece`, then `separator`, as often as fits in `bytes`, then `last`.
+fn fill(piece: &str, separator: &str, last: &str, bytes: usize) -> String {
+    let unit = piece.len() + separator.len();
+    let times = (bytes.saturating_sub(last.len()) / unit.max(1)).max(1);
+    let mut text = String::with_capacity(bytes);
+    for _ in 0..times {
+        text.push_str(piece);
+        text.push_str(separator);
+    }
+    text.push_str(last);
+    if text.len() > MAX_INPUT {
+        let mut end = MAX_INPUT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 impl Long {
     fn text(&self) -> String {
-        let statement = self.statement;
-        let piece = if self.nested {
-            let mut cut = self.cut.index(statement.len()).max(1);
-            while !statement.is_char_boundary(cut) {
-                cut -= 1;
+        match *self {
+            Long::Repeat {
+                statement,
+                separator,
+                bytes,
+            } => fill(statement, separator, statement, bytes),
+            Long::Prefix {
+                statement,
+                cut,
+                bytes,
+            } => {
+                let mut cut = cut.index(statement.len()).max(1);
+                while !statement.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                fill(&statement[..cut], "", statement, bytes)
             }
-            &statement[..cut]
-        } else {
-            statement
-        };
-        let unit = piece.len() + self.separator.len();
-        let times = (self.bytes.saturating_sub(statement.len()) / unit.max(1)).max(1);
-        let mut text = String::with_capacity(self.bytes);
-        for _ in 0..times {
-            text.push_str(piece);
-            text.push_str(self.separator);
-        }
-        text.push_str(statement);
-        if text.len() > MAX_INPUT {
-            let mut end = MAX_INPUT;
-            while !text.is_char_boundary(end) {
-                end -= 1;
+            Long::Nest {
+                open,
+                close,
+                depth,
+                bytes,
+            } => {
+                let nest = format!("{}1{}", open.repeat(depth), close.repeat(depth));
+                format!("SELECT {}", fill(&nest, ", ", "1", bytes))
             }
-            text.truncate(end);
         }
-        text
     }
 }
 
 fn long() -> impl Strategy<Value = Long> {
-    (
-        proptest::sample::select(SQL),
-        any::<Index>(),
-        proptest::sample::select(&["; ", " ", " UNION ALL ", ", ", "", "\n"][..]),
-        any::<bool>(),
-        1024..MAX_INPUT,
-    )
-        .prop_map(|(statement, cut, separator, nested, bytes)| Long {
-            statement,
-            cut,
-            separator,
-            nested,
-            bytes,
-        })
+    let bytes = || 1024..MAX_INPUT;
+    prop_oneof![
+        (
+            proptest::sample::select(SQL),
+            proptest::sample::select(&["; ", " ", " UNION ALL ", ", ", "", "\n"][..]),
+            bytes(),
+        )
+            .prop_map(|(statement, separator, bytes)| Long::Repeat {
+                statement,
+                separator,
+                bytes
+            }),
+        (proptest::sample::select(SQL), any::<Index>(), bytes()).prop_map(
+            |(statement, cut, bytes)| Long::Prefix {
+                statement,
+                cut,
+                bytes
+            }
+        ),
+        (proptest::sample::select(NESTS), 1..40usize, bytes()).prop_map(
+            |((open, close), depth, bytes)| Long::Nest {
+                open,
+                close,
+                depth,
+                bytes
+            }
+        ),
+    ]
 }
 
 #[test]
@@ -327,6 +388,16 @@ fn deep_nesting_finishes() {
         ),
         format!("{}SELECT 1", "PREPARE p AS ".repeat(20_000)),
         format!("{}SELECT 1", "DECLARE c CURSOR FOR ".repeat(20_000)),
+        // Many nests side by side: each within the depth that parses, all
+        // together seconds of work before the read gate's budget.
+        format!(
+            "SELECT {}",
+            fill("f(f(f(f(f(f(f(f(f(f(1))))))))))", ", ", "1", MAX_INPUT)
+        ),
+        format!(
+            "SELECT {}",
+            fill("CAST(CASE (CAST(CASE (1)))", ", ", "1", MAX_INPUT)
+        ),
     ];
     for sql in cases {
         let started = std::time::Instant::now();

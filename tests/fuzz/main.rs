@@ -128,6 +128,8 @@ where
         failure_persistence: None,
         rng_seed: RngSeed::Fixed(seed()),
         max_shrink_iters: 2048,
+        // A slow case is slow each time it is shrunk: stop after a minute.
+        max_shrink_time: 60_000,
         ..Config::default()
     };
     let started = Instant::now();
