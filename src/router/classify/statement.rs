@@ -31,9 +31,9 @@ pub(super) struct Context<'a> {
     depth: Cell<usize>,
 }
 
-/// How deep statements may nest (`PREPARE p AS EXPLAIN ANALYZE DECLARE c
-/// CURSOR FOR SELECT ...` is four). Postgres nests no deeper than that,
-/// while each level here is a stack frame and, for `PREPARE`, a copy of
+/// How deep statements may nest (`EXPLAIN ANALYZE DECLARE c CURSOR FOR
+/// SELECT ...` is three). Postgres nests no deeper than that, while each
+/// level here is a stack frame and, for `PREPARE`, a copy of
 /// the text: without a bound, `EXPLAIN ANALYZE` repeated a hundred
 /// thousand times in one Query would overflow the stack and abort the
 /// proxy, and `PREPARE p AS` repeated would take memory quadratic in its
