@@ -152,8 +152,9 @@ where
         );
     }
     eprintln!(
-        "{property}: {cases} cases in {:.1} s",
-        started.elapsed().as_secs_f64()
+        "{property}: {cases} cases in {:.1} s (seed {})",
+        started.elapsed().as_secs_f64(),
+        seed()
     );
 }
 
