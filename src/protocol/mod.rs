@@ -68,6 +68,18 @@ pub fn frontend_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
     Ok(Some(header))
 }
 
+/// The whole messages of bytes already framed (a unit's): tag and body,
+/// stopping at the first that is cut short or malformed.
+pub fn frontend_messages(mut bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    std::iter::from_fn(move || {
+        let header = frontend_header(bytes).ok()??;
+        let len = header.wire_len();
+        let body = bytes.get(5..len)?;
+        bytes = &bytes[len..];
+        Some((header.tag, body))
+    })
+}
+
 /// Reads a backend message header, if five bytes are there. Servers are
 /// trusted more than clients, but a broken length still must not be obeyed.
 pub fn backend_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {

@@ -121,21 +121,17 @@ pub enum Answer {
 /// Writes the answers a server would give to the messages of `unit_bytes`
 /// (a simple Query, or an extended batch) for a statement answered by `answer`.
 pub fn respond(out: &mut BytesMut, unit_bytes: &[u8], answer: &Answer, tx_status: u8) {
-    let mut rest = unit_bytes;
     let mut failed = false;
-    while let Ok(Some(header)) = protocol::frontend_header(rest) {
-        let len = header.wire_len().min(rest.len());
-        let body = &rest[5..len];
-        rest = &rest[len..];
-        if failed && header.tag != b'S' {
+    for (tag, body) in protocol::frontend_messages(unit_bytes) {
+        if failed && tag != b'S' {
             continue;
         }
-        match header.tag {
+        match tag {
             b'Q' | b'E' => match answer {
                 Answer::Set => messages::command_complete(out, "SET"),
                 Answer::Tag(tag) => messages::command_complete(out, tag),
                 Answer::Show { name, value } => {
-                    if header.tag == b'Q' {
+                    if tag == b'Q' {
                         messages::row_description_text(out, &[name]);
                     }
                     messages::data_row_text(out, &[Some(value)]);
@@ -160,7 +156,7 @@ pub fn respond(out: &mut BytesMut, unit_bytes: &[u8], answer: &Answer, tx_status
             }
             _ => {}
         }
-        if header.tag == b'Q' || header.tag == b'S' {
+        if tag == b'Q' || tag == b'S' {
             messages::ready_for_query(out, tx_status);
             failed = false;
         }

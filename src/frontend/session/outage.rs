@@ -302,14 +302,11 @@ impl Session {
             return;
         }
         let mut news = news;
-        let mut rest = &unit.bytes[..];
         let mut failed = false;
-        while let Ok(Some(header)) = crate::protocol::frontend_header(rest) {
-            let len = header.wire_len().min(rest.len());
-            rest = &rest[len..];
-            match header.tag {
+        for (tag, _) in crate::protocol::frontend_messages(&unit.bytes) {
+            match tag {
                 b'S' | b'Q' => {
-                    if header.tag == b'Q' && !failed {
+                    if tag == b'Q' && !failed {
                         aborted_error(&mut self.to_client, news.take());
                     }
                     messages::ready_for_query(&mut self.to_client, b'E');
@@ -350,12 +347,8 @@ fn ends_block_alone(unit: &Unit) -> bool {
         return false;
     }
     let mut statements = 0;
-    let mut rest = &unit.bytes[..];
-    while let Ok(Some(header)) = crate::protocol::frontend_header(rest) {
-        let len = header.wire_len().min(rest.len());
-        let body = &rest[5..len];
-        rest = &rest[len..];
-        match header.tag {
+    for (tag, body) in crate::protocol::frontend_messages(&unit.bytes) {
+        match tag {
             b'Q' => {
                 let sql = String::from_utf8_lossy(body);
                 let sql = sql.trim_end_matches('\0').trim().trim_end_matches(';');
@@ -372,12 +365,10 @@ fn ends_block_alone(unit: &Unit) -> bool {
 }
 /// Whether `unit`'s statement is a ROLLBACK (or ABORT) of the whole block.
 fn is_rollback(unit: &Unit) -> bool {
-    let Ok(Some(header)) = crate::protocol::frontend_header(&unit.bytes) else {
+    let Some((tag, body)) = crate::protocol::frontend_messages(&unit.bytes).next() else {
         return false;
     };
-    let len = header.wire_len().min(unit.bytes.len());
-    let body = &unit.bytes[5.min(len)..len];
-    let sql = match header.tag {
+    let sql = match tag {
         b'Q' => body,
         // Parse: the statement name, then the SQL.
         b'P' => body
