@@ -10,8 +10,9 @@ use std::time::Duration;
 use crate::replicas::Positions;
 use crate::router::Reason;
 
-/// A unit was sent to a server.
-pub fn routed(server: &str, primary: bool, reason: Reason) {
+/// Units sent to a server, by route and reason. Resolved once per server
+/// and reason, and kept ([`crate::stats::ServerCounters`]).
+pub fn routed_counter(server: &str, primary: bool, reason: Reason) -> metrics::Counter {
     let route = if primary { "primary" } else { "replica" };
     metrics::counter!(
         "causeway_statements_total",
@@ -19,14 +20,13 @@ pub fn routed(server: &str, primary: bool, reason: Reason) {
         "server" => server.to_string(),
         "reason" => reason.as_str()
     )
-    .increment(1);
 }
 
-/// A unit was answered, `elapsed` after it was sent.
-pub fn answered(primary: bool, elapsed: Duration) {
+/// How long units took, from sent to answered, by route. Kept in
+/// [`crate::stats::Stats`].
+pub fn answered_histogram(primary: bool) -> metrics::Histogram {
     let route = if primary { "primary" } else { "replica" };
     metrics::histogram!("causeway_statement_duration_seconds", "route" => route)
-        .record(elapsed.as_secs_f64());
 }
 
 /// A read waited for a replica to catch up.
@@ -89,10 +89,10 @@ pub fn auth_failed() {
     metrics::counter!("causeway_client_auth_failures_total").increment(1);
 }
 
-/// Time a client waited for a server connection from a pool.
-pub fn pool_wait(server: &str, elapsed: Duration) {
+/// Time clients waited for a server connection from a pool. Kept in
+/// [`crate::stats::ServerCounters`].
+pub fn pool_wait_histogram(server: &str) -> metrics::Histogram {
     metrics::histogram!("causeway_pool_wait_seconds", "server" => server.to_string())
-        .record(elapsed.as_secs_f64());
 }
 
 /// Server connections per server and state, summed over a pool's databases and users.

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
@@ -43,13 +43,15 @@ pub struct ClientLive {
 pub struct Stats {
     pub clients: DashMap<i32, Arc<ClientInfo>>,
     pub clients_total: AtomicU64,
-    /// Units sent, per server name.
-    pub units_by_server: DashMap<String, AtomicU64>,
-    /// Units sent to the primary, per reason.
-    pub primary_by_reason: DashMap<&'static str, AtomicU64>,
+    /// Per server name: units sent there, and its metric handles.
+    pub servers: DashMap<String, Arc<ServerCounters>>,
+    /// Units sent to the primary, per reason (indexed by `Reason as usize`).
+    pub primary_by_reason: [AtomicU64; Reason::ALL.len()],
     pub waits: AtomicU64,
     pub waits_gave_up: AtomicU64,
     pub retries: AtomicU64,
+    /// `causeway_statement_duration_seconds` by route (replica, primary).
+    answered: [OnceLock<metrics::Histogram>; 2],
 }
 
 /// A client's entry; removes itself when dropped.
@@ -89,30 +91,71 @@ impl Stats {
         }
     }
 
-    pub fn routed(&self, server: &str, primary: bool, reason: Reason) {
-        match self.units_by_server.get(server) {
-            Some(count) => {
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-            None => {
-                self.units_by_server
-                    .entry(server.to_string())
-                    .or_default()
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+    /// The counters of one server, made on first use. A session looks
+    /// them up once per server connection, not once per unit.
+    pub fn server(&self, name: &str) -> Arc<ServerCounters> {
+        if let Some(found) = self.servers.get(name) {
+            return found.clone();
         }
-        if primary {
-            self.primary_by_reason
-                .entry(reason.as_str())
-                .or_default()
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        self.servers
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(ServerCounters::new(name)))
+            .clone()
     }
 
     pub fn units(&self, server: &str) -> u64 {
-        self.units_by_server
+        self.servers
             .get(server)
-            .map(|c| c.load(Ordering::Relaxed))
+            .map(|c| c.units.load(Ordering::Relaxed))
             .unwrap_or(0)
+    }
+
+    /// How long a unit took, from sent to ReadyForQuery, by route.
+    pub fn answered(&self, primary: bool, elapsed: std::time::Duration) {
+        self.answered[usize::from(primary)]
+            .get_or_init(|| crate::metrics::answered_histogram(primary))
+            .record(elapsed.as_secs_f64());
+    }
+}
+
+/// What one unit sent to a server counts: the console's counters and the
+/// Prometheus series, with their handles resolved once (a labelled metric
+/// looked up by name costs a hash of its labels and a map search).
+#[derive(Debug)]
+pub struct ServerCounters {
+    /// Units sent to this server.
+    pub units: AtomicU64,
+    name: String,
+    /// `causeway_statements_total` by route (replica, primary) and reason.
+    routed: [[OnceLock<metrics::Counter>; Reason::ALL.len()]; 2],
+    pool_wait: OnceLock<metrics::Histogram>,
+}
+
+impl ServerCounters {
+    fn new(name: &str) -> ServerCounters {
+        ServerCounters {
+            units: AtomicU64::new(0),
+            name: name.to_string(),
+            routed: Default::default(),
+            pool_wait: OnceLock::new(),
+        }
+    }
+
+    /// A unit was sent to this server.
+    pub fn routed(&self, stats: &Stats, primary: bool, reason: Reason) {
+        self.units.fetch_add(1, Ordering::Relaxed);
+        let slot = &self.routed[usize::from(primary)][reason as usize];
+        slot.get_or_init(|| crate::metrics::routed_counter(&self.name, primary, reason))
+            .increment(1);
+        if primary {
+            stats.primary_by_reason[reason as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A session waited this long for a connection to this server.
+    pub fn pool_wait(&self, waited: std::time::Duration) {
+        self.pool_wait
+            .get_or_init(|| crate::metrics::pool_wait_histogram(&self.name))
+            .record(waited.as_secs_f64());
     }
 }

@@ -244,24 +244,26 @@ fn stats(proxy: &Proxy) -> Vec<Row> {
         ],
     ];
     let mut by_server: Vec<_> = s
-        .units_by_server
+        .servers
         .iter()
         .map(|e| {
             vec![
                 text(format!("units_to_{}", e.key())),
-                text(e.value().load(Ordering::Relaxed)),
+                text(e.value().units.load(Ordering::Relaxed)),
             ]
         })
         .collect();
     by_server.sort();
     rows.extend(by_server);
-    let mut by_reason: Vec<_> = s
-        .primary_by_reason
+    let mut by_reason: Vec<_> = crate::router::Reason::ALL
         .iter()
-        .map(|e| {
+        .zip(&s.primary_by_reason)
+        .map(|(reason, count)| (reason, count.load(Ordering::Relaxed)))
+        .filter(|(_, count)| *count > 0)
+        .map(|(reason, count)| {
             vec![
-                text(format!("primary_because_{}", e.key())),
-                text(e.value().load(Ordering::Relaxed)),
+                text(format!("primary_because_{}", reason.as_str())),
+                text(count),
             ]
         })
         .collect();

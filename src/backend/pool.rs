@@ -142,21 +142,14 @@ impl Pool {
 
     /// Lends a connection: an idle one if there is one, else a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, BackendError> {
-        self.checkout_preferring(None).await
+        self.checkout_preferring(None).await.0
     }
 
-    /// Lends connection `preferred` if it is idle, else as [`Pool::checkout`].
-    /// A client that gets its last connection back finds what the proxy
-    /// cannot replay still there (`currval`, `lastval`, the plan cache).
     /// A newly opened connection, never one another client used.
     pub async fn checkout_new(self: &Arc<Self>) -> Result<Lease, BackendError> {
         let permit = self.permit().await?;
         let conn = ServerConn::connect(&self.target, &self.login, self.connect_timeout).await?;
-        Ok(Lease {
-            conn,
-            pool: self.clone(),
-            _permit: permit,
-        })
+        Ok(self.lease(conn, permit))
     }
 
     async fn permit(&self) -> Result<OwnedSemaphorePermit, BackendError> {
@@ -172,42 +165,63 @@ impl Pool {
             })
     }
 
+    /// Lends connection `preferred` if it is idle, else as [`Pool::checkout`].
+    /// A client that gets its last connection back finds what the proxy
+    /// cannot replay still there (`currval`, `lastval`, the plan cache).
+    /// Also says how long the caller waited for it: zero, without reading
+    /// the clock, when a place and an idle connection were free at once.
     pub async fn checkout_preferring(
         self: &Arc<Self>,
         preferred: Option<u64>,
-    ) -> Result<Lease, BackendError> {
-        let permit = self.permit().await?;
-        let mut preferred = preferred;
-        let conn = loop {
-            let idle = self.idle.lock().ok().and_then(|mut idle| {
-                let at = preferred
-                    .take()
-                    .and_then(|id| idle.iter().rposition(|c| c.id == id));
-                match at {
-                    Some(i) => Some(idle.swap_remove(i)),
-                    None => idle.pop(),
-                }
-            });
-            match idle {
-                Some(mut conn) => {
-                    if conn.is_quiet() {
-                        break conn;
-                    }
-                    // Closed or talking while idle (a server shutting down
-                    // sends FATAL to every connection): never lend it.
-                    continue;
-                }
-                None => {
-                    break ServerConn::connect(&self.target, &self.login, self.connect_timeout)
-                        .await?
-                }
+    ) -> (Result<Lease, BackendError>, Duration) {
+        if let Ok(permit) = self.lent.clone().try_acquire_owned() {
+            if let Some(conn) = self.take_idle(preferred) {
+                return (Ok(self.lease(conn, permit)), Duration::ZERO);
             }
-        };
-        Ok(Lease {
+            let asked = std::time::Instant::now();
+            let conn = ServerConn::connect(&self.target, &self.login, self.connect_timeout).await;
+            return (conn.map(|c| self.lease(c, permit)), asked.elapsed());
+        }
+        let asked = std::time::Instant::now();
+        let leased = async {
+            let permit = self.permit().await?;
+            let conn = match self.take_idle(preferred) {
+                Some(conn) => conn,
+                None => {
+                    ServerConn::connect(&self.target, &self.login, self.connect_timeout).await?
+                }
+            };
+            Ok(self.lease(conn, permit))
+        }
+        .await;
+        (leased, asked.elapsed())
+    }
+
+    /// An idle connection, `preferred` if it is there. Connections closed
+    /// or talking while idle (a server shutting down sends FATAL to every
+    /// connection) are dropped, never lent.
+    fn take_idle(&self, preferred: Option<u64>) -> Option<ServerConn> {
+        let mut idle = self.idle.lock().ok()?;
+        if let Some(i) = preferred.and_then(|id| idle.iter().rposition(|c| c.id == id)) {
+            let mut conn = idle.swap_remove(i);
+            if conn.is_quiet() {
+                return Some(conn);
+            }
+        }
+        while let Some(mut conn) = idle.pop() {
+            if conn.is_quiet() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn lease(self: &Arc<Self>, conn: ServerConn, permit: OwnedSemaphorePermit) -> Lease {
+        Lease {
             conn,
             pool: self.clone(),
             _permit: permit,
-        })
+        }
     }
 }
 

@@ -238,7 +238,9 @@ pub fn cached(cache: &FactsCache, sql: &str, extra_write_functions: &[String]) -
     if let Some(found) = cache.map.get(sql) {
         return found.clone();
     }
-    let key = super::normalize::literal_blind_key(sql).map(|k| format!("\0{k}"));
+    let mut key = String::with_capacity(sql.len() + 1);
+    key.push('\0');
+    let key = super::normalize::write_literal_blind_key(sql, &mut key).then_some(key);
     if let Some(found) = key.as_deref().and_then(|k| cache.map.get(k)) {
         return found.clone();
     }

@@ -65,6 +65,27 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order: `reason as usize` indexes it.
+    pub const ALL: [Reason; 17] = [
+        Reason::Write,
+        Reason::Transaction,
+        Reason::Pinned,
+        Reason::Hint,
+        Reason::Fresh,
+        Reason::WithinLag,
+        Reason::ReadOnlyTransaction,
+        Reason::Stale,
+        Reason::NoReplica,
+        Reason::Pipelined,
+        Reason::Retry,
+        Reason::Session,
+        Reason::Serializable,
+        Reason::Optimistic,
+        Reason::OptimisticOverflow,
+        Reason::LearnedWrite,
+        Reason::CausalUnknown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Write => "write",
@@ -262,6 +283,13 @@ pub fn worth_waiting(positions: &Positions, now: std::time::Instant) -> bool {
 mod tests {
     use super::*;
     use crate::replicas::ReplicaStatus;
+
+    #[test]
+    fn reason_all_is_indexed_by_the_reason() {
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{}", reason.as_str());
+        }
+    }
 
     fn replica(name: &str, healthy: bool, replayed: u64, lag_bytes: u64) -> ReplicaStatus {
         ReplicaStatus {

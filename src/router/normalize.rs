@@ -17,8 +17,18 @@
 /// The literal-blind key of `sql`, or `None` when the text cannot be
 /// scanned with certainty.
 pub fn literal_blind_key(sql: &str) -> Option<String> {
-    let bytes = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
+    write_literal_blind_key(sql, &mut out).then_some(out)
+}
+
+/// Appends the literal-blind key of `sql` to `out`; false (and `out` in
+/// an unspecified state) when the text cannot be scanned with certainty.
+pub fn write_literal_blind_key(sql: &str, out: &mut String) -> bool {
+    scan(sql, out).is_some()
+}
+
+fn scan(sql: &str, out: &mut String) -> Option<()> {
+    let bytes = sql.as_bytes();
     let mut i = 0;
     let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
     while i < bytes.len() {
@@ -79,14 +89,24 @@ pub fn literal_blind_key(sql: &str) -> Option<String> {
                 i = end;
             }
             _ => {
-                // Copy one whole UTF-8 character.
-                let len = utf8_len(b);
-                out.push_str(sql.get(i..i + len)?);
-                i += len;
+                // Copy a run of ordinary text at once, up to the next byte
+                // that may start a literal, a quoted name, a comment or a
+                // parameter. Those are ASCII, so the run ends on a
+                // character boundary.
+                let start = i;
+                i += 1;
+                while let Some(&c) = bytes.get(i) {
+                    match c {
+                        b'\'' | b'"' | b'-' | b'/' | b'$' => break,
+                        b'0'..=b'9' if !ident(bytes[i - 1]) => break,
+                        _ => i += 1,
+                    }
+                }
+                out.push_str(sql.get(start..i)?);
             }
         }
     }
-    Some(out)
+    Some(())
 }
 
 /// Index just past the quote closing a string whose body starts at `from`.
@@ -124,15 +144,6 @@ fn comment_end(bytes: &[u8], from: usize) -> Option<usize> {
         }
     }
     None
-}
-
-fn utf8_len(first: u8) -> usize {
-    match first {
-        0xf0..=0xff => 4,
-        0xe0..=0xef => 3,
-        0xc0..=0xdf => 2,
-        _ => 1,
-    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,28 @@ impl Session {
         Ok(())
     }
 
+    /// The pool and counters of `target`, from the session's own list when
+    /// it has used that server before.
+    fn known_server(
+        &mut self,
+        target: &crate::backend::ServerTarget,
+    ) -> (
+        std::sync::Arc<crate::backend::pool::Pool>,
+        std::sync::Arc<crate::stats::ServerCounters>,
+    ) {
+        if let Some(known) = self.known.iter().find(|k| k.name == target.name) {
+            return (known.pool.clone(), known.counters.clone());
+        }
+        let pool = self.proxy.pools.get(target, &self.login);
+        let counters = self.proxy.stats.server(&target.name);
+        self.known.push(super::Known {
+            name: target.name.clone(),
+            pool: pool.clone(),
+            counters: counters.clone(),
+        });
+        (pool, counters)
+    }
+
     /// Makes `server` the current connection, keeping the one in use if it
     /// is the same. A replica that cannot be reached is reported and the
     /// primary used instead. Returns the server attached.
@@ -107,22 +129,25 @@ impl Session {
                 None => return Box::pin(self.attach(Server::Primary)).await,
             },
         };
-        let pool = self.proxy.pools.get(&target, &self.login);
-        let asked = std::time::Instant::now();
+        let (pool, counters) = self.known_server(&target);
         let preferred = self
             .last_conn
             .iter()
             .find(|(s, _)| *s == server)
             .map(|(_, id)| *id);
-        let checked_out = pool.checkout_preferring(preferred).await;
-        crate::metrics::pool_wait(&target.name, asked.elapsed());
+        let (checked_out, waited) = pool.checkout_preferring(preferred).await;
+        counters.pool_wait(waited);
         match checked_out {
             Ok(lease) => {
                 match self.last_conn.iter_mut().find(|(s, _)| *s == server) {
                     Some(slot) => slot.1 = lease.conn.id,
                     None => self.last_conn.push((server, lease.conn.id)),
                 }
-                self.current = Some(Attached { server, lease });
+                self.current = Some(Attached {
+                    server,
+                    lease,
+                    counters,
+                });
                 self.set_cancel_target();
                 Ok(server)
             }

@@ -327,17 +327,16 @@ impl Session {
                 reason
             }
         };
-        let now = std::time::Instant::now();
-        let (picked, any, worth_waiting) = proxy.monitor.with_positions(|p| {
-            (
-                router::pick_replica(p, causal, false, &policy, spread),
-                router::any_healthy(p),
-                router::worth_waiting(p, now),
-            )
-        });
+        let picked = proxy
+            .monitor
+            .with_positions(|p| router::pick_replica(p, causal, false, &policy, spread));
         if let Some((i, reason)) = picked {
             return Ok(Some((Server::Replica(i), label(reason))));
         }
+        let now = std::time::Instant::now();
+        let (any, worth_waiting) = proxy
+            .monitor
+            .with_positions(|p| (router::any_healthy(p), router::worth_waiting(p, now)));
         if !any {
             return Ok(Some((Server::Primary, Reason::NoReplica)));
         }
@@ -414,24 +413,24 @@ impl Session {
         } else {
             reason
         };
-        let Some(server_name) = self
-            .current
-            .as_ref()
-            .map(|a| a.lease.conn.server_name.clone())
-        else {
+        let Some(attached) = self.current.as_ref() else {
             return Err(End::ServerLost("no server attached".into()));
         };
-        crate::metrics::routed(&server_name, server == Server::Primary, reason);
-        self.proxy
-            .stats
-            .routed(&server_name, server == Server::Primary, reason);
+        let server_name = attached.lease.conn.server_name.as_str();
+        attached
+            .counters
+            .routed(&self.proxy.stats, server == Server::Primary, reason);
         let causal = self.effective_causal();
-        let client_id = self.client_id.clone();
+        let client_id = &self.client_id;
         self.entry.update(|live| {
-            live.server = Some(server_name.clone());
+            if live.server.as_deref() != Some(server_name) {
+                live.server = Some(server_name.to_string());
+            }
             live.units += 1;
             live.causal = causal;
-            live.client_id = client_id;
+            if live.client_id != *client_id {
+                live.client_id.clone_from(client_id);
+            }
         });
         if tracing::enabled!(tracing::Level::DEBUG) {
             let session = self
@@ -469,7 +468,11 @@ impl Session {
         // on it until that state ends.
         for pin in &unit.facts.pins {
             if !self.pinned.contains(pin) {
-                tracing::debug!(reason = pin, server = %server_name, "session pinned");
+                let name = self
+                    .current
+                    .as_ref()
+                    .map(|a| a.lease.conn.server_name.as_str());
+                tracing::debug!(reason = pin, server = name, "session pinned");
                 self.pinned.push(pin);
             }
         }

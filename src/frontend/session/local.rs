@@ -27,10 +27,9 @@ pub enum Local {
 /// optional trailing `;`). Anything else is `None` and goes to a server.
 pub fn parse(sql: &str) -> Option<Local> {
     // Every statement passes here: rule out the rest without allocating.
-    let mentions = sql
-        .as_bytes()
-        .windows(9)
-        .any(|w| w.eq_ignore_ascii_case(b"causeway."));
+    let bytes = sql.as_bytes();
+    let mentions = (8..bytes.len())
+        .any(|i| bytes[i] == b'.' && bytes[i - 8..i].eq_ignore_ascii_case(b"causeway"));
     if !mentions {
         return None;
     }

@@ -93,6 +93,16 @@ enum Event {
 struct Attached {
     server: Server,
     lease: Lease,
+    /// What a unit sent on it counts.
+    counters: Arc<crate::stats::ServerCounters>,
+}
+
+/// A server this session has used: its pool and counters, looked up in
+/// the proxy's maps once rather than for every unit.
+struct Known {
+    name: String,
+    pool: Arc<crate::backend::pool::Pool>,
+    counters: Arc<crate::stats::ServerCounters>,
 }
 
 struct Session {
@@ -107,6 +117,8 @@ struct Session {
     stash: Vec<Attached>,
     /// The connection last used on each server, asked for again first.
     last_conn: Vec<(Server, u64)>,
+    /// The servers used so far.
+    known: Vec<Known>,
     builder: UnitBuilder,
     /// Units read from the client and not yet sent to a server.
     queued: VecDeque<Unit>,
@@ -353,6 +365,12 @@ pub async fn run(
         kill: tokio::sync::Notify::new(),
     });
     let lease_id = lease.conn.id;
+    let counters = proxy.stats.server(&lease.conn.server_name);
+    let known = vec![Known {
+        name: lease.conn.server_name.clone(),
+        pool,
+        counters: counters.clone(),
+    }];
     let pause_rx = proxy.pause.subscribe();
     let causal = min_lsn.map(|lsn| proxy.monitor.mark(lsn));
     let mut session = Session {
@@ -364,9 +382,11 @@ pub async fn run(
         current: Some(Attached {
             server: greeting_server,
             lease,
+            counters,
         }),
         stash: Vec::new(),
         last_conn: vec![(greeting_server, lease_id)],
+        known,
         builder: UnitBuilder::default(),
         queued: VecDeque::new(),
         pending: VecDeque::new(),
@@ -477,6 +497,19 @@ impl Session {
     }
 
     async fn relay(&mut self, shutdown: &mut watch::Receiver<bool>) -> End {
+        // Futures that live as long as the loop: made once, so that a turn
+        // neither registers with each notifier again nor reads the clock.
+        let info = self.entry.info.clone();
+        let mut killed = std::pin::pin!(info.kill.notified());
+        let mut shutdown_changed = std::pin::pin!(shutdown.changed());
+        let idle_limit = std::time::Duration::from_millis(
+            self.proxy
+                .config
+                .proxy
+                .client_idle_in_transaction_timeout_ms,
+        );
+        let mut idle_timer = std::pin::pin!(tokio::time::sleep(idle_limit));
+        let mut idle_timer_armed = false;
         loop {
             if let Some((key, timeline, lsn)) = self.store_write.take() {
                 self.store_commit(key, timeline, lsn).await;
@@ -525,19 +558,21 @@ impl Session {
                 let cbuf = &mut self.cbuf;
                 let mut client_read = client_read;
                 let mut client_write = client_write;
-                // Idle inside a transaction on a server: the timer runs.
-                let idle_limit = self
-                    .proxy
-                    .config
-                    .proxy
-                    .client_idle_in_transaction_timeout_ms;
-                let idle_in_transaction = idle_limit > 0
+                // Idle inside a transaction on a server: the timer runs,
+                // from the moment the session became idle.
+                let idle_in_transaction = !idle_limit.is_zero()
                     && self.tx_status != b'I'
                     && self.deferred_begin.is_none()
                     && self.pending.is_empty()
                     && self.queued.is_empty()
                     && self.to_server.is_empty()
                     && !self.builder.is_building();
+                if idle_in_transaction && !idle_timer_armed {
+                    idle_timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + idle_limit);
+                }
+                idle_timer_armed = idle_in_transaction;
                 let client_room =
                     self.to_server.len() < HIGH_WATER && self.queued.len() < MAX_QUEUED_UNITS;
                 tokio::select! {
@@ -549,10 +584,10 @@ impl Session {
                         reserve_for_read(cbuf);
                         client_read.read_buf(cbuf).await
                     }, if client_room => Event::ClientRead(r),
-                    _ = shutdown.changed(), if !self.draining => Event::Shutdown,
+                    _ = &mut shutdown_changed, if !self.draining => Event::Shutdown,
                     _ = self.pause.changed(), if self.held_by_pause => Event::PauseChanged,
-                    _ = self.entry.info.kill.notified() => Event::Killed,
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(idle_limit)), if idle_in_transaction => Event::IdleInTransaction,
+                    _ = &mut killed => Event::Killed,
+                    _ = &mut idle_timer, if idle_in_transaction => Event::IdleInTransaction,
                 }
             };
             match event {

@@ -424,7 +424,7 @@ impl Session {
         for code in inflight.held_errors.drain(..) {
             crate::metrics::error_sent(code.as_bytes());
         }
-        crate::metrics::answered(
+        self.proxy.stats.answered(
             inflight.server == Server::Primary,
             inflight.sent_at.elapsed(),
         );
