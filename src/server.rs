@@ -50,7 +50,7 @@ pub struct Proxy {
     pub cancels: Arc<CancelRegistry>,
     pub monitor: Arc<Monitor>,
     pub policy: Policy,
-    /// Changes from read to read, to spread reads over replicas.
+    /// Numbers sessions, to spread them over the replicas.
     pub spread: AtomicUsize,
     pub facts_cache: FactsCache,
     /// TLS towards clients (`[tls]`), read when the config was loaded.

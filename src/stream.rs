@@ -94,6 +94,16 @@ impl<T: TlsOverTcp> Socket<T> {
         matches!(self, Socket::Tls(_))
     }
 
+    /// Writes what a plain socket takes now, without waiting: the bytes
+    /// written, or `None` if nothing was (TLS, a full socket buffer, an
+    /// error the next awaited write will report).
+    pub fn try_write_now(&self, buf: &[u8]) -> Option<usize> {
+        match self {
+            Socket::Plain(s) => s.try_write(buf).ok().filter(|&n| n > 0),
+            _ => None,
+        }
+    }
+
     /// The TCP connection under it, if any.
     pub fn tcp(&self) -> Option<&TcpStream> {
         match self {

@@ -168,14 +168,14 @@ pub type SharedFacts = Arc<UnitFacts>;
 /// full it is cleared, which costs re-parsing, never correctness.
 #[derive(Debug)]
 pub struct FactsCache {
-    map: dashmap::DashMap<String, SharedFacts>,
+    map: dashmap::DashMap<String, SharedFacts, foldhash::fast::RandomState>,
     capacity: usize,
 }
 
 impl FactsCache {
     pub fn new(capacity: usize) -> FactsCache {
         FactsCache {
-            map: dashmap::DashMap::new(),
+            map: dashmap::DashMap::with_hasher(foldhash::fast::RandomState::default()),
             capacity,
         }
     }

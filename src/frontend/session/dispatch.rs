@@ -288,12 +288,12 @@ impl Session {
             } => (any_replica, read_only_block),
         };
         if any_replica {
-            let spread = self.proxy.spread.fetch_add(1, Ordering::Relaxed);
             let policy = self.proxy.policy;
+            let home = self.replica_home;
             let picked = self
                 .proxy
                 .monitor
-                .with_positions(|p| router::pick_replica(p, None, true, &policy, spread));
+                .with_positions(|p| router::pick_replica(p, None, true, &policy, home));
             return Ok(Some(match picked {
                 Some((i, reason)) => (Server::Replica(i), reason),
                 None => (Server::Primary, Reason::NoReplica),
@@ -319,7 +319,7 @@ impl Session {
             // No replica can be shown to have the session's writes.
             return Ok(Some((Server::Primary, Reason::CausalUnknown)));
         }
-        let spread = proxy.spread.fetch_add(1, Ordering::Relaxed);
+        let spread = self.replica_home;
         let label = |reason| {
             if read_only_block {
                 Reason::ReadOnlyTransaction

@@ -119,6 +119,8 @@ struct Session {
     last_conn: Vec<(Server, u64)>,
     /// The servers used so far.
     known: Vec<Known>,
+    /// Which replica is this session's own (see `router::pick_replica`).
+    replica_home: usize,
     builder: UnitBuilder,
     /// Units read from the client and not yet sent to a server.
     queued: VecDeque<Unit>,
@@ -371,6 +373,9 @@ pub async fn run(
         pool,
         counters: counters.clone(),
     }];
+    let replica_home = proxy
+        .spread
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let pause_rx = proxy.pause.subscribe();
     let causal = min_lsn.map(|lsn| proxy.monitor.mark(lsn));
     let mut session = Session {
@@ -387,6 +392,7 @@ pub async fn run(
         stash: Vec::new(),
         last_conn: vec![(greeting_server, lease_id)],
         known,
+        replica_home,
         builder: UnitBuilder::default(),
         queued: VecDeque::new(),
         pending: VecDeque::new(),
@@ -531,6 +537,7 @@ impl Session {
                     return end;
                 }
             }
+            self.write_eagerly();
             self.release_if_at_rest();
             let busy = !self.pending.is_empty()
                 || self.open_batch.is_some()
@@ -634,6 +641,27 @@ impl Session {
                 Event::PauseChanged => self.held_by_pause = false,
                 Event::Killed => return End::Killed,
                 Event::IdleInTransaction => return End::IdleInTransaction,
+            }
+        }
+    }
+
+    /// Writes what is waiting for the server and the client at once, where
+    /// the socket takes it without waiting: a turn of the loop saved for
+    /// each. Whatever is left (TLS, a full socket) goes through the loop.
+    fn write_eagerly(&mut self) {
+        if !self.to_server.is_empty() {
+            let written = self
+                .current
+                .as_ref()
+                .and_then(|a| a.lease.conn.stream.try_write_now(&self.to_server));
+            if let Some(n) = written {
+                advance(&mut self.to_server, n);
+            }
+        }
+        if !self.to_client.is_empty() {
+            if let Some(n) = self.client.try_write_now(&self.to_client) {
+                self.bytes_sent.increment(n as u64);
+                advance(&mut self.to_client, n);
             }
         }
     }

@@ -3,7 +3,7 @@
 //! swallowed (the proxy's own statements), and read for what they change:
 //! transaction status, prepared statements, settings, the commit LSN.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 
 use super::state::Prepared;
 use super::units::Unit;
@@ -197,9 +197,9 @@ impl Session {
         loop {
             if self.server_streaming > 0 {
                 let n = self.server_streaming.min(rbuf.len());
-                let chunk = rbuf.split_to(n);
                 self.server_streaming -= n;
-                self.pass_on(&chunk);
+                self.pass_on(&rbuf[..n]);
+                rbuf.advance(n);
                 if rbuf.is_empty() {
                     return Ok(());
                 }
@@ -218,8 +218,9 @@ impl Session {
                 }
                 return Ok(());
             }
-            let message = rbuf.split_to(len);
-            self.handle_message(header.tag, &message);
+            // Read in place: splitting it off would make the buffer shared.
+            self.handle_message(header.tag, &rbuf[..len]);
+            rbuf.advance(len);
         }
     }
 
