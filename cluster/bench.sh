@@ -41,8 +41,8 @@
 #      server connections have flushed their statistics.
 #   5. Prints | workload | clients | mode | target | reads ran on | TPS |
 #      mean latency ms | vs direct | proxy CPU us/tx |; the last is the proxy
-#      process's utime+stime (/proc/PID/stat) over the run divided by
-#      transactions. A run that fails is reported as "failed", with its log kept.
+#      process's CPU time (/proc/PID/task/*/schedstat) over the run divided
+#      by transactions. A run that fails is reported as "failed", with its log kept.
 #   6. Write-then-read (BENCH_RW=1): each transaction of a custom pgbench script
 #      inserts a row on the primary, reads it back at once by id, and records
 #      any read that did not see it in table rw_misses (pgbench cannot write
@@ -57,8 +57,12 @@
 #
 # Environment (defaults):
 #   BENCH_SECONDS=15  BENCH_SCALE=10  BENCH_ROUNDS=1  BENCH_SKIP_INIT=0
-#   BENCH_WORKLOADS="select-only tpcb-like"  BENCH_CLIENTS="1 8"
-#   BENCH_MODES="simple extended prepared"
+#   BENCH_COMBOS="select-only:8:simple select-only:8:extended
+#     select-only:8:prepared tpcb-like:8:simple select-only:1:simple
+#     select-only:1:prepared"   (WORKLOAD:CLIENTS:MODE; the summary's rows)
+#   BENCH_WORKLOADS BENCH_CLIENTS BENCH_MODES   (instead of BENCH_COMBOS:
+#     every combination; unset ones default to "select-only tpcb-like",
+#     "1 8" and "simple extended prepared")
 #   BENCH_TARGETS="direct causeway causeway-primary-only pgbouncer"
 #   BENCH_RW=1  BENCH_RW_CLIENTS="1 8"  BENCH_RW_MODE=simple
 #   BENCH_RW_MIX=0   (percent of write-then-read transactions that are plain
@@ -93,9 +97,25 @@ BENCH_SKIP_INIT=${BENCH_SKIP_INIT:-0}
 BENCH_SETTLE=${BENCH_SETTLE:-11}
 BENCH_RW=${BENCH_RW:-1}
 BENCH_RW_MODE=${BENCH_RW_MODE:-simple}
-read -r -a WORKLOADS <<<"${BENCH_WORKLOADS-select-only tpcb-like}"
-read -r -a CLIENTS <<<"${BENCH_CLIENTS:-1 8}"
-read -r -a MODES <<<"${BENCH_MODES:-simple extended prepared}"
+# The runs: WORKLOAD:CLIENTS:MODE triples. BENCH_COMBOS lists them; else
+# every combination of BENCH_WORKLOADS x BENCH_CLIENTS x BENCH_MODES, when
+# any of those is set; else the rows of the summary table.
+if [[ -n ${BENCH_COMBOS:-} ]]; then
+  read -r -a COMBOS <<<"$BENCH_COMBOS"
+elif [[ -n ${BENCH_WORKLOADS:-}${BENCH_CLIENTS:-}${BENCH_MODES:-} ]]; then
+  read -r -a WORKLOADS <<<"${BENCH_WORKLOADS:-select-only tpcb-like}"
+  read -r -a CLIENTS <<<"${BENCH_CLIENTS:-1 8}"
+  read -r -a MODES <<<"${BENCH_MODES:-simple extended prepared}"
+  COMBOS=()
+  for workload in "${WORKLOADS[@]}"; do
+    for clients in "${CLIENTS[@]}"; do
+      for mode in "${MODES[@]}"; do COMBOS+=("$workload:$clients:$mode"); done
+    done
+  done
+else
+  COMBOS=(select-only:8:simple select-only:8:extended select-only:8:prepared
+    tpcb-like:8:simple select-only:1:simple select-only:1:prepared)
+fi
 read -r -a TARGETS <<<"${BENCH_TARGETS:-direct causeway causeway-primary-only pgbouncer}"
 read -r -a RW_CLIENTS <<<"${BENCH_RW_CLIENTS:-1 8}"
 read -r -a RW_TARGETS <<<"${BENCH_RW_TARGETS:-direct causeway causeway-primary-only}"
@@ -158,15 +178,18 @@ listener_pid() {
   ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2
 }
 
-# utime+stime of a process, all threads, in clock ticks.
-cpu_ticks() {
-  local stat
-  stat=$(<"/proc/$1/stat") || return 1
-  stat=${stat##*) }            # drop "pid (comm) ", comm may hold spaces
-  read -r -a f <<<"$stat"      # f[0] is field 3 (state)
-  echo $((f[11] + f[12]))      # fields 14 and 15
+# CPU time of a process, all its threads, in nanoseconds: the scheduler's
+# own count (/proc/PID/task/*/schedstat), not utime+stime, which are
+# sampled at the clock tick.
+cpu_ns() {
+  local sum=0 t
+  for t in /proc/"$1"/task/*/schedstat; do
+    read -r ns _ <"$t" 2>/dev/null || continue
+    sum=$((sum + ns))
+  done
+  ((sum > 0)) || return 1
+  echo "$sum"
 }
-CLK_TCK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- the cluster
 
@@ -420,7 +443,7 @@ sleep 1
 
 # ---------------------------------------------------------------- runs
 
-declare -A SUM_TPS SUM_LAT OK FAILED TX TICKS SCAN_P SCAN_R
+declare -A SUM_TPS SUM_LAT OK FAILED TX CPU_NS SCAN_P SCAN_R
 FAILED_RUNS=()
 NPROC=$(nproc)
 
@@ -457,11 +480,11 @@ run_one() {
     scans_before=$(scans pgbench_accounts)
   fi
   local pid=${PID[$target]:-}
-  [[ -n $pid ]] && before=$(cpu_ticks "$pid" || true)
+  [[ -n $pid ]] && before=$(cpu_ns "$pid" || true)
   timeout -k 5 $((BENCH_SECONDS + 60)) "$PGBENCH" -h 127.0.0.1 -p "${PORT[$target]}" -U app \
     "${script[@]}" -M "$mode" -c "$clients" -j "$jobs" -T "$BENCH_SECONDS" app \
     >"$log" 2>&1 || rc=$?
-  [[ -n $pid ]] && after=$(cpu_ticks "$pid" || true)
+  [[ -n $pid ]] && after=$(cpu_ns "$pid" || true)
   if ((measure)); then
     sleep "$BENCH_SETTLE"
     scans_after=$(scans pgbench_accounts)
@@ -482,7 +505,7 @@ run_one() {
   SUM_LAT[$key]=$(awk -v a="${SUM_LAT[$key]:-0}" -v b="$lat" 'BEGIN { print a + b }')
   TX[$key]=$((${TX[$key]:-0} + tx))
   if [[ -n $before && -n $after ]]; then
-    TICKS[$key]=$((${TICKS[$key]:-0} + after - before))
+    CPU_NS[$key]=$((${CPU_NS[$key]:-0} + after - before))
   fi
   if ((measure)); then
     local p r
@@ -664,17 +687,14 @@ combo=0
 total=$((${#WORKLOADS[@]} * ${#CLIENTS[@]} * ${#MODES[@]} * ${#TARGETS[@]} * BENCH_ROUNDS))
 say "$total pgbench runs of ${BENCH_SECONDS}s; logs in $OUT"
 for ((round = 1; round <= BENCH_ROUNDS; round++)); do
-  for workload in "${WORKLOADS[@]}"; do
-    for clients in "${CLIENTS[@]}"; do
-      for mode in "${MODES[@]}"; do
-        n=${#TARGETS[@]}
-        for ((i = 0; i < n; i++)); do
-          target=${TARGETS[$(((i + combo + round) % n))]}
-          run_one "$workload" "$clients" "$mode" "$target" "$round"
-        done
-        combo=$((combo + 1))
-      done
+  for spec in "${COMBOS[@]}"; do
+    IFS=: read -r workload clients mode <<<"$spec"
+    n=${#TARGETS[@]}
+    for ((i = 0; i < n; i++)); do
+      target=${TARGETS[$(((i + combo + round) % n))]}
+      run_one "$workload" "$clients" "$mode" "$target" "$round"
     done
+    combo=$((combo + 1))
   done
 done
 
@@ -693,6 +713,29 @@ fi
 # ---------------------------------------------------------------- report
 
 mean() { awk -v s="$1" -v n="$2" "BEGIN { printf \"$3\", s / n }"; }
+# cpu_per_tx KEY: the proxy's CPU per transaction over the key's runs, µs.
+cpu_per_tx() {
+  awk -v t="${CPU_NS[$1]}" -v n="${TX[$1]}" 'BEGIN { printf "%.1f", t / 1000 / n }'
+}
+# summary_cell KIND KEY DIRECT_KEY: one target's figure for the summary:
+# its TPS over direct's (ratio), its CPU µs/tx (cpu), or its mean latency
+# minus direct's in µs (added); "-" when a run is missing.
+summary_cell() {
+  local kind=$1 key=$2 direct=$3
+  if ((${OK[$key]:-0} == 0)); then echo "failed"; return; fi
+  case $kind in
+    ratio | added)
+      ((${OK[$direct]:-0} > 0)) || { echo -; return; }
+      if [[ $kind == ratio ]]; then
+        awk -v a="${SUM_TPS[$key]}" -v na="${OK[$key]}" -v b="${SUM_TPS[$direct]}" \
+          -v nb="${OK[$direct]}" 'BEGIN { printf "%.2f", (a / na) / (b / nb) }'
+      else
+        awk -v a="${SUM_LAT[$key]}" -v na="${OK[$key]}" -v b="${SUM_LAT[$direct]}" \
+          -v nb="${OK[$direct]}" 'BEGIN { printf "%+.0f", ((a / na) - (b / nb)) * 1000 }'
+      fi ;;
+    cpu) if [[ -n ${CPU_NS[$key]:-} ]]; then cpu_per_tx "$key"; else echo -; fi ;;
+  esac
+}
 # diff_ms A B: A - B, signed, 3 decimals; "-" if either is missing.
 diff_ms() {
   [[ -n $1 && -n $2 ]] || { echo -; return; }
@@ -700,6 +743,35 @@ diff_ms() {
 }
 
 {
+  echo "## Summary"
+  echo
+  echo "Each row: the same pgbench run against each target, in rotated order ($BENCH_ROUNDS round(s)" \
+    "of ${BENCH_SECONDS}s). TPS as a share of \`direct\` (the primary, no proxy); proxy CPU" \
+    "µs per transaction (the proxy's scheduler CPU time over the run, all threads); added" \
+    "latency = mean latency minus direct's, µs. \`causeway + replicas\` sends the reads to" \
+    "the replicas; \`primary-only\` is causeway with no replica configured."
+  echo
+  echo "| workload | direct TPS | PgBouncer / direct | causeway primary-only / direct | causeway + replicas / direct | CPU µs/tx PgBouncer · primary-only · + replicas | added latency µs PgBouncer · primary-only · + replicas |"
+  echo "|---|---:|---:|---:|---:|---|---|"
+  for spec in "${COMBOS[@]}"; do
+    IFS=: read -r workload clients mode <<<"$spec"
+    base="$workload|$clients|$mode"
+    label="\`-S -c $clients\` $mode"
+    [[ $workload == tpcb-like ]] && label="TPC-B \`-c $clients\` $mode"
+    direct_tps=failed
+    ((${OK[$base|direct]:-0} > 0)) && direct_tps=$(mean "${SUM_TPS[$base|direct]}" "${OK[$base|direct]}" '%.0f')
+    row="| $label | $direct_tps"
+    for target in pgbouncer causeway-primary-only causeway; do
+      row="$row | $(summary_cell ratio "$base|$target" "$base|direct")"
+    done
+    cells=() added=()
+    for target in pgbouncer causeway-primary-only causeway; do
+      cells+=("$(summary_cell cpu "$base|$target" "$base|direct")")
+      added+=("$(summary_cell added "$base|$target" "$base|direct")")
+    done
+    echo "$row | ${cells[0]} · ${cells[1]} · ${cells[2]} | ${added[0]} · ${added[1]} · ${added[2]} |"
+  done
+  echo
   echo "## pgbench: direct vs causeway vs PgBouncer"
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $("$PG_BIN/postgres" --version)," \
@@ -712,47 +784,41 @@ diff_ms() {
     "\`causeway-primary-only\` = causeway with no replicas configured (the proxy's own cost);" \
     "\`pgbouncer\` = PgBouncer in front of the primary."
   echo "\"reads ran on\" for causeway is measured: the share of pgbench_accounts scans" \
-    "(pg_stat_user_tables) that ran on replicas. Proxy CPU = utime+stime of the proxy" \
-    "process per transaction."
+    "(pg_stat_user_tables) that ran on replicas. Proxy CPU = the proxy process's CPU time" \
+    "(/proc/PID/task/*/schedstat) per transaction."
   if ((${#REUSED[@]})); then
     echo "Already running before this script, used as found: ${REUSED[*]}."
   fi
   echo
   echo "| workload | clients | mode | target | reads ran on | TPS | mean latency ms | vs direct | proxy CPU µs/tx |"
   echo "|---|---:|---|---|---|---:|---:|---:|---:|"
-  for workload in "${WORKLOADS[@]}"; do
-    for clients in "${CLIENTS[@]}"; do
-      for mode in "${MODES[@]}"; do
-        direct_key="$workload|$clients|$mode|direct"
-        for target in "${TARGETS[@]}"; do
-          key="$workload|$clients|$mode|$target"
-          ok=${OK[$key]:-0}
-          failed=${FAILED[$key]:-0}
-          where=$(reads_on "$target")
-          if [[ -n ${SCAN_R[$key]:-} ]]; then
-            where=$(awk -v p="${SCAN_P[$key]}" -v r="${SCAN_R[$key]}" \
-              'BEGIN { if (p + r > 0) printf "replicas %.0f%%", 100 * r / (p + r); else print "-" }')
-          fi
-          if ((ok == 0)); then
-            echo "| $workload | $clients | $mode | $target | $where | failed | - | - | - |"
-            continue
-          fi
-          tps=$(mean "${SUM_TPS[$key]}" "$ok" '%.0f')
-          lat=$(mean "${SUM_LAT[$key]}" "$ok" '%.3f')
-          ratio=-
-          if ((${OK[$direct_key]:-0} > 0)); then
-            ratio=$(awk -v a="${SUM_TPS[$key]}" -v na="$ok" -v b="${SUM_TPS[$direct_key]}" \
-              -v nb="${OK[$direct_key]}" 'BEGIN { printf "%.2f", (a / na) / (b / nb) }')
-          fi
-          cpu=-
-          if [[ -n ${TICKS[$key]:-} ]]; then
-            cpu=$(awk -v t="${TICKS[$key]}" -v hz="$CLK_TCK" -v n="${TX[$key]}" \
-              'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
-          fi
-          ((failed == 0)) || tps="$tps ($failed failed)"
-          echo "| $workload | $clients | $mode | $target | $where | $tps | $lat | $ratio | $cpu |"
-        done
-      done
+  for spec in "${COMBOS[@]}"; do
+    IFS=: read -r workload clients mode <<<"$spec"
+    direct_key="$workload|$clients|$mode|direct"
+    for target in "${TARGETS[@]}"; do
+      key="$workload|$clients|$mode|$target"
+      ok=${OK[$key]:-0}
+      failed=${FAILED[$key]:-0}
+      where=$(reads_on "$target")
+      if [[ -n ${SCAN_R[$key]:-} ]]; then
+        where=$(awk -v p="${SCAN_P[$key]}" -v r="${SCAN_R[$key]}" \
+          'BEGIN { if (p + r > 0) printf "replicas %.0f%%", 100 * r / (p + r); else print "-" }')
+      fi
+      if ((ok == 0)); then
+        echo "| $workload | $clients | $mode | $target | $where | failed | - | - | - |"
+        continue
+      fi
+      tps=$(mean "${SUM_TPS[$key]}" "$ok" '%.0f')
+      lat=$(mean "${SUM_LAT[$key]}" "$ok" '%.3f')
+      ratio=-
+      if ((${OK[$direct_key]:-0} > 0)); then
+        ratio=$(awk -v a="${SUM_TPS[$key]}" -v na="$ok" -v b="${SUM_TPS[$direct_key]}" \
+          -v nb="${OK[$direct_key]}" 'BEGIN { printf "%.2f", (a / na) / (b / nb) }')
+      fi
+      cpu=-
+      [[ -n ${CPU_NS[$key]:-} ]] && cpu=$(cpu_per_tx "$key")
+      ((failed == 0)) || tps="$tps ($failed failed)"
+      echo "| $workload | $clients | $mode | $target | $where | $tps | $lat | $ratio | $cpu |"
     done
   done
   if ((${#FAILED_RUNS[@]})); then

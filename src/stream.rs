@@ -1,18 +1,16 @@
 //! A socket to a client or a server: plain TCP, or TLS over it after an
 //! SSLRequest.
 //!
-//! A session reads and writes both ends concurrently, so it splits each
-//! socket every turn of its loop. A plain socket splits into borrowed halves
-//! at no cost (`TcpStream::split`); a TLS stream is one state machine for
-//! both directions and splits through `tokio::io::split`'s lock. The enums
-//! here give the session one type either way.
+//! A session reads and writes both ends concurrently: each turn of its loop
+//! polls both directions of the same socket, plain or TLS, through the one
+//! type here.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
-use tokio::net::{tcp, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 /// A TLS stream over TCP, as a server (towards clients) or as a client
 /// (towards Postgres servers).
@@ -43,8 +41,6 @@ pub enum Socket<T> {
 pub type ClientStream = Socket<tokio_rustls::server::TlsStream<TcpStream>>;
 /// A Postgres server's socket; the proxy is the TLS client.
 pub type ServerStream = Socket<tokio_rustls::client::TlsStream<TcpStream>>;
-pub type ServerRead<'a> = SocketRead<'a, tokio_rustls::client::TlsStream<TcpStream>>;
-pub type ServerWrite<'a> = SocketWrite<'a, tokio_rustls::client::TlsStream<TcpStream>>;
 
 impl<T> std::fmt::Debug for Socket<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,33 +59,7 @@ fn gone() -> io::Error {
     )
 }
 
-pub enum SocketRead<'a, T> {
-    Plain(tcp::ReadHalf<'a>),
-    Tls(ReadHalf<&'a mut T>),
-    Gone,
-}
-
-pub enum SocketWrite<'a, T> {
-    Plain(tcp::WriteHalf<'a>),
-    Tls(WriteHalf<&'a mut T>),
-    Gone,
-}
-
 impl<T: TlsOverTcp> Socket<T> {
-    pub fn split(&mut self) -> (SocketRead<'_, T>, SocketWrite<'_, T>) {
-        match self {
-            Socket::Plain(s) => {
-                let (r, w) = s.split();
-                (SocketRead::Plain(r), SocketWrite::Plain(w))
-            }
-            Socket::Tls(s) => {
-                let (r, w) = tokio::io::split(&mut **s);
-                (SocketRead::Tls(r), SocketWrite::Tls(w))
-            }
-            Socket::Gone => (SocketRead::Gone, SocketWrite::Gone),
-        }
-    }
-
     pub fn is_tls(&self) -> bool {
         matches!(self, Socket::Tls(_))
     }
@@ -158,50 +128,6 @@ impl<T: TlsOverTcp> AsyncWrite for Socket<T> {
             Socket::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Socket::Gone => Poll::Ready(Ok(())),
-        }
-    }
-}
-
-impl<T: TlsOverTcp> AsyncRead for SocketRead<'_, T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            SocketRead::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            SocketRead::Tls(s) => Pin::new(s).poll_read(cx, buf),
-            SocketRead::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-}
-
-impl<T: TlsOverTcp> AsyncWrite for SocketWrite<'_, T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            SocketWrite::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            SocketWrite::Tls(s) => Pin::new(s).poll_write(cx, buf),
-            SocketWrite::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            SocketWrite::Plain(s) => Pin::new(s).poll_flush(cx),
-            SocketWrite::Tls(s) => Pin::new(s).poll_flush(cx),
-            SocketWrite::Gone => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            SocketWrite::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            SocketWrite::Tls(s) => Pin::new(s).poll_shutdown(cx),
-            SocketWrite::Gone => Poll::Ready(Ok(())),
         }
     }
 }

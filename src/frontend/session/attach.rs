@@ -61,20 +61,19 @@ impl Session {
     /// is the same. A replica that cannot be reached is reported and the
     /// primary used instead. Returns the server attached.
     pub(super) async fn attach(&mut self, server: Server) -> Result<Server, End> {
-        // The primary is whichever server says it is one now.
+        // The primary is whichever server says it is one now. The targets
+        // are read in place, from the session's own handle on the proxy.
+        let proxy = self.proxy.clone();
         let primary = match server {
             Server::Primary => {
-                let (target, epoch) = self.primary_target()?;
+                let (target, epoch) = Self::primary_target(&proxy)?;
                 self.primary_epoch = epoch;
                 Some(target)
             }
             Server::Replica(_) => None,
         };
-        let moved = |a: &super::Attached| {
-            primary
-                .as_ref()
-                .is_some_and(|t| a.lease.conn.server_name != t.name)
-        };
+        let moved =
+            |a: &super::Attached| primary.is_some_and(|t| a.lease.conn.server_name != t.name);
         if self
             .current
             .as_ref()
@@ -123,13 +122,13 @@ impl Session {
         }
         let target = match (server, primary) {
             (_, Some(primary)) => primary,
-            (Server::Primary, None) => self.proxy.primary.clone(),
-            (Server::Replica(i), None) => match self.proxy.replicas.get(i) {
-                Some(t) => t.clone(),
+            (Server::Primary, None) => &proxy.primary,
+            (Server::Replica(i), None) => match proxy.replicas.get(i) {
+                Some(t) => t,
                 None => return Box::pin(self.attach(Server::Primary)).await,
             },
         };
-        let (pool, counters) = self.known_server(&target);
+        let (pool, counters) = self.known_server(target);
         let preferred = self
             .last_conn
             .iter()

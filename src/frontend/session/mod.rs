@@ -29,7 +29,7 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use super::{backend_login_error, refuse, ClientIo, Ready};
@@ -42,7 +42,6 @@ use crate::protocol::FrameError;
 use crate::replicas::Mark;
 use crate::router::{Effect, Server};
 use crate::server::Proxy;
-use crate::stream::{ServerRead, ServerWrite};
 use responses::{Expect, InFlight};
 use state::SessionState;
 use units::{Unit, UnitBuilder};
@@ -447,23 +446,6 @@ pub async fn run(
     crate::metrics::client_disconnected();
 }
 
-async fn read_opt(half: Option<(ServerRead<'_>, &mut BytesMut)>) -> io::Result<usize> {
-    match half {
-        Some((mut half, buf)) => {
-            reserve_for_read(buf);
-            half.read_buf(buf).await
-        }
-        None => std::future::pending().await,
-    }
-}
-
-async fn write_opt(half: Option<ServerWrite<'_>>, buf: &[u8]) -> io::Result<usize> {
-    match half {
-        Some(mut half) => half.write(buf).await,
-        None => std::future::pending().await,
-    }
-}
-
 fn reserve_for_read(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(READ_CHUNK);
@@ -551,52 +533,94 @@ impl Session {
             {
                 return End::Drained;
             }
-            let event = {
-                let (client_read, client_write) = self.client.split();
-                let (server_read, server_write) = match self.current.as_mut() {
-                    Some(attached) => {
-                        let conn = &mut attached.lease.conn;
-                        let (r, w) = conn.stream.split();
-                        (Some((r, &mut conn.rbuf)), Some(w))
-                    }
-                    None => (None, None),
-                };
-                let server_attached = server_read.is_some();
-                let cbuf = &mut self.cbuf;
-                let mut client_read = client_read;
-                let mut client_write = client_write;
-                // Idle inside a transaction on a server: the timer runs,
-                // from the moment the session became idle.
-                let idle_in_transaction = !idle_limit.is_zero()
-                    && self.tx_status != b'I'
-                    && self.deferred_begin.is_none()
-                    && self.pending.is_empty()
-                    && self.queued.is_empty()
-                    && self.to_server.is_empty()
-                    && !self.builder.is_building();
-                if idle_in_transaction && !idle_timer_armed {
-                    idle_timer
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + idle_limit);
+            // Idle inside a transaction on a server: the timer runs, from
+            // the moment the session became idle.
+            let idle_in_transaction = !idle_limit.is_zero()
+                && self.tx_status != b'I'
+                && self.deferred_begin.is_none()
+                && self.pending.is_empty()
+                && self.queued.is_empty()
+                && self.to_server.is_empty()
+                && !self.builder.is_building();
+            if idle_in_transaction && !idle_timer_armed {
+                idle_timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + idle_limit);
+            }
+            idle_timer_armed = idle_in_transaction;
+            let client_room =
+                self.to_server.len() < HIGH_WATER && self.queued.len() < MAX_QUEUED_UNITS;
+            let read_server = self.to_client.len() < HIGH_WATER;
+            let draining = self.draining;
+            // The four sockets' directions and the session's signals, polled
+            // in this order (writes first) by hand: a `select!` would build
+            // and drop a future per branch every turn.
+            let (mut server_stream, mut server_rbuf) = match self.current.as_mut() {
+                Some(attached) => {
+                    let conn = &mut attached.lease.conn;
+                    (Some(&mut conn.stream), Some(&mut conn.rbuf))
                 }
-                idle_timer_armed = idle_in_transaction;
-                let client_room =
-                    self.to_server.len() < HIGH_WATER && self.queued.len() < MAX_QUEUED_UNITS;
-                tokio::select! {
-                    biased;
-                    r = write_opt(server_write, &self.to_server), if !self.to_server.is_empty() => Event::ServerWrote(r),
-                    r = client_write.write(&self.to_client), if !self.to_client.is_empty() => Event::ClientWrote(r),
-                    r = read_opt(server_read), if server_attached && self.to_client.len() < HIGH_WATER => Event::ServerRead(r),
-                    r = async {
-                        reserve_for_read(cbuf);
-                        client_read.read_buf(cbuf).await
-                    }, if client_room => Event::ClientRead(r),
-                    _ = &mut shutdown_changed, if !self.draining => Event::Shutdown,
-                    _ = self.pause.changed(), if self.held_by_pause => Event::PauseChanged,
-                    _ = &mut killed => Event::Killed,
-                    _ = &mut idle_timer, if idle_in_transaction => Event::IdleInTransaction,
-                }
+                None => (None, None),
             };
+            let client = &mut self.client;
+            let cbuf = &mut self.cbuf;
+            let (to_server, to_client) = (&self.to_server, &self.to_client);
+            let mut pause_changed = self.held_by_pause.then(|| Box::pin(self.pause.changed()));
+            let event = std::future::poll_fn(|cx| {
+                use std::future::Future;
+                use std::pin::Pin;
+                use std::task::Poll;
+                use tokio::io::AsyncWrite;
+                if !to_server.is_empty() {
+                    if let Some(stream) = server_stream.as_mut() {
+                        if let Poll::Ready(r) = Pin::new(&mut **stream).poll_write(cx, to_server) {
+                            return Poll::Ready(Event::ServerWrote(r));
+                        }
+                    }
+                }
+                if !to_client.is_empty() {
+                    if let Poll::Ready(r) = Pin::new(&mut *client).poll_write(cx, to_client) {
+                        return Poll::Ready(Event::ClientWrote(r));
+                    }
+                }
+                if read_server {
+                    if let (Some(stream), Some(rbuf)) =
+                        (server_stream.as_mut(), server_rbuf.as_mut())
+                    {
+                        reserve_for_read(rbuf);
+                        if let Poll::Ready(r) =
+                            tokio_util::io::poll_read_buf(Pin::new(&mut **stream), cx, *rbuf)
+                        {
+                            return Poll::Ready(Event::ServerRead(r));
+                        }
+                    }
+                }
+                if client_room {
+                    reserve_for_read(cbuf);
+                    if let Poll::Ready(r) =
+                        tokio_util::io::poll_read_buf(Pin::new(&mut *client), cx, cbuf)
+                    {
+                        return Poll::Ready(Event::ClientRead(r));
+                    }
+                }
+                if !draining && shutdown_changed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Shutdown);
+                }
+                if let Some(changed) = pause_changed.as_mut() {
+                    if changed.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::PauseChanged);
+                    }
+                }
+                if killed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Killed);
+                }
+                if idle_in_transaction && idle_timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::IdleInTransaction);
+                }
+                Poll::Pending
+            })
+            .await;
+            drop(pause_changed);
             match event {
                 Event::ServerWrote(Ok(n)) => advance(&mut self.to_server, n),
                 Event::ClientWrote(Ok(n)) => {

@@ -12,8 +12,10 @@
 use super::responses::{self, Expect};
 use super::units::Unit;
 use super::{Attached, End, Session};
+use crate::backend::ServerTarget;
 use crate::protocol::messages::{self, Severity};
 use crate::router::Server;
+use crate::server::Proxy;
 
 impl Session {
     /// The primary's connection was lost under an autocommit unit (no
@@ -110,13 +112,12 @@ impl Session {
             && self.server_streaming == 0
     }
 
-    /// The server writes go to now (see [`Proxy::primary_target`]); an
-    /// error while two servers claim the role.
-    /// Returns it with its epoch (see [`crate::replicas::History`]).
-    pub(super) fn primary_target(&self) -> Result<(crate::backend::ServerTarget, u32), End> {
-        let found = self.proxy.primary_target_in_epoch();
-        found
-            .map(|(target, epoch)| (target.clone(), epoch))
+    /// The server writes go to now (see [`Proxy::primary_target`]), with
+    /// its epoch (see [`crate::replicas::History`]); an error while two
+    /// servers claim the role.
+    pub(super) fn primary_target(proxy: &Proxy) -> Result<(&ServerTarget, u32), End> {
+        proxy
+            .primary_target_in_epoch()
             .map_err(|why| End::NoServer {
                 code: "57P03",
                 message: why.into(),

@@ -353,7 +353,7 @@ impl Session {
                 } else if tag != b'Z' {
                     self.pass_on(message);
                 } else if let Some(Expect::Client(inflight)) = self.pending.pop_front() {
-                    self.finish_unit(*inflight, message);
+                    self.finish_unit(inflight, message);
                 }
             }
             None => {
@@ -382,7 +382,7 @@ impl Session {
 
     /// A client unit is answered: re-run it if a replica refused it, else
     /// pass its answers on and apply what it changed.
-    fn finish_unit(&mut self, mut inflight: InFlight, ready: &[u8]) {
+    fn finish_unit(&mut self, mut inflight: Box<InFlight>, ready: &[u8]) {
         let status = ready[5];
         if inflight.replay {
             // Part of moving an optimistic block: the client saw this
