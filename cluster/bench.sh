@@ -684,7 +684,7 @@ rw_one() {
 # ---------------------------------------------------------------- the runs
 
 combo=0
-total=$((${#WORKLOADS[@]} * ${#CLIENTS[@]} * ${#MODES[@]} * ${#TARGETS[@]} * BENCH_ROUNDS))
+total=$((${#COMBOS[@]} * ${#TARGETS[@]} * BENCH_ROUNDS))
 say "$total pgbench runs of ${BENCH_SECONDS}s; logs in $OUT"
 for ((round = 1; round <= BENCH_ROUNDS; round++)); do
   for spec in "${COMBOS[@]}"; do
