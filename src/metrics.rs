@@ -150,27 +150,6 @@ pub fn causal_map(entries: usize) {
     metrics::gauge!("causeway_causal_map_entries").set(entries as f64);
 }
 
-/// Every reason a unit can be routed for, for [`init_series`].
-const REASONS: [Reason; 17] = [
-    Reason::Write,
-    Reason::Transaction,
-    Reason::Pinned,
-    Reason::Hint,
-    Reason::Fresh,
-    Reason::WithinLag,
-    Reason::ReadOnlyTransaction,
-    Reason::Stale,
-    Reason::NoReplica,
-    Reason::Pipelined,
-    Reason::Retry,
-    Reason::Session,
-    Reason::Serializable,
-    Reason::Optimistic,
-    Reason::OptimisticOverflow,
-    Reason::LearnedWrite,
-    Reason::CausalUnknown,
-];
-
 /// Reasons a unit can run on a replica for.
 const REPLICA_REASONS: [Reason; 5] = [
     Reason::Fresh,
@@ -224,7 +203,7 @@ pub fn init_series(primary: &str, replicas: &[String]) {
             metrics::counter!("causeway_replica_poll_errors_total", "server" => server.to_string()),
         );
     }
-    for reason in REASONS {
+    for reason in Reason::ALL {
         routed_zero(primary, true, reason);
     }
     for replica in replicas {
