@@ -366,9 +366,44 @@ impl Session {
         }
     }
 
+    /// Attaches to `server` for `unit`. A read that needs the primary only
+    /// because its session's last commit LSN was lost with the primary's
+    /// connection (the primary shutting down or crashing under it), or that
+    /// runs again after its server failed or refused it, waits
+    /// for a primary that answers, a promoted one or the same one back, as
+    /// PgBouncer queues clients while its server is down: up to
+    /// `query_wait_timeout_ms`, trying again every poll of the monitor.
+    /// Every other unit hears at once that no primary is available.
+    async fn attach_for(
+        &mut self,
+        unit: &Unit,
+        server: Server,
+        reason: Reason,
+    ) -> Result<Server, End> {
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_millis(self.proxy.config.pool.query_wait_timeout_ms);
+        loop {
+            match self.attach(server).await {
+                Err(End::NoServer { code, .. })
+                    if code != "53300"
+                        && matches!(reason, Reason::CausalUnknown | Reason::Retry)
+                        && unit.facts.is_read()
+                        && self.may_refuse_unit(unit)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    let pause = std::time::Duration::from_millis(
+                        self.proxy.config.routing.poll_interval_ms.max(1),
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+                attached => return attached,
+            }
+        }
+    }
+
     /// Attaches to `server`, replays what it lacks, and sends the unit.
     async fn send(&mut self, unit: Unit, server: Server, reason: Reason) -> Result<(), End> {
-        let server = match self.attach(server).await {
+        let server = match self.attach_for(&unit, server, reason).await {
             Ok(server) => server,
             // No primary: a unit that opened nothing on any server gets an
             // ERROR, and the session goes on (its reads still reach the
@@ -525,7 +560,12 @@ impl Session {
             // replica refuses it or dies; inside one, its snapshot is gone
             // with the replica, unless the block is optimistic: then the
             // whole block moves to the primary.
-            if matches!(server, Server::Replica(_)) && (at_rest || optimistic) {
+            // So may a read sent to the primary only because the session's
+            // last commit LSN was lost with it: that primary is likely going
+            // away too (a shutdown, a crash), and the read is run again on
+            // whichever primary answers next.
+            let lost_lsn_read = reason == Reason::CausalUnknown && at_rest && unit.facts.is_read();
+            if (matches!(server, Server::Replica(_)) && (at_rest || optimistic)) || lost_lsn_read {
                 inflight.retry = Some(unit);
             }
             self.pending.push_back(Expect::Client(Box::new(inflight)));

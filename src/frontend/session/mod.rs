@@ -743,12 +743,45 @@ impl Session {
         }
     }
 
+    /// The primary's connection failed under a read kept for a re-run (see
+    /// `Session::send`) of which nothing reached the client: it runs again
+    /// on whichever primary answers next. Returns whether it was that.
+    fn rerun_lost_read(&mut self, attached: &Attached, why: &str) -> bool {
+        let retry = self.pending.iter().find_map(|e| match e {
+            Expect::Client(inflight) if !inflight.refused => inflight.retry.clone(),
+            _ => None,
+        });
+        let Some(mut unit) = retry else {
+            return false;
+        };
+        let name = &attached.lease.conn.server_name;
+        tracing::warn!(server = %name, reason = %why, "primary connection lost during a read; running it again");
+        self.proxy.pools.drop_idle(name);
+        crate::metrics::retried(name, "primary_lost", "");
+        self.proxy
+            .stats
+            .retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.pending.clear();
+        self.held.clear();
+        self.server_streaming = 0;
+        self.server_fatal = false;
+        self.fatal_swallowed = false;
+        self.tx_status = b'I';
+        unit.retried = true;
+        self.queued.push_front(unit);
+        true
+    }
+
     /// The current server connection failed. A read that nothing of has
     /// reached the client is re-run elsewhere; otherwise the session ends.
     fn server_failed(&mut self, why: String) -> Result<(), End> {
         let Some(attached) = self.current.take() else {
             return Err(End::ServerLost(why));
         };
+        if attached.server == Server::Primary && self.rerun_lost_read(&attached, &why) {
+            return Ok(());
+        }
         if self.answer_lost_unit(&attached) {
             return Ok(());
         }

@@ -151,7 +151,7 @@ impl InFlight {
             b'E' => {
                 self.saw_error = true;
                 let fields = messages::parse_error_fields(&message[5..]);
-                if self.retry.is_some() && !self.refused {
+                if self.retry.is_some() && !self.refused && self.server != Server::Primary {
                     self.refused = REPLICA_REFUSALS.contains(&fields.code.as_str());
                     if self.refused {
                         self.refusal = Some((fields.code.clone(), fields.message.clone()));
