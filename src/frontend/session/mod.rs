@@ -381,8 +381,9 @@ pub async fn run(
         proxy,
         client: io.stream,
         cbuf: io.rbuf,
-        to_client: BytesMut::with_capacity(16 * 1024),
-        to_server: BytesMut::with_capacity(16 * 1024),
+        // Empty until used: an idle client holds no write buffers.
+        to_client: BytesMut::new(),
+        to_server: BytesMut::new(),
         current: Some(Attached {
             server: greeting_server,
             lease,
