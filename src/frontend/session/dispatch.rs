@@ -319,7 +319,7 @@ impl Session {
             // No replica can be shown to have the session's writes.
             return Ok(Some((Server::Primary, Reason::CausalUnknown)));
         }
-        let spread = self.replica_home;
+        let home = self.replica_home;
         let label = |reason| {
             if read_only_block {
                 Reason::ReadOnlyTransaction
@@ -329,7 +329,7 @@ impl Session {
         };
         let picked = proxy
             .monitor
-            .with_positions(|p| router::pick_replica(p, causal, false, &policy, spread));
+            .with_positions(|p| router::pick_replica(p, causal, false, &policy, home));
         if let Some((i, reason)) = picked {
             return Ok(Some((Server::Replica(i), label(reason))));
         }
@@ -349,7 +349,7 @@ impl Session {
                 let found = proxy
                     .monitor
                     .wait_for(policy.max_wait, |p| {
-                        router::pick_replica(p, causal, false, &policy, spread)
+                        router::pick_replica(p, causal, false, &policy, home)
                     })
                     .await;
                 crate::metrics::waited(started.elapsed(), found.is_some());
@@ -559,11 +559,10 @@ impl Session {
             // A read outside any transaction may run again elsewhere if the
             // replica refuses it or dies; inside one, its snapshot is gone
             // with the replica, unless the block is optimistic: then the
-            // whole block moves to the primary.
-            // So may a read sent to the primary only because the session's
-            // last commit LSN was lost with it: that primary is likely going
-            // away too (a shutdown, a crash), and the read is run again on
-            // whichever primary answers next.
+            // whole block moves to the primary. So may a read sent to the
+            // primary only because the session's last commit LSN was lost
+            // with it: that primary is likely going away too (a shutdown, a
+            // crash), and the read runs again on whichever answers next.
             let lost_lsn_read = reason == Reason::CausalUnknown && at_rest && unit.facts.is_read();
             if (matches!(server, Server::Replica(_)) && (at_rest || optimistic)) || lost_lsn_read {
                 inflight.retry = Some(unit);

@@ -99,7 +99,6 @@ struct Attached {
 /// A server this session has used: its pool and counters, looked up in
 /// the proxy's maps once rather than for every unit.
 struct Known {
-    name: String,
     pool: Arc<crate::backend::pool::Pool>,
     counters: Arc<crate::stats::ServerCounters>,
 }
@@ -368,7 +367,6 @@ pub async fn run(
     let lease_id = lease.conn.id;
     let counters = proxy.stats.server(&lease.conn.server_name);
     let known = vec![Known {
-        name: lease.conn.server_name.clone(),
         pool,
         counters: counters.clone(),
     }];
@@ -744,45 +742,12 @@ impl Session {
         }
     }
 
-    /// The primary's connection failed under a read kept for a re-run (see
-    /// `Session::send`) of which nothing reached the client: it runs again
-    /// on whichever primary answers next. Returns whether it was that.
-    fn rerun_lost_read(&mut self, attached: &Attached, why: &str) -> bool {
-        let retry = self.pending.iter().find_map(|e| match e {
-            Expect::Client(inflight) if !inflight.refused => inflight.retry.clone(),
-            _ => None,
-        });
-        let Some(mut unit) = retry else {
-            return false;
-        };
-        let name = &attached.lease.conn.server_name;
-        tracing::warn!(server = %name, reason = %why, "primary connection lost during a read; running it again");
-        self.proxy.pools.drop_idle(name);
-        crate::metrics::retried(name, "primary_lost", "");
-        self.proxy
-            .stats
-            .retries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.pending.clear();
-        self.held.clear();
-        self.server_streaming = 0;
-        self.server_fatal = false;
-        self.fatal_swallowed = false;
-        self.tx_status = b'I';
-        unit.retried = true;
-        self.queued.push_front(unit);
-        true
-    }
-
     /// The current server connection failed. A read that nothing of has
     /// reached the client is re-run elsewhere; otherwise the session ends.
     fn server_failed(&mut self, why: String) -> Result<(), End> {
         let Some(attached) = self.current.take() else {
             return Err(End::ServerLost(why));
         };
-        if attached.server == Server::Primary && self.rerun_lost_read(&attached, &why) {
-            return Ok(());
-        }
         if self.answer_lost_unit(&attached) {
             return Ok(());
         }
@@ -794,10 +759,18 @@ impl Session {
             self.server_fatal = false;
             return Ok(());
         }
-        let retry = match (attached.server, self.pending.back()) {
-            (Server::Replica(_), Some(Expect::Client(inflight))) => inflight.retry.clone(),
-            _ => None,
-        };
+        // A unit kept for a re-run: a replica's read at rest, or a read
+        // sent to the primary because its session's commit LSN was lost
+        // with it (the proxy's LSN query may be queued behind it).
+        let retry = self
+            .pending
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Expect::Client(inflight) => Some(inflight.retry.clone()),
+                Expect::Internal(_) => None,
+            })
+            .flatten();
         // An optimistic block on a replica moves to the primary whole, as
         // long as no answer of the unit in flight reached the client.
         let client_waiting = self.pending.iter().any(|e| matches!(e, Expect::Client(_)));
@@ -815,10 +788,16 @@ impl Session {
             return Err(End::ServerLost(why));
         }
         let name = attached.lease.conn.server_name.clone();
-        tracing::warn!(replica = %name, reason = %why, "replica failed during a read; re-running it elsewhere");
-        self.proxy.monitor.report_failure(&name, &why);
+        tracing::warn!(server = %name, reason = %why, "server failed during a read; re-running it elsewhere");
+        let lost = match attached.server {
+            Server::Replica(_) => {
+                self.proxy.monitor.report_failure(&name, &why);
+                "replica_lost"
+            }
+            Server::Primary => "primary_lost",
+        };
         self.proxy.pools.drop_idle(&name);
-        crate::metrics::retried(&name, "replica_lost", "");
+        crate::metrics::retried(&name, lost, "");
         self.proxy
             .stats
             .retries
@@ -827,6 +806,7 @@ impl Session {
         self.held.clear();
         self.server_streaming = 0;
         self.server_fatal = false;
+        self.fatal_swallowed = false;
         self.tx_status = b'I';
         if let Some(block) = self.optimistic.as_mut().filter(|_| optimistic) {
             block.phase = optimistic::Phase::Leaving;
