@@ -174,17 +174,19 @@ impl Pool {
         self: &Arc<Self>,
         preferred: Option<u64>,
     ) -> (Result<Lease, BackendError>, Duration) {
-        if let Ok(permit) = self.lent.clone().try_acquire_owned() {
-            if let Some(conn) = self.take_idle(preferred) {
-                return (Ok(self.lease(conn, permit)), Duration::ZERO);
-            }
-            let asked = std::time::Instant::now();
-            let conn = ServerConn::connect(&self.target, &self.login, self.connect_timeout).await;
-            return (conn.map(|c| self.lease(c, permit)), asked.elapsed());
-        }
+        let free = match self.lent.clone().try_acquire_owned() {
+            Ok(permit) => match self.take_idle(preferred) {
+                Some(conn) => return (Ok(self.lease(conn, permit)), Duration::ZERO),
+                None => Some(permit),
+            },
+            Err(_) => None,
+        };
         let asked = std::time::Instant::now();
         let leased = async {
-            let permit = self.permit().await?;
+            let permit = match free {
+                Some(permit) => permit,
+                None => self.permit().await?,
+            };
             let conn = match self.take_idle(preferred) {
                 Some(conn) => conn,
                 None => {

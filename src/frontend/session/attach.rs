@@ -44,13 +44,16 @@ impl Session {
         std::sync::Arc<crate::backend::pool::Pool>,
         std::sync::Arc<crate::stats::ServerCounters>,
     ) {
-        if let Some(known) = self.known.iter().find(|k| k.name == target.name) {
+        if let Some(known) = self
+            .known
+            .iter()
+            .find(|k| k.pool.server_name() == target.name)
+        {
             return (known.pool.clone(), known.counters.clone());
         }
         let pool = self.proxy.pools.get(target, &self.login);
         let counters = self.proxy.stats.server(&target.name);
         self.known.push(super::Known {
-            name: target.name.clone(),
             pool: pool.clone(),
             counters: counters.clone(),
         });
