@@ -18,12 +18,8 @@ use crate::server::ProxyHandle;
 /// Installs the Prometheus recorder for this process. Call once, before
 /// anything records; a second call (tests) gets `None`.
 pub fn install_recorder() -> Option<PrometheusHandle> {
-    let buckets = [
-        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-        0.5, 1.0, 2.5, 5.0,
-    ];
     PrometheusBuilder::new()
-        .set_buckets(&buckets)
+        .set_buckets(&crate::metrics::latency::BUCKETS_SECONDS)
         .ok()?
         .install_recorder()
         .ok()
@@ -62,8 +58,11 @@ pub async fn serve(
 }
 
 async fn metrics(State(endpoint): State<Endpoint>) -> String {
-    publish(&endpoint.proxy.get());
-    endpoint.handle.render()
+    let current = endpoint.proxy.get();
+    publish(&current);
+    let mut text = endpoint.handle.render();
+    current.stats.render_latency(&mut text);
+    text
 }
 
 /// Sets the gauges read from the proxy's state rather than recorded as

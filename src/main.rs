@@ -85,6 +85,10 @@ async fn run(config: Config, config_path: PathBuf) -> ExitCode {
     if recorder.is_some() {
         let replicas: Vec<String> = proxy.replicas.iter().map(|r| r.name.clone()).collect();
         causeway::metrics::init_series(&proxy.primary.name, &replicas);
+        // Each server's pool-wait histogram is on the page from the start.
+        for name in std::iter::once(&proxy.primary.name).chain(&replicas) {
+            proxy.stats.server(name);
+        }
     }
     proxy.start_monitor();
     let handle = ProxyHandle::new(proxy, Some(config_path));

@@ -5,6 +5,8 @@
 //! Recorded through the `metrics` facade; [`crate::http`] serves them in
 //! the Prometheus text format.
 
+pub mod latency;
+
 use std::time::Duration;
 
 use crate::replicas::Positions;
@@ -20,13 +22,6 @@ pub fn routed_counter(server: &str, primary: bool, reason: Reason) -> metrics::C
         "server" => server.to_string(),
         "reason" => reason.as_str()
     )
-}
-
-/// How long units took, from sent to answered, by route. Kept in
-/// [`crate::stats::Stats`].
-pub fn answered_histogram(primary: bool) -> metrics::Histogram {
-    let route = if primary { "primary" } else { "replica" };
-    metrics::histogram!("causeway_statement_duration_seconds", "route" => route)
 }
 
 /// A read waited for a replica to catch up.
@@ -87,12 +82,6 @@ pub fn client_disconnected() {
 
 pub fn auth_failed() {
     metrics::counter!("causeway_client_auth_failures_total").increment(1);
-}
-
-/// Time clients waited for a server connection from a pool. Kept in
-/// [`crate::stats::ServerCounters`].
-pub fn pool_wait_histogram(server: &str) -> metrics::Histogram {
-    metrics::histogram!("causeway_pool_wait_seconds", "server" => server.to_string())
 }
 
 /// Server connections per server and state, summed over a pool's databases and users.
@@ -193,11 +182,7 @@ pub fn init_series(primary: &str, replicas: &[String]) {
         zero(metrics::counter!("causeway_read_waits_total", "outcome" => outcome));
     }
     let _ = metrics::histogram!("causeway_read_wait_seconds");
-    for route in ["primary", "replica"] {
-        let _ = metrics::histogram!("causeway_statement_duration_seconds", "route" => route);
-    }
     for server in std::iter::once(primary).chain(replicas.iter().map(String::as_str)) {
-        let _ = metrics::histogram!("causeway_pool_wait_seconds", "server" => server.to_string());
         server_connections(server, 0, 0);
         zero(
             metrics::counter!("causeway_replica_poll_errors_total", "server" => server.to_string()),

@@ -428,6 +428,11 @@ pub async fn serve(
         "shutting down: waiting for sessions to reach a safe point"
     );
     let _ = drain_tx.send(true);
+    // Sessions already running hear it through their signal; one that
+    // registers after this sees the channel's value when it starts.
+    for client in handle.get().stats.clients.iter() {
+        client.signal.raise(crate::stats::SessionSignal::DRAIN);
+    }
     let timeout = Duration::from_millis(proxy.config.proxy.shutdown_timeout_ms);
     let drained = tokio::time::timeout(timeout, async {
         while sessions.join_next().await.is_some() {}

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use dashmap::DashMap;
 
 use crate::lsn::Lsn;
+use crate::metrics::latency::LatencyHistogram;
 use crate::router::Reason;
 
 /// One connected client, as `SHOW CLIENTS` lists it.
@@ -23,9 +24,36 @@ pub struct ClientInfo {
     pub application_name: String,
     pub connected_at: SystemTime,
     pub live: Mutex<ClientLive>,
-    /// The console's `KILL`: the session ends at once (a stored permit, so a
-    /// kill between two polls of the session is not lost).
-    pub kill: tokio::sync::Notify,
+    /// The console's `KILL` and the shutdown's drain, for the session.
+    pub signal: SessionSignal,
+}
+
+/// What a running session is told from outside: flags that stay raised
+/// (a kill between two looks of the session is not lost), and the
+/// session's waker. A session looks at it every turn of its loop, so
+/// looking costs one atomic load and a waker check, not a lock.
+#[derive(Debug, Default)]
+pub struct SessionSignal {
+    raised: std::sync::atomic::AtomicU8,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl SessionSignal {
+    /// The console's `KILL`: the session ends at once.
+    pub const KILL: u8 = 1;
+    /// The proxy is shutting down: the session ends at its next safe point.
+    pub const DRAIN: u8 = 2;
+
+    pub fn raise(&self, flag: u8) {
+        self.raised.fetch_or(flag, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// The flags raised so far; the task polling is woken when one is.
+    pub fn poll_raised(&self, cx: &std::task::Context<'_>) -> u8 {
+        self.waker.register(cx.waker());
+        self.raised.load(Ordering::Acquire)
+    }
 }
 
 /// What changes while the client is connected.
@@ -51,7 +79,7 @@ pub struct Stats {
     pub waits_gave_up: AtomicU64,
     pub retries: AtomicU64,
     /// `causeway_statement_duration_seconds` by route (replica, primary).
-    answered: [OnceLock<metrics::Histogram>; 2],
+    answered: [LatencyHistogram; 2],
 }
 
 /// A client's entry; removes itself when dropped.
@@ -112,10 +140,39 @@ impl Stats {
 
     /// How long a unit took, from sent to ReadyForQuery, by route.
     pub fn answered(&self, primary: bool, elapsed: std::time::Duration) {
-        self.answered[usize::from(primary)]
-            .get_or_init(|| crate::metrics::answered_histogram(primary))
-            .record(elapsed.as_secs_f64());
+        self.answered[usize::from(primary)].record(elapsed);
     }
+
+    /// Appends the latency histograms kept here to a `/metrics` page:
+    /// `causeway_statement_duration_seconds` by route and
+    /// `causeway_pool_wait_seconds` by server.
+    pub fn render_latency(&self, out: &mut String) {
+        use crate::metrics::latency::render_type;
+        const ANSWERED: &str = "causeway_statement_duration_seconds";
+        render_type(out, ANSWERED);
+        for (histogram, route) in self.answered.iter().zip(["replica", "primary"]) {
+            histogram.render(out, ANSWERED, &format!("route=\"{route}\""));
+        }
+        out.push('\n');
+        const POOL_WAIT: &str = "causeway_pool_wait_seconds";
+        render_type(out, POOL_WAIT);
+        let mut servers: Vec<Arc<ServerCounters>> =
+            self.servers.iter().map(|s| s.value().clone()).collect();
+        servers.sort_by(|a, b| a.name.cmp(&b.name));
+        for server in servers {
+            let label = format!("server=\"{}\"", escape_label(&server.name));
+            server.pool_wait.render(out, POOL_WAIT, &label);
+        }
+        out.push('\n');
+    }
+}
+
+/// A label value as the Prometheus text format writes it.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// What one unit sent to a server counts: the console's counters and the
@@ -128,7 +185,8 @@ pub struct ServerCounters {
     name: String,
     /// `causeway_statements_total` by route (replica, primary) and reason.
     routed: [[OnceLock<metrics::Counter>; Reason::ALL.len()]; 2],
-    pool_wait: OnceLock<metrics::Histogram>,
+    /// `causeway_pool_wait_seconds` of this server.
+    pool_wait: LatencyHistogram,
 }
 
 impl ServerCounters {
@@ -137,7 +195,7 @@ impl ServerCounters {
             units: AtomicU64::new(0),
             name: name.to_string(),
             routed: Default::default(),
-            pool_wait: OnceLock::new(),
+            pool_wait: LatencyHistogram::default(),
         }
     }
 
@@ -154,8 +212,6 @@ impl ServerCounters {
 
     /// A session waited this long for a connection to this server.
     pub fn pool_wait(&self, waited: std::time::Duration) {
-        self.pool_wait
-            .get_or_init(|| crate::metrics::pool_wait_histogram(&self.name))
-            .record(waited.as_secs_f64());
+        self.pool_wait.record(waited);
     }
 }

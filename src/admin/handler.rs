@@ -84,7 +84,7 @@ impl ConsoleHandler {
             }
             Command::Kill(pid) => match proxy.stats.clients.get(pid).map(|c| c.clone()) {
                 Some(client) => {
-                    client.kill.notify_one();
+                    client.signal.raise(crate::stats::SessionSignal::KILL);
                     done(command)
                 }
                 None => Err(error(

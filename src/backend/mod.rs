@@ -91,7 +91,8 @@ pub struct ServerConn {
     /// Unique in this process, so a session can ask for the same
     /// connection again.
     pub id: u64,
-    /// When it was last given back to its pool.
+    /// Idle in its pool since at least then (see
+    /// [`pool::Pools::close_idle_older_than`]).
     pub idle_since: Option<std::time::Instant>,
     /// Something the proxy sent to bring it up to date failed, so what it
     /// holds is not what `settings` says: it is closed, never lent again.

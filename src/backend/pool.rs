@@ -33,7 +33,9 @@ pub struct Pools {
 pub struct Pool {
     target: ServerTarget,
     login: Login,
-    idle: Mutex<Vec<ServerConn>>,
+    /// Boxed, so lending and giving back move a pointer, not the whole
+    /// connection.
+    idle: Mutex<Vec<Box<ServerConn>>>,
     lent: Arc<Semaphore>,
     checkout_timeout: Duration,
     connect_timeout: Duration,
@@ -43,7 +45,7 @@ pub struct Pool {
 /// dropping it closes the connection and frees its place.
 #[derive(Debug)]
 pub struct Lease {
-    pub conn: ServerConn,
+    pub conn: Box<ServerConn>,
     pub pool: Arc<Pool>,
     _permit: OwnedSemaphorePermit,
 }
@@ -103,14 +105,17 @@ impl Pools {
         }
     }
 
-    /// Closes connections idle for longer than `timeout`.
+    /// Closes connections idle for longer than `timeout`. A connection is
+    /// stamped by the first sweep that finds it idle, not when it is given
+    /// back (which would read the clock for every transaction): it closes
+    /// between `timeout` and `timeout` plus one sweep period after.
     pub fn close_idle_older_than(&self, timeout: Duration) {
         let now = std::time::Instant::now();
         for pool in self.pools.iter() {
             if let Ok(mut idle) = pool.idle.lock() {
-                idle.retain(|c| {
-                    c.idle_since
-                        .is_none_or(|at| now.duration_since(at) < timeout)
+                idle.retain_mut(|c| {
+                    let since = *c.idle_since.get_or_insert(now);
+                    now.duration_since(since) < timeout
                 });
             }
         }
@@ -149,7 +154,7 @@ impl Pool {
     pub async fn checkout_new(self: &Arc<Self>) -> Result<Lease, BackendError> {
         let permit = self.permit().await?;
         let conn = ServerConn::connect(&self.target, &self.login, self.connect_timeout).await?;
-        Ok(self.lease(conn, permit))
+        Ok(self.lease(Box::new(conn), permit))
     }
 
     async fn permit(&self) -> Result<OwnedSemaphorePermit, BackendError> {
@@ -189,9 +194,9 @@ impl Pool {
             };
             let conn = match self.take_idle(preferred) {
                 Some(conn) => conn,
-                None => {
-                    ServerConn::connect(&self.target, &self.login, self.connect_timeout).await?
-                }
+                None => Box::new(
+                    ServerConn::connect(&self.target, &self.login, self.connect_timeout).await?,
+                ),
             };
             Ok(self.lease(conn, permit))
         }
@@ -202,7 +207,7 @@ impl Pool {
     /// An idle connection, `preferred` if it is there. Connections closed
     /// or talking while idle (a server shutting down sends FATAL to every
     /// connection) are dropped, never lent.
-    fn take_idle(&self, preferred: Option<u64>) -> Option<ServerConn> {
+    fn take_idle(&self, preferred: Option<u64>) -> Option<Box<ServerConn>> {
         let mut idle = self.idle.lock().ok()?;
         if let Some(i) = preferred.and_then(|id| idle.iter().rposition(|c| c.id == id)) {
             let mut conn = idle.swap_remove(i);
@@ -218,7 +223,7 @@ impl Pool {
         None
     }
 
-    fn lease(self: &Arc<Self>, conn: ServerConn, permit: OwnedSemaphorePermit) -> Lease {
+    fn lease(self: &Arc<Self>, conn: Box<ServerConn>, permit: OwnedSemaphorePermit) -> Lease {
         Lease {
             conn,
             pool: self.clone(),
@@ -241,7 +246,7 @@ impl Lease {
             tracing::warn!(server = %conn.server_name, "closing a server connection whose session state is unknown");
             return;
         }
-        conn.idle_since = Some(std::time::Instant::now());
+        conn.idle_since = None;
         if let Ok(mut idle) = pool.idle.lock() {
             idle.push(conn);
         };

@@ -333,13 +333,13 @@ impl Session {
         if let Some((i, reason)) = picked {
             return Ok(Some((Server::Replica(i), label(reason))));
         }
-        let now = std::time::Instant::now();
-        let (any, worth_waiting) = proxy
-            .monitor
-            .with_positions(|p| (router::any_healthy(p), router::worth_waiting(p, now)));
-        if !any {
+        // The clock is read only if some replica could serve it later.
+        let worth_waiting = proxy.monitor.with_positions(|p| {
+            router::any_healthy(p).then(|| router::worth_waiting(p, std::time::Instant::now()))
+        });
+        let Some(worth_waiting) = worth_waiting else {
             return Ok(Some((Server::Primary, Reason::NoReplica)));
-        }
+        };
         match policy.on_stale {
             OnStale::Primary => Ok(Some((Server::Primary, Reason::Stale))),
             // Every replica is paused or stuck: waiting cannot help.
@@ -380,8 +380,8 @@ impl Session {
         server: Server,
         reason: Reason,
     ) -> Result<Server, End> {
-        let deadline = std::time::Instant::now()
-            + std::time::Duration::from_millis(self.proxy.config.pool.query_wait_timeout_ms);
+        // Read from the clock only once a unit has to wait.
+        let mut deadline = None;
         loop {
             match self.attach(server).await {
                 Err(End::NoServer { code, .. })
@@ -389,7 +389,13 @@ impl Session {
                         && matches!(reason, Reason::CausalUnknown | Reason::Retry)
                         && unit.facts.is_read()
                         && self.may_refuse_unit(unit)
-                        && std::time::Instant::now() < deadline =>
+                        && std::time::Instant::now()
+                            < *deadline.get_or_insert_with(|| {
+                                std::time::Instant::now()
+                                    + std::time::Duration::from_millis(
+                                        self.proxy.config.pool.query_wait_timeout_ms,
+                                    )
+                            }) =>
                 {
                     let pause = std::time::Duration::from_millis(
                         self.proxy.config.routing.poll_interval_ms.max(1),

@@ -42,6 +42,7 @@ use crate::protocol::FrameError;
 use crate::replicas::Mark;
 use crate::router::{Effect, Server};
 use crate::server::Proxy;
+use crate::stats::SessionSignal;
 use responses::{Expect, InFlight};
 use state::SessionState;
 use units::{Unit, UnitBuilder};
@@ -225,7 +226,7 @@ pub async fn run(
     proxy: Arc<Proxy>,
     mut io: ClientIo,
     ready: Ready,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     if let Some(refusal) = greeting::over_client_limits(&proxy, &ready) {
         refuse(&mut io, refusal).await;
@@ -362,7 +363,7 @@ pub async fn run(
             client_id: client_id.clone(),
             ..Default::default()
         }),
-        kill: tokio::sync::Notify::new(),
+        signal: crate::stats::SessionSignal::default(),
     });
     let lease_id = lease.conn.id;
     let counters = proxy.stats.server(&lease.conn.server_name);
@@ -439,7 +440,7 @@ pub async fn run(
     };
     session.set_cancel_target();
     crate::metrics::client_connected();
-    let end = session.relay(&mut shutdown).await;
+    let end = session.relay().await;
     session.proxy.pause.set_busy(session.busy, false);
     session.finish(end).await;
     crate::metrics::client_disconnected();
@@ -483,12 +484,11 @@ impl Session {
             }));
     }
 
-    async fn relay(&mut self, shutdown: &mut watch::Receiver<bool>) -> End {
-        // Futures that live as long as the loop: made once, so that a turn
-        // neither registers with each notifier again nor reads the clock.
+    async fn relay(&mut self) -> End {
+        // KILL and the shutdown's drain come through the client's signal.
         let info = self.entry.info.clone();
-        let mut killed = std::pin::pin!(info.kill.notified());
-        let mut shutdown_changed = std::pin::pin!(shutdown.changed());
+        // A timer that lives as long as the loop, so a turn does not read
+        // the clock.
         let idle_limit = std::time::Duration::from_millis(
             self.proxy
                 .config
@@ -602,7 +602,8 @@ impl Session {
                         return Poll::Ready(Event::ClientRead(r));
                     }
                 }
-                if !draining && shutdown_changed.as_mut().poll(cx).is_ready() {
+                let raised = info.signal.poll_raised(cx);
+                if !draining && raised & SessionSignal::DRAIN != 0 {
                     return Poll::Ready(Event::Shutdown);
                 }
                 if let Some(changed) = pause_changed.as_mut() {
@@ -610,7 +611,7 @@ impl Session {
                         return Poll::Ready(Event::PauseChanged);
                     }
                 }
-                if killed.as_mut().poll(cx).is_ready() {
+                if raised & SessionSignal::KILL != 0 {
                     return Poll::Ready(Event::Killed);
                 }
                 if idle_in_transaction && idle_timer.as_mut().poll(cx).is_ready() {

@@ -483,7 +483,9 @@ impl Session {
             return;
         }
         const REASON: &str = "refused by a replica";
-        unit.facts.write_reason.get_or_insert(REASON);
+        std::sync::Arc::make_mut(&mut unit.facts)
+            .write_reason
+            .get_or_insert(REASON);
         let mut texts: Vec<String> = super::units::sql_texts(&unit.bytes)
             .into_iter()
             .map(str::to_string)

@@ -13,14 +13,16 @@ use crate::router::facts::SharedFacts;
 use crate::router::UnitFacts;
 
 /// One unit of client work, ready to route.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Unit {
     /// The client's messages, as they came.
     pub bytes: Bytes,
     /// Ends in Query, Sync or FunctionCall: the server will answer with
     /// ReadyForQuery. False for a batch cut at Flush.
     pub synced: bool,
-    pub facts: UnitFacts,
+    /// Shared with the facts cache until something of this unit's own
+    /// changes them (see [`merge_facts`]).
+    pub facts: SharedFacts,
     /// A lone simple-protocol `BEGIN`, which the session may hold back until
     /// it knows where the transaction should run.
     pub lone_begin: bool,
@@ -42,6 +44,39 @@ pub struct Unit {
     pub retried: bool,
     /// A `causeway.*` statement the proxy answers itself.
     pub local: Option<super::local::Local>,
+}
+
+/// The facts of a unit that has none yet: it reads. One shared value, so
+/// that starting a unit allocates nothing.
+static NO_FACTS: std::sync::LazyLock<SharedFacts> =
+    std::sync::LazyLock::new(|| Arc::new(UnitFacts::read()));
+
+impl Default for Unit {
+    fn default() -> Unit {
+        Unit {
+            bytes: Bytes::new(),
+            synced: false,
+            facts: NO_FACTS.clone(),
+            lone_begin: false,
+            begin_with_modes: false,
+            uses: Vec::new(),
+            parses: Vec::new(),
+            sql_prepares: Vec::new(),
+            closes: Vec::new(),
+            retried: false,
+            local: None,
+        }
+    }
+}
+
+/// Adds a statement's facts to a unit's: the statement's own shared value
+/// when the unit had none yet, else a copy of the unit's that is changed.
+pub fn merge_facts(facts: &mut SharedFacts, more: &SharedFacts) {
+    if Arc::ptr_eq(facts, &NO_FACTS) {
+        *facts = more.clone();
+    } else {
+        Arc::make_mut(facts).merge(more);
+    }
 }
 
 impl Unit {
@@ -138,7 +173,7 @@ impl UnitBuilder {
                 b'Q' => {
                     self.finish_batch(out, false);
                     let sql = cstr(body);
-                    let facts = (*source.facts(sql)).clone();
+                    let mut facts = source.facts(sql);
                     let lone_begin = facts.begin == Some(false)
                         && facts.effects.is_empty()
                         && !facts.ends_tx
@@ -157,7 +192,6 @@ impl UnitBuilder {
                         begin_with_modes,
                         ..Unit::default()
                     };
-                    let mut facts = facts;
                     for effect in &facts.effects {
                         if let crate::router::Effect::Prepare { name, sql, inner } = effect {
                             let prepared = Prepared::new(Replay::Sql(sql.clone()), inner.clone());
@@ -166,10 +200,15 @@ impl UnitBuilder {
                     }
                     // EXECUTE runs a prepared statement: route it by that
                     // statement's own facts.
-                    for name in facts.executes.clone() {
-                        match state.prepared.get(&name) {
-                            Some(prepared) => facts.merge(&prepared.facts),
-                            None => facts.merge(&UnitFacts::write("unknown prepared statement")),
+                    if !facts.executes.is_empty() {
+                        let facts = Arc::make_mut(&mut facts);
+                        for name in facts.executes.clone() {
+                            match state.prepared.get(&name) {
+                                Some(prepared) => facts.merge(&prepared.facts),
+                                None => {
+                                    facts.merge(&UnitFacts::write("unknown prepared statement"))
+                                }
+                            }
                         }
                     }
                     unit.facts = facts;
@@ -180,7 +219,7 @@ impl UnitBuilder {
                     out.push_back(Unit {
                         bytes: message.freeze(),
                         synced: true,
-                        facts: UnitFacts::write("function call"),
+                        facts: Arc::new(UnitFacts::write("function call")),
                         ..Unit::default()
                     });
                 }
@@ -226,7 +265,7 @@ fn extended_message(
             let name = std::str::from_utf8(name).unwrap_or("");
             let sql = cstr(rest);
             let facts = source.facts(sql);
-            unit.facts.merge(&facts);
+            merge_facts(&mut unit.facts, &facts);
             if unit.parses.is_empty() {
                 unit.local = super::local::parse(sql);
             } else {
@@ -275,7 +314,8 @@ fn bind_settings(unit: &mut Unit, bind: &[u8]) {
     }
     let params = crate::protocol::messages::bind_text_parameters(bind);
     let mut pin = false;
-    for effect in unit.facts.effects.iter_mut() {
+    let facts = Arc::make_mut(&mut unit.facts);
+    for effect in facts.effects.iter_mut() {
         let Effect::SetFromParameter { name, param } = effect else {
             continue;
         };
@@ -296,9 +336,9 @@ fn bind_settings(unit: &mut Unit, bind: &[u8]) {
         }
     }
     if pin {
-        unit.facts.effects.retain(|e| !unresolved(e));
-        if !unit.facts.pins.contains(&crate::router::facts::SET_CONFIG) {
-            unit.facts.pins.push(crate::router::facts::SET_CONFIG);
+        facts.effects.retain(|e| !unresolved(e));
+        if !facts.pins.contains(&crate::router::facts::SET_CONFIG) {
+            facts.pins.push(crate::router::facts::SET_CONFIG);
         }
     }
 }
@@ -362,16 +402,16 @@ fn use_statement(unit: &mut Unit, name: &str, state: &SessionState) {
     }
     match state.prepared.get(name) {
         Some(prepared) => {
-            unit.facts.merge(&prepared.facts);
+            merge_facts(&mut unit.facts, &prepared.facts);
             if !unit.uses.iter().any(|u| u == name) {
                 unit.uses.push(name.to_string());
             }
         }
         // Unknown here: the server will say it does not exist; any server
         // can say that, the primary is as good as any.
-        None => unit
-            .facts
-            .merge(&UnitFacts::write("unknown prepared statement")),
+        None => {
+            Arc::make_mut(&mut unit.facts).merge(&UnitFacts::write("unknown prepared statement"))
+        }
     }
 }
 
