@@ -24,6 +24,8 @@ pub struct ClientInfo {
     pub application_name: String,
     pub connected_at: SystemTime,
     pub live: Mutex<ClientLive>,
+    /// Units sent to a server so far.
+    pub units: AtomicU64,
     /// The console's `KILL` and the shutdown's drain, for the session.
     pub signal: SessionSignal,
 }
@@ -62,8 +64,8 @@ pub struct ClientLive {
     pub client_id: Option<String>,
     /// The server it is using now, if any.
     pub server: Option<String>,
+    /// The commit LSN of its last write.
     pub causal: Option<Lsn>,
-    pub units: u64,
 }
 
 /// Counters since start.

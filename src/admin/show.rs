@@ -56,7 +56,7 @@ fn clients(proxy: &Proxy) -> Vec<Row> {
                 live.client_id.clone(),
                 live.server.clone(),
                 live.causal.map(|l| l.to_string()),
-                text(live.units),
+                text(c.units.load(std::sync::atomic::Ordering::Relaxed)),
                 text(
                     now.duration_since(c.connected_at)
                         .map(|d| d.as_secs())

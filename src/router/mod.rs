@@ -134,10 +134,11 @@ pub struct Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Primary(Reason),
-    /// A replica that has replayed `causal` (any within max lag if `None`),
-    /// or, when `any_replica`, any healthy replica at all (a hint).
+    /// A replica that has replayed the session's causal LSN (any within
+    /// max lag if it has none), or, when `any_replica`, any healthy
+    /// replica at all (a hint). Which one is `pick_replica`'s choice, made
+    /// with the causal LSN read then.
     Replica {
-        causal: Option<Lsn>,
         any_replica: bool,
         read_only_block: bool,
     },
@@ -148,8 +149,6 @@ pub enum Decision {
 pub struct SessionView {
     /// Holds state only its server has (LISTEN, temp table...).
     pub pinned: bool,
-    /// The session's causal LSN, `None` when it never wrote.
-    pub causal: Option<Lsn>,
     /// Its transactions are SERIALIZABLE by default (setting, role or
     /// database default, or learned from a replica's refusal).
     pub serializable: bool,
@@ -184,7 +183,6 @@ pub fn decide(facts: &UnitFacts, session: &SessionView) -> Decision {
         Some(facts::Hint::Primary) => return Decision::Primary(Reason::Hint),
         Some(facts::Hint::Replica) if facts.is_read() && !session.serializable => {
             return Decision::Replica {
-                causal: None,
                 any_replica: true,
                 read_only_block: false,
             }
@@ -193,7 +191,6 @@ pub fn decide(facts: &UnitFacts, session: &SessionView) -> Decision {
     }
     if session.opens_read_only_block(facts) {
         return Decision::Replica {
-            causal: session.causal,
             any_replica: false,
             read_only_block: true,
         };
@@ -203,7 +200,6 @@ pub fn decide(facts: &UnitFacts, session: &SessionView) -> Decision {
             return Decision::Primary(Reason::Serializable);
         }
         return Decision::Replica {
-            causal: session.causal,
             any_replica: false,
             read_only_block: false,
         };
@@ -473,20 +469,16 @@ mod tests {
         assert!(worth_waiting(&positions(vec![replaying]), now));
     }
 
-    fn session(causal: Option<Lsn>) -> SessionView {
-        SessionView {
-            causal,
-            ..SessionView::default()
-        }
+    fn session() -> SessionView {
+        SessionView::default()
     }
 
     #[test]
     fn decisions_follow_the_facts() {
         let read = UnitFacts::read();
         assert_eq!(
-            decide(&read, &session(Some(Lsn(7)))),
+            decide(&read, &session()),
             Decision::Replica {
-                causal: Some(Lsn(7)),
                 any_replica: false,
                 read_only_block: false
             }
@@ -497,22 +489,16 @@ mod tests {
         };
         assert_eq!(decide(&read, &pinned), Decision::Primary(Reason::Pinned));
         let write = UnitFacts::write("insert");
-        assert_eq!(
-            decide(&write, &session(None)),
-            Decision::Primary(Reason::Write)
-        );
+        assert_eq!(decide(&write, &session()), Decision::Primary(Reason::Write));
         let mut hinted = UnitFacts::write("insert");
         hinted.hint = Some(facts::Hint::Replica);
         assert_eq!(
-            decide(&hinted, &session(None)),
+            decide(&hinted, &session()),
             Decision::Primary(Reason::Write)
         );
         let mut hinted = UnitFacts::read();
         hinted.hint = Some(facts::Hint::Primary);
-        assert_eq!(
-            decide(&hinted, &session(None)),
-            Decision::Primary(Reason::Hint)
-        );
+        assert_eq!(decide(&hinted, &session()), Decision::Primary(Reason::Hint));
     }
 
     #[test]
@@ -534,7 +520,7 @@ mod tests {
         );
         let begin = facts::from_sql("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", &[]);
         assert_eq!(
-            decide(&begin, &session(None)),
+            decide(&begin, &session()),
             Decision::Primary(Reason::Serializable)
         );
         let begin = facts::from_sql("BEGIN READ ONLY", &[]);
@@ -544,7 +530,7 @@ mod tests {
         );
         let begin = facts::from_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", &[]);
         assert!(matches!(
-            decide(&begin, &session(None)),
+            decide(&begin, &session()),
             Decision::Replica {
                 read_only_block: true,
                 ..
@@ -565,7 +551,7 @@ mod tests {
         ] {
             let facts = facts::from_sql(sql, &[]);
             assert!(read_only.opens_read_only_block(&facts), "{sql}");
-            assert!(!session(None).opens_read_only_block(&facts), "{sql}");
+            assert!(!session().opens_read_only_block(&facts), "{sql}");
         }
         for sql in [
             "BEGIN READ WRITE",

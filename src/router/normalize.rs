@@ -96,10 +96,10 @@ fn scan(sql: &str, out: &mut String) -> Option<()> {
                 let start = i;
                 i += 1;
                 while let Some(&c) = bytes.get(i) {
-                    match c {
-                        b'\'' | b'"' | b'-' | b'/' | b'$' => break,
-                        b'0'..=b'9' if !ident(bytes[i - 1]) => break,
-                        _ => i += 1,
+                    match STOPS[usize::from(c)] {
+                        ORDINARY => i += 1,
+                        DIGIT if ident(bytes[i - 1]) => i += 1,
+                        _ => break,
                     }
                 }
                 out.push_str(sql.get(start..i)?);
@@ -108,6 +108,29 @@ fn scan(sql: &str, out: &mut String) -> Option<()> {
     }
     Some(())
 }
+
+const ORDINARY: u8 = 0;
+const STOP: u8 = 1;
+const DIGIT: u8 = 2;
+
+/// What each byte is to a run of ordinary text: part of it, a digit (a
+/// number starts there unless it ends a name), or a byte that may start a
+/// literal, a quoted name, a comment or a parameter. One table load per
+/// byte: every simple-protocol statement is scanned.
+static STOPS: [u8; 256] = {
+    let mut table = [ORDINARY; 256];
+    table[b'\'' as usize] = STOP;
+    table[b'"' as usize] = STOP;
+    table[b'-' as usize] = STOP;
+    table[b'/' as usize] = STOP;
+    table[b'$' as usize] = STOP;
+    let mut digit = b'0';
+    while digit <= b'9' {
+        table[digit as usize] = DIGIT;
+        digit += 1;
+    }
+    table
+};
 
 /// Index just past the quote closing a string whose body starts at `from`.
 fn string_end(bytes: &[u8], from: usize, escapes: bool) -> Option<usize> {

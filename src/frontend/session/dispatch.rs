@@ -182,7 +182,6 @@ impl Session {
     pub(super) fn view(&self) -> router::SessionView {
         router::SessionView {
             pinned: !self.pinned.is_empty(),
-            causal: self.effective_causal(),
             serializable: self.serializable_refused
                 || self.state.serializable(&self.role_isolation),
             read_only_blocks: self.declared_read_only,
@@ -211,6 +210,7 @@ impl Session {
                     self.causal = None;
                 }
                 self.client_id = id.clone();
+                self.shown = None;
                 Answer::Set
             }
             Local::MinLsn(None) => Answer::Set,
@@ -461,18 +461,21 @@ impl Session {
         attached
             .counters
             .routed(&self.proxy.stats, server == Server::Primary, reason);
-        let causal = self.effective_causal();
-        let client_id = &self.client_id;
-        self.entry.update(|live| {
-            if live.server.as_deref() != Some(server_name) {
-                live.server = Some(server_name.to_string());
-            }
-            live.units += 1;
-            live.causal = causal;
-            if live.client_id != *client_id {
-                live.client_id.clone_from(client_id);
-            }
-        });
+        self.entry.info.units.fetch_add(1, Ordering::Relaxed);
+        let shown = (attached.lease.conn.id, self.causal.map(|m| m.lsn));
+        if self.shown != Some(shown) {
+            self.shown = Some(shown);
+            let client_id = &self.client_id;
+            self.entry.update(|live| {
+                if live.server.as_deref() != Some(server_name) {
+                    live.server = Some(server_name.to_string());
+                }
+                live.causal = shown.1;
+                if live.client_id != *client_id {
+                    live.client_id.clone_from(client_id);
+                }
+            });
+        }
         if tracing::enabled!(tracing::Level::DEBUG) {
             let session = self
                 .causal

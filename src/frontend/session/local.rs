@@ -28,8 +28,11 @@ pub enum Local {
 pub fn parse(sql: &str) -> Option<Local> {
     // Every statement passes here: rule out the rest without allocating.
     let bytes = sql.as_bytes();
-    let mentions = (8..bytes.len())
-        .any(|i| bytes[i] == b'.' && bytes[i - 8..i].eq_ignore_ascii_case(b"causeway"));
+    // Dots are few: find them with memchr, then look behind each.
+    let mentions = bytes.contains(&b'.')
+        && sql
+            .match_indices('.')
+            .any(|(i, _)| i >= 8 && bytes[i - 8..i].eq_ignore_ascii_case(b"causeway"));
     if !mentions {
         return None;
     }

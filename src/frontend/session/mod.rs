@@ -219,6 +219,9 @@ struct Session {
     bytes_sent: metrics::Counter,
     /// This client in `SHOW CLIENTS`.
     entry: crate::stats::ClientEntry,
+    /// The connection and causal LSN `entry` shows, so that it is written
+    /// only when they change; `None` makes the next unit write it.
+    shown: Option<(u64, Option<Lsn>)>,
 }
 
 /// Runs a logged-in client's session to its end.
@@ -363,6 +366,7 @@ pub async fn run(
             client_id: client_id.clone(),
             ..Default::default()
         }),
+        units: std::sync::atomic::AtomicU64::new(0),
         signal: crate::stats::SessionSignal::default(),
     });
     let lease_id = lease.conn.id;
@@ -437,6 +441,7 @@ pub async fn run(
         bytes_received: metrics::counter!("causeway_client_bytes_received_total"),
         bytes_sent: metrics::counter!("causeway_client_bytes_sent_total"),
         entry,
+        shown: None,
     };
     session.set_cancel_target();
     crate::metrics::client_connected();

@@ -93,6 +93,16 @@ pub struct InFlight {
     pub copy_in: bool,
 }
 
+/// Most units change no state: their lists are empty, and copying an
+/// empty list should cost nothing.
+fn clone_unless_empty<T: Clone>(list: &[T]) -> Vec<T> {
+    if list.is_empty() {
+        Vec::new()
+    } else {
+        list.to_vec()
+    }
+}
+
 impl InFlight {
     pub fn new(unit: &Unit, server: Server, started_at_rest: bool) -> InFlight {
         InFlight {
@@ -100,10 +110,10 @@ impl InFlight {
             started_at_rest,
             writes: unit.facts.writes(),
             tx_wrote: unit.facts.writes(),
-            effects: unit.facts.effects.clone(),
-            parses: unit.parses.clone(),
-            sql_prepares: unit.sql_prepares.clone(),
-            closes: unit.closes.clone(),
+            effects: clone_unless_empty(&unit.facts.effects),
+            parses: clone_unless_empty(&unit.parses),
+            sql_prepares: clone_unless_empty(&unit.sql_prepares),
+            closes: clone_unless_empty(&unit.closes),
             retry: None,
             refused: false,
             refusal: None,

@@ -83,6 +83,9 @@ impl Unit {
     /// Names this unit creates (Parse or PREPARE), which must be free on
     /// the server before it runs.
     pub fn creates(&self) -> Vec<String> {
+        if self.parses.is_empty() && self.sql_prepares.is_empty() {
+            return Vec::new();
+        }
         let mut names: Vec<String> = self
             .parses
             .iter()
@@ -95,6 +98,9 @@ impl Unit {
 
     /// Named statements to have on the server first.
     pub fn needs(&self) -> Vec<String> {
+        if self.uses.is_empty() && self.facts.executes.is_empty() {
+            return Vec::new();
+        }
         let mut names = self.uses.clone();
         names.extend(self.facts.executes.iter().cloned());
         names
@@ -419,8 +425,9 @@ fn use_statement(unit: &mut Unit, name: &str, state: &SessionState) {
 /// there is no terminator or it is not UTF-8: such SQL is unparsable, which
 /// routes it to the primary).
 fn cstr(body: &[u8]) -> &str {
-    let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
-    std::str::from_utf8(&body[..end]).unwrap_or("")
+    // memchr for the terminator: every statement's text passes here.
+    let text = std::ffi::CStr::from_bytes_until_nul(body).map_or(body, |c| c.to_bytes());
+    std::str::from_utf8(text).unwrap_or("")
 }
 
 fn is_lone_begin(sql: &str) -> bool {
