@@ -5,6 +5,7 @@
 //! connection the client is using at that moment, with that server's key.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
@@ -22,7 +23,17 @@ pub struct CancelTarget {
 }
 
 /// The server a client is using now; the session updates it as it moves.
-pub type CurrentServer = Arc<Mutex<Option<CancelTarget>>>;
+pub type CurrentServer = Arc<Current>;
+
+/// The last server connection a client used, and whether it is using it
+/// now. A transaction-pooled client takes and gives back a connection for
+/// every transaction, mostly the same one: then only the flag changes,
+/// without a lock.
+#[derive(Debug, Default)]
+pub struct Current {
+    target: Mutex<Option<CancelTarget>>,
+    active: AtomicBool,
+}
 
 /// Maps the keys the proxy handed out to the clients' current servers.
 #[derive(Debug, Default)]
@@ -36,6 +47,8 @@ pub struct CancelKey {
     pub pid: i32,
     pub secret: i32,
     pub current: CurrentServer,
+    /// What `current.target` holds, known without its lock.
+    last: Option<CancelTarget>,
     registry: Arc<CancelRegistry>,
 }
 
@@ -46,10 +59,18 @@ impl Drop for CancelKey {
 }
 
 impl CancelKey {
-    pub fn set(&self, target: Option<CancelTarget>) {
-        if let Ok(mut current) = self.current.lock() {
-            *current = target;
+    pub fn set(&mut self, target: Option<CancelTarget>) {
+        let Some(target) = target else {
+            self.current.active.store(false, Ordering::Release);
+            return;
+        };
+        if self.last != Some(target) {
+            if let Ok(mut current) = self.current.target.lock() {
+                *current = Some(target);
+            }
+            self.last = Some(target);
         }
+        self.current.active.store(true, Ordering::Release);
     }
 }
 
@@ -61,7 +82,7 @@ impl CancelRegistry {
             // Positive pids look like real backend pids to tools that print them.
             let pid = rng.gen_range(1..i32::MAX);
             let secret = rng.gen::<i32>();
-            let current: CurrentServer = Arc::new(Mutex::new(None));
+            let current: CurrentServer = Arc::default();
             let entry = self.by_pid.entry(pid);
             if let dashmap::Entry::Vacant(slot) = entry {
                 slot.insert((secret, current.clone()));
@@ -69,6 +90,7 @@ impl CancelRegistry {
                     pid,
                     secret,
                     current,
+                    last: None,
                     registry: self.clone(),
                 };
             }
@@ -83,7 +105,10 @@ impl CancelRegistry {
         if *known_secret != secret {
             return None;
         }
-        current.lock().ok().and_then(|c| *c)
+        if !current.active.load(Ordering::Acquire) {
+            return None;
+        }
+        current.target.lock().ok().and_then(|c| *c)
     }
 }
 
@@ -107,7 +132,7 @@ mod tests {
     #[test]
     fn lookup_needs_the_right_secret_and_a_current_server() {
         let registry = Arc::new(CancelRegistry::default());
-        let key = registry.register();
+        let mut key = registry.register();
         assert_eq!(registry.lookup(key.pid, key.secret), None);
         let target = CancelTarget {
             addr: SocketAddr::from(([127, 0, 0, 1], 5433)),
@@ -117,6 +142,14 @@ mod tests {
         key.set(Some(target));
         assert_eq!(registry.lookup(key.pid, key.secret), Some(target));
         assert_eq!(registry.lookup(key.pid, key.secret.wrapping_add(1)), None);
+        // Given back, then the same connection again, then another.
+        key.set(None);
+        assert_eq!(registry.lookup(key.pid, key.secret), None);
+        key.set(Some(target));
+        assert_eq!(registry.lookup(key.pid, key.secret), Some(target));
+        let other = CancelTarget { pid: 43, ..target };
+        key.set(Some(other));
+        assert_eq!(registry.lookup(key.pid, key.secret), Some(other));
         let pid = key.pid;
         drop(key);
         assert_eq!(registry.lookup(pid, 0), None);

@@ -82,7 +82,7 @@ pub struct ServerConn {
     pub settings: BTreeMap<String, String>,
     /// Prepared statements this connection has (name -> hash of how they
     /// were prepared).
-    pub prepared: HashMap<String, u64>,
+    pub prepared: HashMap<String, u64, foldhash::fast::RandomState>,
     /// The server's BackendKeyData, for cancelling its queries.
     pub backend_pid: i32,
     pub backend_secret: i32,
@@ -187,7 +187,7 @@ impl ServerConn {
             rbuf: BytesMut::with_capacity(16 * 1024),
             params: HashMap::new(),
             settings: BTreeMap::new(),
-            prepared: HashMap::new(),
+            prepared: HashMap::default(),
             backend_pid: 0,
             backend_secret: 0,
             peer,

@@ -235,15 +235,30 @@ impl FactsCache {
 /// own text is not found by the key of `SELECT set_config('a', 'x',
 /// false)`, nor `EXPLAIN (ANALYZE 0) ...` by that of `(ANALYZE 1)`.
 pub fn cached(cache: &FactsCache, sql: &str, extra_write_functions: &[String]) -> SharedFacts {
+    if sql.len() > FactsCache::MAX_CACHED_SQL_BYTES {
+        // Never kept, under its text or its key: classified every time.
+        return Arc::new(from_sql(sql, extra_write_functions));
+    }
     if let Some(found) = cache.map.get(sql) {
         return found.clone();
     }
-    let mut key = String::with_capacity(sql.len() + 1);
-    key.push('\0');
-    let key = super::normalize::write_literal_blind_key(sql, &mut key).then_some(key);
-    if let Some(found) = key.as_deref().and_then(|k| cache.map.get(k)) {
-        return found.clone();
+    // The key is built in a buffer kept per thread: most lookups hit, and
+    // a hit should not allocate.
+    thread_local! {
+        static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
+    let hit = KEY.with_borrow_mut(|key| {
+        key.clear();
+        key.push('\0');
+        let scanned = super::normalize::write_literal_blind_key(sql, key);
+        let found = scanned.then(|| cache.map.get(key.as_str()).map(|f| f.clone()));
+        (scanned, found.flatten())
+    });
+    let key = match hit {
+        (_, Some(found)) => return found,
+        (true, None) => KEY.with_borrow(|key| Some(key.clone())),
+        (false, None) => None,
+    };
     let facts = from_sql(sql, extra_write_functions);
     // Two literals decide a verdict, and may be written as strings or
     // numbers: set_config's third argument (is_local) whether it pins the

@@ -95,10 +95,15 @@ fn scan(sql: &str, out: &mut String) -> Option<()> {
                 // character boundary.
                 let start = i;
                 i += 1;
-                while let Some(&c) = bytes.get(i) {
-                    match STOPS[usize::from(c)] {
-                        ORDINARY => i += 1,
-                        DIGIT if ident(bytes[i - 1]) => i += 1,
+                loop {
+                    let rest = bytes.get(i..).unwrap_or_default();
+                    i += rest
+                        .iter()
+                        .position(|&c| STOPS[usize::from(c)] != ORDINARY)
+                        .unwrap_or(rest.len());
+                    match bytes.get(i) {
+                        // A digit inside a name (`t1`, `$2`) is part of it.
+                        Some(&c) if STOPS[usize::from(c)] == DIGIT && ident(bytes[i - 1]) => i += 1,
                         _ => break,
                     }
                 }

@@ -480,7 +480,7 @@ impl Session {
             && self.to_server.is_empty()
     }
 
-    fn set_cancel_target(&self) {
+    fn set_cancel_target(&mut self) {
         self.cancel
             .set(self.current.as_ref().map(|a| crate::cancel::CancelTarget {
                 addr: a.lease.conn.peer,

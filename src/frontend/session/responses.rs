@@ -93,6 +93,20 @@ pub struct InFlight {
     pub copy_in: bool,
 }
 
+/// The length of the whole RowDescription and DataRow messages at the
+/// start of `buf`.
+fn whole_rows(buf: &[u8]) -> Result<usize, FrameError> {
+    let mut run = 0;
+    while let Some(header) = protocol::backend_header(&buf[run..])? {
+        let len = header.wire_len();
+        if !matches!(header.tag, b'T' | b'D') || buf.len() - run < len {
+            break;
+        }
+        run += len;
+    }
+    Ok(run)
+}
+
 /// Most units change no state: their lists are empty, and copying an
 /// empty list should cost nothing.
 fn clone_unless_empty<T: Clone>(list: &[T]) -> Vec<T> {
@@ -228,13 +242,25 @@ impl Session {
                 }
                 return Ok(());
             }
+            if matches!(header.tag, b'T' | b'D')
+                && matches!(self.pending.front(), Some(Expect::Client(_)))
+            {
+                // A client unit's rows and their description: nothing in
+                // them is read, so a run of them passes on at once.
+                let run = len + whole_rows(&rbuf[len..])?;
+                self.pass_on(&rbuf[..run]);
+                rbuf.advance(run);
+                continue;
+            }
             // Read in place: splitting it off would make the buffer shared.
             self.handle_message(header.tag, &rbuf[..len]);
             rbuf.advance(len);
         }
     }
 
-    /// Sends answer bytes where the current request's answers go.
+    /// Sends answer bytes where the current request's answers go (whole
+    /// messages, or a run of them: what it does to bytes does not depend on
+    /// where messages begin).
     fn pass_on(&mut self, bytes: &[u8]) {
         if let Some(Expect::Client(inflight)) = self.pending.front_mut() {
             if let Some(digest) = inflight.digest.as_mut() {
@@ -502,8 +528,8 @@ impl Session {
             .collect();
         // Statements prepared earlier: their text is in how they were
         // prepared, and their facts in the session.
-        for name in unit.needs() {
-            let Some(prepared) = self.state.prepared.get_mut(&name) else {
+        for name in unit.needs().iter() {
+            let Some(prepared) = self.state.prepared.get_mut(name) else {
                 continue;
             };
             texts.extend(prepared.replay.sql().map(str::to_string));

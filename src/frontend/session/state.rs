@@ -66,7 +66,9 @@ impl Hash for Replay {
 pub struct SessionState {
     /// name -> SQL that sets it.
     pub settings: BTreeMap<String, String>,
-    pub prepared: HashMap<String, Prepared>,
+    /// Looked up for every Bind and EXECUTE: a fast hasher, not SipHash
+    /// (names come from the session's own client).
+    pub prepared: HashMap<String, Prepared, foldhash::fast::RandomState>,
 }
 
 /// The messages that bring a server connection up to date for a unit.

@@ -97,13 +97,13 @@ impl Unit {
     }
 
     /// Named statements to have on the server first.
-    pub fn needs(&self) -> Vec<String> {
-        if self.uses.is_empty() && self.facts.executes.is_empty() {
-            return Vec::new();
+    pub fn needs(&self) -> std::borrow::Cow<'_, [String]> {
+        if self.facts.executes.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.uses);
         }
         let mut names = self.uses.clone();
         names.extend(self.facts.executes.iter().cloned());
-        names
+        std::borrow::Cow::Owned(names)
     }
 }
 
@@ -171,6 +171,24 @@ impl UnitBuilder {
                 }
                 return Ok(Parsed::More);
             }
+            if !matches!(header.tag, b'X' | b'd' | b'c' | b'f' | b'Q' | b'F') {
+                // Extended protocol: the message is read in place and
+                // copied into its batch, never split off (which would make
+                // the read buffer shared, and cost a reference count).
+                let unit = self.building.get_or_insert_with(Unit::default);
+                let message = &cbuf[..len];
+                if !matches!(header.tag, b'S' | b'H') {
+                    extended_message(unit, header.tag, &message[5..], state, source);
+                }
+                self.building_bytes.extend_from_slice(message);
+                cbuf.advance(len);
+                match header.tag {
+                    b'S' => self.finish_batch(out, true),
+                    b'H' => self.finish_batch(out, false),
+                    _ => {}
+                }
+                continue;
+            }
             let message = cbuf.split_to(len);
             let body = &message[5..];
             match header.tag {
@@ -229,21 +247,7 @@ impl UnitBuilder {
                         ..Unit::default()
                     });
                 }
-                b'S' => {
-                    self.building_bytes.extend_from_slice(&message);
-                    self.building.get_or_insert_with(Unit::default);
-                    self.finish_batch(out, true);
-                }
-                b'H' => {
-                    self.building_bytes.extend_from_slice(&message);
-                    self.building.get_or_insert_with(Unit::default);
-                    self.finish_batch(out, false);
-                }
-                _ => {
-                    let unit = self.building.get_or_insert_with(Unit::default);
-                    extended_message(unit, header.tag, body, state, source);
-                    self.building_bytes.extend_from_slice(&message);
-                }
+                _ => {}
             }
         }
     }
