@@ -274,8 +274,11 @@ pub fn cached(cache: &FactsCache, sql: &str, extra_write_functions: &[String]) -
         && facts.executes.is_empty()
         && facts.pins.is_empty()
         && !literal_decides;
+    // A text without literals is its own key: filed under the text, the
+    // first lookup finds it next time (drivers send such texts again and
+    // again, with `$1` parameters).
     match key {
-        Some(key) if shareable => cache.get_or_insert(&key, || facts),
+        Some(key) if shareable && key[1..] != *sql => cache.get_or_insert(&key, || facts),
         _ => cache.get_or_insert(sql, || facts),
     }
 }

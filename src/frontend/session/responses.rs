@@ -93,18 +93,25 @@ pub struct InFlight {
     pub copy_in: bool,
 }
 
-/// The length of the whole RowDescription and DataRow messages at the
-/// start of `buf`.
-fn whole_rows(buf: &[u8]) -> Result<usize, FrameError> {
-    let mut run = 0;
+/// RowDescription, DataRow, ParseComplete, BindComplete, NoData,
+/// ParameterDescription: answers that change nothing the session follows.
+fn is_plain_answer(tag: u8) -> bool {
+    matches!(tag, b'T' | b'D' | b'1' | b'2' | b'n' | b't')
+}
+
+/// The length of the whole plain answers at the start of `buf`, and how
+/// many of them are ParseComplete.
+fn plain_answers(buf: &[u8]) -> Result<(usize, usize), FrameError> {
+    let (mut run, mut parses) = (0, 0);
     while let Some(header) = protocol::backend_header(&buf[run..])? {
         let len = header.wire_len();
-        if !matches!(header.tag, b'T' | b'D') || buf.len() - run < len {
+        if !is_plain_answer(header.tag) || buf.len() - run < len {
             break;
         }
+        parses += usize::from(header.tag == b'1');
         run += len;
     }
-    Ok(run)
+    Ok((run, parses))
 }
 
 /// Most units change no state: their lists are empty, and copying an
@@ -242,15 +249,18 @@ impl Session {
                 }
                 return Ok(());
             }
-            if matches!(header.tag, b'T' | b'D')
-                && matches!(self.pending.front(), Some(Expect::Client(_)))
-            {
-                // A client unit's rows and their description: nothing in
-                // them is read, so a run of them passes on at once.
-                let run = len + whole_rows(&rbuf[len..])?;
-                self.pass_on(&rbuf[..run]);
-                rbuf.advance(run);
-                continue;
+            if is_plain_answer(header.tag) {
+                if let Some(Expect::Client(inflight)) = self.pending.front_mut() {
+                    // A client unit's rows, their description, and the
+                    // extended protocol's acknowledgements: nothing in them
+                    // is read but ParseComplete's count, so a run of them
+                    // passes on at once.
+                    let (run, parses) = plain_answers(rbuf)?;
+                    inflight.parse_completes += parses;
+                    self.pass_on(&rbuf[..run]);
+                    rbuf.advance(run);
+                    continue;
+                }
             }
             // Read in place: splitting it off would make the buffer shared.
             self.handle_message(header.tag, &rbuf[..len]);
