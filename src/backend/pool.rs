@@ -34,7 +34,8 @@ pub struct Pool {
     target: ServerTarget,
     login: Login,
     /// Boxed, so lending and giving back move a pointer, not the whole
-    /// connection.
+    /// connection (a lease keeps the box it was lent).
+    #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<ServerConn>>>,
     lent: Arc<Semaphore>,
     checkout_timeout: Duration,
