@@ -74,6 +74,39 @@ impl<T: TlsOverTcp> Socket<T> {
         }
     }
 
+    /// Reads into `buf` only if the socket is known to be readable, without
+    /// leaving a waker: `None` when it is not (so a waker left by an
+    /// earlier pending read is still there, untouched), `Some` with what a
+    /// read returned when it was. A `WouldBlock` in `Some` means the
+    /// readiness was stale and is now cleared, and so the earlier waker
+    /// was spent: the caller must poll again to leave one. Plain TCP only;
+    /// TLS always says `Some(WouldBlock)`.
+    pub fn read_if_ready(&self, buf: &mut bytes::BytesMut) -> Option<io::Result<usize>> {
+        let Socket::Plain(tcp) = self else {
+            return Some(Err(io::ErrorKind::WouldBlock.into()));
+        };
+        let (mut ran, mut partial) = (false, None);
+        let spare = buf.capacity() - buf.len();
+        let read = tcp.try_io(tokio::io::Interest::READABLE, || {
+            ran = true;
+            match tcp.try_read_buf(buf) {
+                // Less than the buffer could take: the socket is drained.
+                // Saying WouldBlock has tokio clear its readiness, as its
+                // own poll_read does after such a read; without it the
+                // next poll would make a read that finds nothing.
+                Ok(n) if n < spare => {
+                    partial = Some(n);
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+                other => other,
+            }
+        });
+        if let Some(n) = partial {
+            return Some(Ok(n));
+        }
+        ran.then_some(read)
+    }
+
     /// The TCP connection under it, if any.
     pub fn tcp(&self) -> Option<&TcpStream> {
         match self {

@@ -222,6 +222,9 @@ struct Session {
     /// The connection and causal LSN `entry` shows, so that it is written
     /// only when they change; `None` makes the next unit write it.
     shown: Option<(u64, Option<Lsn>)>,
+    /// The relay's last poll of the client socket was pending, so this
+    /// task's waker is with the socket (see the relay's poll).
+    client_armed: bool,
 }
 
 /// Runs a logged-in client's session to its end.
@@ -442,6 +445,7 @@ pub async fn run(
         bytes_sent: metrics::counter!("causeway_client_bytes_sent_total"),
         entry,
         shown: None,
+        client_armed: false,
     };
     session.set_cancel_target();
     crate::metrics::client_connected();
@@ -568,6 +572,7 @@ impl Session {
             };
             let client = &mut self.client;
             let cbuf = &mut self.cbuf;
+            let client_armed = &mut self.client_armed;
             let (to_server, to_client) = (&self.to_server, &self.to_client);
             let mut pause_changed = self.held_by_pause.then(|| Box::pin(self.pause.changed()));
             let event = std::future::poll_fn(|cx| {
@@ -601,10 +606,27 @@ impl Session {
                 }
                 if client_room {
                     reserve_for_read(cbuf);
-                    if let Poll::Ready(r) =
-                        tokio_util::io::poll_read_buf(Pin::new(&mut *client), cx, cbuf)
-                    {
-                        return Poll::Ready(Event::ClientRead(r));
+                    // Armed: an earlier poll left this task's waker with the
+                    // client socket. Until the socket turns readable, which
+                    // spends that waker, polling again would only lock the
+                    // socket's waiters to leave the same waker (once a unit).
+                    let armed_and_quiet = *client_armed
+                        && match client.read_if_ready(cbuf) {
+                            None => true,
+                            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => false,
+                            Some(read) => {
+                                *client_armed = false;
+                                return Poll::Ready(Event::ClientRead(read));
+                            }
+                        };
+                    if !armed_and_quiet {
+                        match tokio_util::io::poll_read_buf(Pin::new(&mut *client), cx, cbuf) {
+                            Poll::Ready(r) => {
+                                *client_armed = false;
+                                return Poll::Ready(Event::ClientRead(r));
+                            }
+                            Poll::Pending => *client_armed = true,
+                        }
                     }
                 }
                 let raised = info.signal.poll_raised(cx);
