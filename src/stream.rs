@@ -107,6 +107,33 @@ impl<T: TlsOverTcp> Socket<T> {
         ran.then_some(read)
     }
 
+    /// Polls for reading into `buf`, leaving this task's waker with the
+    /// socket only when none is there: `armed` says whether an earlier
+    /// poll of this task left one that nothing has spent since. An armed,
+    /// quiet socket costs an atomic load instead of a lock of its waiters.
+    /// `armed` must be false for a socket this task has not polled (a
+    /// connection just lent from a pool).
+    pub fn poll_read_armed(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut bytes::BytesMut,
+        armed: &mut bool,
+    ) -> Poll<io::Result<usize>> {
+        if *armed {
+            match self.read_if_ready(buf) {
+                None => return Poll::Pending,
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Some(read) => {
+                    *armed = false;
+                    return Poll::Ready(read);
+                }
+            }
+        }
+        let polled = tokio_util::io::poll_read_buf(Pin::new(self), cx, buf);
+        *armed = polled.is_pending();
+        polled
+    }
+
     /// The TCP connection under it, if any.
     pub fn tcp(&self) -> Option<&TcpStream> {
         match self {

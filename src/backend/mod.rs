@@ -88,6 +88,10 @@ pub struct ServerConn {
     pub backend_secret: i32,
     pub peer: SocketAddr,
     pub server_name: String,
+    /// A session's last poll of it for reading was pending: that task's
+    /// waker is with the socket (see `Socket::poll_read_armed`). Cleared
+    /// whenever the connection is lent, so a new task leaves its own.
+    pub read_armed: bool,
     /// Unique in this process, so a session can ask for the same
     /// connection again.
     pub id: u64,
@@ -194,6 +198,7 @@ impl ServerConn {
             server_name: target.name.clone(),
             id: NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             idle_since: None,
+            read_armed: false,
             unclean: false,
             default_isolation: String::new(),
         };

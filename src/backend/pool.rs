@@ -224,7 +224,9 @@ impl Pool {
         None
     }
 
-    fn lease(self: &Arc<Self>, conn: Box<ServerConn>, permit: OwnedSemaphorePermit) -> Lease {
+    fn lease(self: &Arc<Self>, mut conn: Box<ServerConn>, permit: OwnedSemaphorePermit) -> Lease {
+        // The borrower's task has left no waker with it yet.
+        conn.read_armed = false;
         Lease {
             conn,
             pool: self.clone(),

@@ -563,13 +563,10 @@ impl Session {
             // The four sockets' directions and the session's signals, polled
             // in this order (writes first) by hand: a `select!` would build
             // and drop a future per branch every turn.
-            let (mut server_stream, mut server_rbuf) = match self.current.as_mut() {
-                Some(attached) => {
-                    let conn = &mut attached.lease.conn;
-                    (Some(&mut conn.stream), Some(&mut conn.rbuf))
-                }
-                None => (None, None),
-            };
+            let mut server = self.current.as_mut().map(|attached| {
+                let conn = &mut *attached.lease.conn;
+                (&mut conn.stream, &mut conn.rbuf, &mut conn.read_armed)
+            });
             let client = &mut self.client;
             let cbuf = &mut self.cbuf;
             let client_armed = &mut self.client_armed;
@@ -581,7 +578,7 @@ impl Session {
                 use std::task::Poll;
                 use tokio::io::AsyncWrite;
                 if !to_server.is_empty() {
-                    if let Some(stream) = server_stream.as_mut() {
+                    if let Some((stream, _, _)) = server.as_mut() {
                         if let Poll::Ready(r) = Pin::new(&mut **stream).poll_write(cx, to_server) {
                             return Poll::Ready(Event::ServerWrote(r));
                         }
@@ -592,41 +589,20 @@ impl Session {
                         return Poll::Ready(Event::ClientWrote(r));
                     }
                 }
+                // Reads leave this task's waker with a socket once per
+                // wait, not once per turn (see `Socket::poll_read_armed`).
                 if read_server {
-                    if let (Some(stream), Some(rbuf)) =
-                        (server_stream.as_mut(), server_rbuf.as_mut())
-                    {
+                    if let Some((stream, rbuf, armed)) = server.as_mut() {
                         reserve_for_read(rbuf);
-                        if let Poll::Ready(r) =
-                            tokio_util::io::poll_read_buf(Pin::new(&mut **stream), cx, *rbuf)
-                        {
+                        if let Poll::Ready(r) = stream.poll_read_armed(cx, rbuf, armed) {
                             return Poll::Ready(Event::ServerRead(r));
                         }
                     }
                 }
                 if client_room {
                     reserve_for_read(cbuf);
-                    // Armed: an earlier poll left this task's waker with the
-                    // client socket. Until the socket turns readable, which
-                    // spends that waker, polling again would only lock the
-                    // socket's waiters to leave the same waker (once a unit).
-                    let armed_and_quiet = *client_armed
-                        && match client.read_if_ready(cbuf) {
-                            None => true,
-                            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => false,
-                            Some(read) => {
-                                *client_armed = false;
-                                return Poll::Ready(Event::ClientRead(read));
-                            }
-                        };
-                    if !armed_and_quiet {
-                        match tokio_util::io::poll_read_buf(Pin::new(&mut *client), cx, cbuf) {
-                            Poll::Ready(r) => {
-                                *client_armed = false;
-                                return Poll::Ready(Event::ClientRead(r));
-                            }
-                            Poll::Pending => *client_armed = true,
-                        }
+                    if let Poll::Ready(r) = client.poll_read_armed(cx, cbuf, client_armed) {
+                        return Poll::Ready(Event::ClientRead(r));
                     }
                 }
                 let raised = info.signal.poll_raised(cx);
