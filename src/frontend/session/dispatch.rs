@@ -311,7 +311,7 @@ impl Session {
         &self,
         read_only_block: bool,
     ) -> Result<Option<(Server, Reason)>, End> {
-        let proxy = self.proxy.clone();
+        let proxy = &self.proxy;
         let policy = proxy.policy;
         self.refresh_causal().await;
         let causal = self.effective_causal();

@@ -21,12 +21,13 @@ pub(super) fn over_client_limits(proxy: &Proxy, ready: &Ready) -> Option<LoginEr
         code: "53300".into(),
         message,
     };
+    // The counts include this client, already registered.
     let per_user = limits.max_client_connections_per_user;
-    if per_user > 0 && proxy.stats.count_clients(|c| c.user == user) >= per_user {
+    if per_user > 0 && proxy.stats.count_clients(|c| c.user == user) > per_user {
         return Some(fatal(format!("too many connections for role \"{user}\"")));
     }
     let per_database = limits.max_client_connections_per_database;
-    if per_database > 0 && proxy.stats.count_clients(|c| &c.database == database) >= per_database {
+    if per_database > 0 && proxy.stats.count_clients(|c| &c.database == database) > per_database {
         return Some(fatal(format!(
             "too many connections for database \"{database}\""
         )));

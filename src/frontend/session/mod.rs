@@ -234,10 +234,6 @@ pub async fn run(
     ready: Ready,
     shutdown: watch::Receiver<bool>,
 ) {
-    if let Some(refusal) = greeting::over_client_limits(&proxy, &ready) {
-        refuse(&mut io, refusal).await;
-        return;
-    }
     let cancel = proxy.cancels.register();
     let mut state = SessionState::default();
     let mut client_id = None;
@@ -263,6 +259,31 @@ pub async fn run(
                 state.settings.insert(name, sql);
             }
         }
+    }
+    // Counted from here, before the client hears it is in: a client told
+    // it is in is always counted against the next one's limits, as a
+    // Postgres backend counts from its start.
+    let entry = proxy.stats.register(crate::stats::ClientInfo {
+        pid: cancel.pid,
+        user: ready.params.user().unwrap_or_default().to_string(),
+        database: ready.login.database.clone(),
+        addr: ready.peer,
+        application_name: ready
+            .params
+            .get("application_name")
+            .unwrap_or_default()
+            .to_string(),
+        connected_at: std::time::SystemTime::now(),
+        live: std::sync::Mutex::new(crate::stats::ClientLive {
+            client_id: client_id.clone(),
+            ..Default::default()
+        }),
+        units: std::sync::atomic::AtomicU64::new(0),
+        signal: crate::stats::SessionSignal::default(),
+    });
+    if let Some(refusal) = greeting::over_client_limits(&proxy, &ready) {
+        refuse(&mut io, refusal).await;
+        return;
     }
     // The greeting comes from a primary connection, which also proves the
     // database and login work before the client is told it is in.
@@ -354,24 +375,6 @@ pub async fn run(
         lease.give_back();
         return;
     }
-    let entry = proxy.stats.register(crate::stats::ClientInfo {
-        pid: cancel.pid,
-        user: ready.params.user().unwrap_or_default().to_string(),
-        database: ready.login.database.clone(),
-        addr: ready.peer,
-        application_name: ready
-            .params
-            .get("application_name")
-            .unwrap_or_default()
-            .to_string(),
-        connected_at: std::time::SystemTime::now(),
-        live: std::sync::Mutex::new(crate::stats::ClientLive {
-            client_id: client_id.clone(),
-            ..Default::default()
-        }),
-        units: std::sync::atomic::AtomicU64::new(0),
-        signal: crate::stats::SessionSignal::default(),
-    });
     let lease_id = lease.conn.id;
     let counters = proxy.stats.server(&lease.conn.server_name);
     let known = vec![Known {
