@@ -121,9 +121,9 @@ for bin in "${BINS[@]}"; do
   bench=$!
   sleep 4
   before=$(units)
-  callgrind_control --zero "$PID" >/dev/null
+  callgrind_control --zero "$PID" >/dev/null 2>&1
   sleep "$ICOUNT_WINDOW"
-  callgrind_control --dump "$PID" >/dev/null
+  callgrind_control --dump "$PID" >/dev/null 2>&1
   after=$(units)
   wait "$bench" || die "pgbench failed: $(tail -3 "$WORK/pgbench.out")"
   kill -INT "$PID"
