@@ -186,6 +186,32 @@ async fn read_only_transactions_run_on_one_replica() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_keeps_to_its_replica() {
+    let _serial = SERIAL.lock().await;
+    cluster().wait_replicas_caught_up();
+    // Each connection's reads, outside any block, all on one replica while
+    // it qualifies (its plan cache and buffers stay warm). How connections
+    // are spread over the replicas is the router's unit test: here other
+    // tests' sessions may take numbers in between.
+    for _ in 0..4 {
+        let client = client().await;
+        let mut servers = Vec::new();
+        for _ in 0..6 {
+            let row = client
+                .query_one("SELECT inet_server_port()", &[])
+                .await
+                .expect("read");
+            servers.push(server_of(row.get(0)));
+        }
+        assert!(servers[0].starts_with("replica"), "{servers:?}");
+        assert!(
+            servers.iter().all(|s| *s == servers[0]),
+            "one replica for the connection: {servers:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_follow_the_session_to_replicas() {
     let _serial = SERIAL.lock().await;
     cluster().wait_replicas_caught_up();
