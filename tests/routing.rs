@@ -50,6 +50,15 @@ fn server_of(port: i32) -> String {
     format!("unknown port {port}")
 }
 
+/// The server that answers a read on `client` now.
+async fn server_of_read(client: &Client) -> String {
+    let row = client
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .expect("read");
+    server_of(row.get(0))
+}
+
 async fn insert_ride(client: &Client, distance: i32) -> i64 {
     client
         .query_one(
@@ -162,11 +171,7 @@ async fn read_only_transactions_run_on_one_replica() {
         }
         let mut servers = Vec::new();
         for _ in 0..4 {
-            let row = client
-                .query_one("SELECT inet_server_port()", &[])
-                .await
-                .expect("read");
-            servers.push(server_of(row.get(0)));
+            servers.push(server_of_read(&client).await);
         }
         client.batch_execute("COMMIT").await.expect("commit");
         assert!(servers[0].starts_with("replica"), "{begin}: {servers:?}");
@@ -177,12 +182,9 @@ async fn read_only_transactions_run_on_one_replica() {
     }
     // A plain transaction block runs on the primary, reads included.
     client.batch_execute("BEGIN").await.expect("begin");
-    let row = client
-        .query_one("SELECT inet_server_port()", &[])
-        .await
-        .expect("read");
+    let server = server_of_read(&client).await;
     client.batch_execute("COMMIT").await.expect("commit");
-    assert_eq!(server_of(row.get(0)), "primary");
+    assert_eq!(server, "primary");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,11 +199,7 @@ async fn a_connection_keeps_to_its_replica() {
         let client = client().await;
         let mut servers = Vec::new();
         for _ in 0..6 {
-            let row = client
-                .query_one("SELECT inet_server_port()", &[])
-                .await
-                .expect("read");
-            servers.push(server_of(row.get(0)));
+            servers.push(server_of_read(&client).await);
         }
         assert!(servers[0].starts_with("replica"), "{servers:?}");
         assert!(

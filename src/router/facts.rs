@@ -247,17 +247,22 @@ pub fn cached(cache: &FactsCache, sql: &str, extra_write_functions: &[String]) -
     thread_local! {
         static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
-    let hit = KEY.with_borrow_mut(|key| {
+    // `Ok`: found under the key; `Err`: the key to file it under, if the
+    // text could be scanned.
+    let looked_up = KEY.with_borrow_mut(|key| {
         key.clear();
         key.push('\0');
-        let scanned = super::normalize::write_literal_blind_key(sql, key);
-        let found = scanned.then(|| cache.map.get(key.as_str()).map(|f| f.clone()));
-        (scanned, found.flatten())
+        if !super::normalize::write_literal_blind_key(sql, key) {
+            return Err(None);
+        }
+        match cache.map.get(key.as_str()) {
+            Some(found) => Ok(found.clone()),
+            None => Err(Some(key.clone())),
+        }
     });
-    let key = match hit {
-        (_, Some(found)) => return found,
-        (true, None) => KEY.with_borrow(|key| Some(key.clone())),
-        (false, None) => None,
+    let key = match looked_up {
+        Ok(found) => return found,
+        Err(key) => key,
     };
     let facts = from_sql(sql, extra_write_functions);
     // Two literals decide a verdict, and may be written as strings or
