@@ -88,6 +88,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=cluster/servers-toml.sh
+source "$REPO/cluster/servers-toml.sh"
 CLUSTER=("bash" "$REPO/cluster/cluster.sh")
 
 BENCH_SECONDS=${BENCH_SECONDS:-15}
@@ -282,7 +284,7 @@ fi
 # using only keys of src/config.rs (see proxy.toml for all of them); defaults
 # otherwise.
 causeway_config() {
-  local port=$1 metrics_port=$2 with_replicas=$3 scope=${4:-client_id} k
+  local port=$1 metrics_port=$2 with_replicas=$3 scope=${4:-client_id}
   ((with_replicas)) || echo "replicas = []"
   cat <<EOF
 [proxy]
@@ -291,22 +293,13 @@ listen = "127.0.0.1:$port"
 [pool]
 mode = "$CAUSEWAY_POOL_MODE"
 
-[primary]
-name = "primary"
-host = "127.0.0.1"
-port = $PGPORT_PRIMARY
 EOF
   if ((with_replicas)); then
-    for k in "${!REPLICA_PORTS[@]}"; do
-      printf '\n[[replicas]]\nname = "replica%d"\nhost = "127.0.0.1"\nport = %d\n' \
-        "$k" "${REPLICA_PORTS[$k]}"
-    done
+    servers_toml "$PGPORT_PRIMARY" "${REPLICA_PORTS[@]}"
+  else
+    servers_toml "$PGPORT_PRIMARY"
   fi
   cat <<EOF
-
-[[users]]
-name = "app"
-password = "app"
 
 [routing]
 on_stale = "wait"

@@ -28,6 +28,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=cluster/servers-toml.sh
+source "$REPO/cluster/servers-toml.sh"
 ICOUNT_MODE=${ICOUNT_MODE:-simple}
 ICOUNT_ARGS=${ICOUNT_ARGS--S}
 ICOUNT_REPLICAS=${ICOUNT_REPLICAS:-0}
@@ -73,21 +75,13 @@ listen = "127.0.0.1:$ICOUNT_PORT"
 [pool]
 mode = "transaction"
 
-[primary]
-name = "primary"
-host = "127.0.0.1"
-port = $PGPORT_PRIMARY
 EOF
   if ((ICOUNT_REPLICAS)); then
-    for k in "${!REPLICA_PORTS[@]}"; do
-      printf '\n[[replicas]]\nname = "replica%d"\nhost = "127.0.0.1"\nport = %d\n' "$k" "${REPLICA_PORTS[$k]}"
-    done
+    servers_toml "$PGPORT_PRIMARY" "${REPLICA_PORTS[@]}"
+  else
+    servers_toml "$PGPORT_PRIMARY"
   fi
   cat <<EOF
-
-[[users]]
-name = "app"
-password = "app"
 
 [routing]
 poll_interval_ms = 1000

@@ -21,6 +21,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=cluster/servers-toml.sh
+source "$REPO/cluster/servers-toml.sh"
 SCALE_IDLE=${SCALE_IDLE:-10000}
 SCALE_ACTIVE=${SCALE_ACTIVE:-1000}
 SCALE_SECONDS=${SCALE_SECONDS:-30}
@@ -63,19 +65,9 @@ max_client_connections = $((SCALE_IDLE + 100))
 mode = "transaction"
 max_server_connections = $SCALE_SERVER_CONNECTIONS
 
-[primary]
-name = "primary"
-host = "127.0.0.1"
-port = $PGPORT_PRIMARY
 EOF
-  for k in "${!REPLICA_PORTS[@]}"; do
-    printf '\n[[replicas]]\nname = "replica%d"\nhost = "127.0.0.1"\nport = %d\n' "$k" "${REPLICA_PORTS[$k]}"
-  done
+  servers_toml "$PGPORT_PRIMARY" "${REPLICA_PORTS[@]}"
   cat <<EOF
-
-[[users]]
-name = "app"
-password = "app"
 
 [routing]
 monitor_database = "postgres"
