@@ -3,8 +3,9 @@
 
 pub mod pool;
 pub mod scram;
+pub mod settings;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,7 +80,7 @@ pub struct ServerConn {
     pub params: HashMap<String, String>,
     /// Session settings this connection has now (name -> the SQL that set
     /// them), so a session can tell what to replay before using it.
-    pub settings: BTreeMap<String, String>,
+    pub settings: settings::Settings,
     /// Prepared statements this connection has (name -> hash of how they
     /// were prepared).
     pub prepared: HashMap<String, u64, foldhash::fast::RandomState>,
@@ -190,7 +191,7 @@ impl ServerConn {
             stream,
             rbuf: BytesMut::with_capacity(16 * 1024),
             params: HashMap::new(),
-            settings: BTreeMap::new(),
+            settings: settings::Settings::default(),
             prepared: HashMap::default(),
             backend_pid: 0,
             backend_secret: 0,

@@ -4,12 +4,13 @@
 //! runs on a connection the difference is replayed there.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::backend::settings::Settings;
 use crate::backend::ServerConn;
 use crate::protocol::messages;
 use crate::router::UnitFacts;
@@ -65,7 +66,7 @@ impl Hash for Replay {
 #[derive(Debug, Default)]
 pub struct SessionState {
     /// name -> SQL that sets it.
-    pub settings: BTreeMap<String, String>,
+    pub settings: Settings,
     /// Looked up for every Bind and EXECUTE: a fast hasher, not SipHash
     /// (names come from the session's own client).
     pub prepared: HashMap<String, Prepared, foldhash::fast::RandomState>,
@@ -88,7 +89,7 @@ impl SessionState {
     /// catch-up had run.
     pub fn catch_up(&self, conn: &mut ServerConn, uses: &[String], creates: &[String]) -> Catchup {
         let mut out = Catchup::default();
-        if conn.settings != self.settings {
+        if !conn.settings.matches(&self.settings) {
             // Undo what another client left first, privileges before the
             // rest (a RESET may need the role that was replaced); replay
             // this session's own settings, privileges last.
@@ -96,7 +97,7 @@ impl SessionState {
             let mut resets: Vec<&String> = conn
                 .settings
                 .keys()
-                .filter(|name| !self.settings.contains_key(*name))
+                .filter(|name| !self.settings.contains_key(name))
                 .collect();
             resets.sort_by_key(|name| !is_privilege(name));
             for name in resets {
@@ -105,7 +106,7 @@ impl SessionState {
             let mut replays: Vec<(&String, &String)> = self
                 .settings
                 .iter()
-                .filter(|(name, replay)| conn.settings.get(*name) != Some(replay))
+                .filter(|(name, replay)| conn.settings.get(name) != Some(replay))
                 .collect();
             replays.sort_by_key(|(name, _)| replay_rank(name));
             for (_, replay) in replays {
