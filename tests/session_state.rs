@@ -7,6 +7,7 @@ mod support;
 
 use std::sync::OnceLock;
 
+use support::raw::{self, RawClient, RawMessage};
 use support::{TestCluster, TestProxy, APP_DB, APP_USER};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -264,5 +265,83 @@ async fn a_database_default_of_read_only_runs_blocks_on_replicas() {
             row[0], "true",
             "a block of a read-only database ran on the primary"
         );
+    }
+}
+
+/// Runs one simple-protocol statement on a raw client; returns its answer.
+async fn run_raw(client: &mut RawClient, sql: &[u8]) -> Vec<RawMessage> {
+    let mut body = sql.to_vec();
+    body.push(0);
+    client.send(&raw::message(b'Q', &body)).await;
+    let answer = client.read_until_ready().await;
+    let errors: Vec<_> = answer
+        .iter()
+        .filter(|m| m.tag == b'E')
+        .map(|m| m.field(b'M'))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{}: {errors:?}",
+        String::from_utf8_lossy(sql)
+    );
+    answer
+}
+
+/// The first column of the first DataRow, as bytes.
+fn first_value(answer: &[RawMessage]) -> Vec<u8> {
+    let row = answer.iter().find(|m| m.tag == b'D').expect("a row");
+    let len = i32::from_be_bytes([row.body[2], row.body[3], row.body[4], row.body[5]]);
+    row.body[6..6 + len as usize].to_vec()
+}
+
+/// A client whose client_encoding is LATIN1 sends texts that are not
+/// UTF-8. Its SET stays with it while other clients use the connections,
+/// no other client of its pool sees it, and it leaves with the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latin1_setting_stays_with_its_session_and_leaves_with_it() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    // The LATIN1 client logs in as `trusted` (no password exchange on a
+    // raw socket), so the others do too: they share its pool.
+    let trusted = || support::connect(port, "trusted", "", APP_DB);
+    let defaults = values(&trusted().await, STATE).await;
+    let mut latin1 = RawClient::connect(port).await;
+    latin1
+        .send(&raw::startup_packet(&[
+            ("user", "trusted"),
+            ("database", APP_DB),
+            ("client_encoding", "LATIN1"),
+        ]))
+        .await;
+    latin1.read_until_ready().await;
+    // 'café' with LATIN1's single byte for é (0xE9): not UTF-8.
+    run_raw(&mut latin1, b"SET app.tenant = 'caf\xe9'").await;
+    for round in 0..6 {
+        // Another client takes a connection in between, and must not see
+        // the setting.
+        let other = trusted().await;
+        assert_eq!(
+            values(&other, STATE).await,
+            defaults,
+            "round {round}: another client saw the LATIN1 client's setting"
+        );
+        let answer = run_raw(&mut latin1, b"SELECT current_setting('app.tenant')").await;
+        assert_eq!(
+            first_value(&answer),
+            b"caf\xe9",
+            "round {round}: the setting left its session"
+        );
+    }
+    latin1.send(&raw::message(b'X', &[])).await;
+    drop(latin1);
+    for _ in 0..8 {
+        let client = trusted().await;
+        for _ in 0..4 {
+            assert_eq!(
+                values(&client, STATE).await,
+                defaults,
+                "a fresh client saw the LATIN1 client's setting"
+            );
+        }
     }
 }

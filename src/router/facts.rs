@@ -291,6 +291,9 @@ pub fn cached(cache: &FactsCache, sql: &str, extra_write_functions: &[String]) -
 const LISTEN: &str = "listen";
 /// The pin of a `set_config` whose value the proxy cannot know.
 pub const SET_CONFIG: &str = "set_config";
+/// The pin of a text in another encoding than UTF-8 that changes the
+/// session: the proxy cannot replay it byte for byte.
+pub const NOT_UTF8: &str = "text not in UTF-8";
 const TEMP_TABLE: &str = "temporary table";
 const CURSOR_WITH_HOLD: &str = "cursor with hold";
 

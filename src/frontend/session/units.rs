@@ -3,13 +3,14 @@
 //! Flush, when the client waits for answers before it syncs). A unit is what
 //! the router routes: all of it runs on one server.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::state::{Prepared, Replay, SessionState};
 use crate::protocol::{self, FrameError};
-use crate::router::facts::SharedFacts;
+use crate::router::facts::{SharedFacts, NOT_UTF8};
 use crate::router::UnitFacts;
 
 /// One unit of client work, ready to route.
@@ -196,8 +197,8 @@ impl UnitBuilder {
                 b'd' | b'c' | b'f' => copy_out.extend_from_slice(&message),
                 b'Q' => {
                     self.finish_batch(out, false);
-                    let sql = cstr(body);
-                    let mut facts = source.facts(sql);
+                    let (text, mut facts) = text_facts(text_bytes(body), source);
+                    let sql: &str = &text;
                     let lone_begin = facts.begin == Some(false)
                         && facts.effects.is_empty()
                         && !facts.ends_tx
@@ -208,8 +209,12 @@ impl UnitBuilder {
                         && !facts.ends_tx
                         && facts.write_reason.is_none()
                         && !sql.trim().trim_end_matches(';').contains(';');
+                    let local = super::local::parse(sql);
+                    // The text may borrow from the message, which the unit
+                    // keeps.
+                    drop(text);
                     let mut unit = Unit {
-                        local: super::local::parse(sql),
+                        local,
                         bytes: message.freeze(),
                         synced: true,
                         lone_begin,
@@ -273,11 +278,10 @@ fn extended_message(
         b'P' => {
             let (name, rest) = split_cstr(body);
             let name = std::str::from_utf8(name).unwrap_or("");
-            let sql = cstr(rest);
-            let facts = source.facts(sql);
+            let (sql, facts) = text_facts(text_bytes(rest), source);
             merge_facts(&mut unit.facts, &facts);
             if unit.parses.is_empty() {
-                unit.local = super::local::parse(sql);
+                unit.local = super::local::parse(&sql);
             } else {
                 unit.local = None;
             }
@@ -429,9 +433,34 @@ fn use_statement(unit: &mut Unit, name: &str, state: &SessionState) {
 /// there is no terminator or it is not UTF-8: such SQL is unparsable, which
 /// routes it to the primary).
 fn cstr(body: &[u8]) -> &str {
+    std::str::from_utf8(text_bytes(body)).unwrap_or("")
+}
+
+/// The bytes of a NUL-terminated string at the start of `body`.
+fn text_bytes(body: &[u8]) -> &[u8] {
     // memchr for the terminator: every statement's text passes here.
-    let text = std::ffi::CStr::from_bytes_until_nul(body).map_or(body, |c| c.to_bytes());
-    std::str::from_utf8(text).unwrap_or("")
+    std::ffi::CStr::from_bytes_until_nul(body).map_or(body, |c| c.to_bytes())
+}
+
+/// The facts of the statement text `raw`, and the text as the proxy reads
+/// it. A text that is not UTF-8 (from a client whose `client_encoding` is
+/// LATIN1, say) is read with its foreign bytes replaced: the keywords that
+/// decide where it runs are ASCII, so it is routed as it should be. What
+/// it changes in the session (a SET, a PREPARE) would be replayed on
+/// another connection from that altered copy, so such a text pins the
+/// session to its connection instead, as a temporary table does.
+fn text_facts<'a>(raw: &'a [u8], source: &dyn FactsSource) -> (Cow<'a, str>, SharedFacts) {
+    match std::str::from_utf8(raw) {
+        Ok(sql) => (Cow::Borrowed(sql), source.facts(sql)),
+        Err(_) => {
+            let sql = String::from_utf8_lossy(raw);
+            let mut facts = source.facts(&sql);
+            if !facts.effects.is_empty() && !facts.pins.contains(&NOT_UTF8) {
+                Arc::make_mut(&mut facts).pins.push(NOT_UTF8);
+            }
+            (sql, facts)
+        }
+    }
 }
 
 fn is_lone_begin(sql: &str) -> bool {
