@@ -534,7 +534,7 @@ impl Session {
             .get_or_insert(REASON);
         let mut texts: Vec<String> = super::units::sql_texts(&unit.bytes)
             .into_iter()
-            .map(str::to_string)
+            .map(|sql| sql.into_owned())
             .collect();
         // Statements prepared earlier: their text is in how they were
         // prepared, and their facts in the session.
@@ -542,7 +542,7 @@ impl Session {
             let Some(prepared) = self.state.prepared.get_mut(name) else {
                 continue;
             };
-            texts.extend(prepared.replay.sql().map(str::to_string));
+            texts.extend(prepared.replay.sql().map(|sql| sql.into_owned()));
             let mut facts = (*prepared.facts).clone();
             facts.write_reason.get_or_insert(REASON);
             prepared.facts = std::sync::Arc::new(facts);

@@ -46,10 +46,10 @@ impl Prepared {
 
 impl Replay {
     /// The statement's SQL: the Parse message's query, or the `PREPARE`.
-    pub fn sql(&self) -> Option<&str> {
+    pub fn sql(&self) -> Option<std::borrow::Cow<'_, str>> {
         match self {
-            Replay::Parse(parse) => super::units::sql_texts(parse).first().copied(),
-            Replay::Sql(sql) => Some(sql),
+            Replay::Parse(parse) => super::units::sql_texts(parse).into_iter().next(),
+            Replay::Sql(sql) => Some(std::borrow::Cow::Borrowed(sql)),
         }
     }
 }

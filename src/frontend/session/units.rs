@@ -374,8 +374,9 @@ pub fn executes(bytes: &[u8]) -> bool {
     false
 }
 
-/// The SQL texts of a unit's Query and Parse messages.
-pub fn sql_texts(bytes: &[u8]) -> Vec<&str> {
+/// The SQL texts of a unit's Query and Parse messages, read as routing
+/// reads them (see [`text_facts`]).
+pub fn sql_texts(bytes: &[u8]) -> Vec<Cow<'_, str>> {
     let mut texts = Vec::new();
     let mut rest = bytes;
     while rest.len() >= 5 {
@@ -386,8 +387,8 @@ pub fn sql_texts(bytes: &[u8]) -> Vec<&str> {
         };
         let body = message.get(4..).unwrap_or_default();
         match tag {
-            b'Q' => texts.push(cstr(body)),
-            b'P' => texts.push(cstr(split_cstr(body).1)),
+            b'Q' => texts.push(String::from_utf8_lossy(text_bytes(body))),
+            b'P' => texts.push(String::from_utf8_lossy(text_bytes(split_cstr(body).1))),
             _ => {}
         }
         rest = &rest[1 + message.len()..];
