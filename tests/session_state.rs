@@ -274,17 +274,31 @@ async fn run_raw(client: &mut RawClient, sql: &[u8]) -> Vec<RawMessage> {
     body.push(0);
     client.send(&raw::message(b'Q', &body)).await;
     let answer = client.read_until_ready().await;
+    assert_no_error(&answer, &String::from_utf8_lossy(sql));
+    answer
+}
+
+fn assert_no_error(answer: &[RawMessage], what: &str) {
     let errors: Vec<_> = answer
         .iter()
         .filter(|m| m.tag == b'E')
         .map(|m| m.field(b'M'))
         .collect();
-    assert!(
-        errors.is_empty(),
-        "{}: {errors:?}",
-        String::from_utf8_lossy(sql)
-    );
-    answer
+    assert!(errors.is_empty(), "{what}: {errors:?}");
+}
+
+/// A raw client of the `trusted` user with client_encoding LATIN1.
+async fn latin1_client(port: u16) -> RawClient {
+    let mut client = RawClient::connect(port).await;
+    client
+        .send(&raw::startup_packet(&[
+            ("user", "trusted"),
+            ("database", APP_DB),
+            ("client_encoding", "LATIN1"),
+        ]))
+        .await;
+    client.read_until_ready().await;
+    client
 }
 
 /// The first column of the first DataRow, as bytes.
@@ -305,15 +319,7 @@ async fn a_latin1_setting_stays_with_its_session_and_leaves_with_it() {
     // raw socket), so the others do too: they share its pool.
     let trusted = || support::connect(port, "trusted", "", APP_DB);
     let defaults = values(&trusted().await, STATE).await;
-    let mut latin1 = RawClient::connect(port).await;
-    latin1
-        .send(&raw::startup_packet(&[
-            ("user", "trusted"),
-            ("database", APP_DB),
-            ("client_encoding", "LATIN1"),
-        ]))
-        .await;
-    latin1.read_until_ready().await;
+    let mut latin1 = latin1_client(port).await;
     // 'café' with LATIN1's single byte for é (0xE9): not UTF-8.
     run_raw(&mut latin1, b"SET app.tenant = 'caf\xe9'").await;
     for round in 0..6 {
@@ -343,5 +349,45 @@ async fn a_latin1_setting_stays_with_its_session_and_leaves_with_it() {
                 "a fresh client saw the LATIN1 client's setting"
             );
         }
+    }
+}
+
+/// A LATIN1 client that names a prepared statement in LATIN1 runs it again
+/// and again while other clients use the connections: the session keeps
+/// the primary connection that holds the statement (a replica could serve
+/// the read, but the proxy could not prepare a name it cannot file there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_named_in_latin1_stays_usable() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    let mut latin1 = latin1_client(port).await;
+    // The name 'sté' (é = 0xE9): not UTF-8.
+    let name: &[u8] = b"st\xe9\0";
+    let mut parse = name.to_vec();
+    parse.extend_from_slice(b"SELECT pg_is_in_recovery()::text || 41 + $1::int\0\0\0");
+    let mut batch = raw::message(b'P', &parse);
+    batch.extend(raw::message(b'S', &[]));
+    latin1.send(&batch).await;
+    let answer = latin1.read_until_ready().await;
+    assert!(answer.iter().any(|m| m.tag == b'1'), "{answer:?}");
+    for round in 0..6 {
+        // Other clients of the same pool take connections in between.
+        let other = support::connect(port, "trusted", "", APP_DB).await;
+        values(&other, "SELECT 1").await;
+        // Bind the named statement with $1 = 1 (text), execute, sync.
+        let mut bind = b"\0".to_vec();
+        bind.extend_from_slice(name);
+        bind.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, b'1', 0, 0]);
+        let mut batch = raw::message(b'B', &bind);
+        batch.extend(raw::message(b'E', b"\0\0\0\0\0"));
+        batch.extend(raw::message(b'S', &[]));
+        latin1.send(&batch).await;
+        let answer = latin1.read_until_ready().await;
+        assert_no_error(&answer, &format!("round {round}"));
+        assert_eq!(
+            String::from_utf8_lossy(&first_value(&answer)),
+            "false42",
+            "round {round}: the statement ran on its own primary connection"
+        );
     }
 }

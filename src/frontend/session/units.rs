@@ -276,10 +276,16 @@ fn extended_message(
 ) {
     match tag {
         b'P' => {
-            let (name, rest) = split_cstr(body);
-            let name = std::str::from_utf8(name).unwrap_or("");
+            let (raw_name, rest) = split_cstr(body);
+            let name = std::str::from_utf8(raw_name).unwrap_or("");
             let (sql, facts) = text_facts(text_bytes(rest), source);
             merge_facts(&mut unit.facts, &facts);
+            // A statement name that is not UTF-8 is kept by its server
+            // alone: the proxy, which files names as text, could not tell
+            // two such names apart to prepare them elsewhere.
+            if name.is_empty() && !raw_name.is_empty() && !unit.facts.pins.contains(&NOT_UTF8) {
+                Arc::make_mut(&mut unit.facts).pins.push(NOT_UTF8);
+            }
             if unit.parses.is_empty() {
                 unit.local = super::local::parse(&sql);
             } else {
