@@ -7,10 +7,11 @@
 //! of sockets, so a client that pipelines more than the socket buffers hold
 //! cannot deadlock the proxy against a server busy answering it.
 //!
-//! Client messages are grouped into units ([`units`]); each unit is routed
-//! ([`dispatch`]) when the session is at a point where it may move, and the
-//! server's answers are passed back ([`responses`]). Messages pass through
-//! as bytes; only headers and a few bodies are read.
+//! A session starts in [`start`] (the greeting) and runs in [`relay`]'s
+//! loop. Client messages are grouped into units ([`units`]); each unit is
+//! routed ([`dispatch`]) when the session is at a point where it may move,
+//! and the server's answers are passed back ([`responses`]). Messages pass
+//! through as bytes; only headers and a few bodies are read.
 
 mod attach;
 mod causal;
@@ -20,29 +21,28 @@ pub(crate) mod greeting;
 mod local;
 mod optimistic;
 mod outage;
+mod relay;
 mod responses;
+mod start;
 pub mod state;
 pub mod units;
 
+pub use start::run;
+
 use std::collections::VecDeque;
-use std::io;
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWriteExt;
+use bytes::BytesMut;
 use tokio::sync::watch;
 
-use super::{backend_login_error, refuse, ClientIo, Ready};
 use crate::backend::pool::Lease;
 use crate::backend::Login;
 use crate::cancel::CancelKey;
 use crate::lsn::Lsn;
-use crate::protocol::messages;
 use crate::protocol::FrameError;
 use crate::replicas::Mark;
 use crate::router::{Effect, Server};
 use crate::server::Proxy;
-use crate::stats::SessionSignal;
 use responses::{Expect, InFlight};
 use state::SessionState;
 use units::{Unit, UnitBuilder};
@@ -72,20 +72,6 @@ enum End {
     /// The console's `KILL`.
     Killed,
     /// Idle inside a transaction past `client_idle_in_transaction_timeout_ms`.
-    IdleInTransaction,
-}
-
-enum Event {
-    ClientRead(io::Result<usize>),
-    ServerRead(io::Result<usize>),
-    ClientWrote(io::Result<usize>),
-    ServerWrote(io::Result<usize>),
-    Shutdown,
-    /// `PAUSE` or `RESUME` while units were held.
-    PauseChanged,
-    /// The console's `KILL`.
-    Killed,
-    /// Idle inside a transaction for too long.
     IdleInTransaction,
 }
 
@@ -227,250 +213,6 @@ struct Session {
     client_armed: bool,
 }
 
-/// Runs a logged-in client's session to its end.
-pub async fn run(
-    proxy: Arc<Proxy>,
-    mut io: ClientIo,
-    ready: Ready,
-    shutdown: watch::Receiver<bool>,
-) {
-    let cancel = proxy.cancels.register();
-    let mut state = SessionState::default();
-    let mut client_id = None;
-    let mut min_lsn = None;
-    for (name, value) in &ready.settings {
-        let name = name.to_ascii_lowercase();
-        match name.as_str() {
-            "causeway.client_id" => client_id = Some(value.clone()).filter(|v| !v.is_empty()),
-            "causeway.min_lsn" => match value.parse::<Lsn>() {
-                Ok(lsn) => min_lsn = Some(lsn),
-                Err(e) => {
-                    let message = format!("invalid value for parameter \"causeway.min_lsn\": {e}");
-                    let fatal = super::LoginError::Fatal {
-                        code: "22023".into(),
-                        message,
-                    };
-                    refuse(&mut io, fatal).await;
-                    return;
-                }
-            },
-            _ => {
-                let sql = crate::router::facts::set_config_sql(&name, value);
-                state.settings.insert(name, sql);
-            }
-        }
-    }
-    // Counted from here, before the client hears it is in: a client told
-    // it is in is always counted against the next one's limits, as a
-    // Postgres backend counts from its start.
-    let entry = proxy.stats.register(crate::stats::ClientInfo {
-        pid: cancel.pid,
-        user: ready.params.user().unwrap_or_default().to_string(),
-        database: ready.login.database.clone(),
-        addr: ready.peer,
-        application_name: ready
-            .params
-            .get("application_name")
-            .unwrap_or_default()
-            .to_string(),
-        connected_at: std::time::SystemTime::now(),
-        live: std::sync::Mutex::new(crate::stats::ClientLive {
-            client_id: client_id.clone(),
-            ..Default::default()
-        }),
-        units: std::sync::atomic::AtomicU64::new(0),
-        signal: crate::stats::SessionSignal::default(),
-    });
-    if let Some(refusal) = greeting::over_client_limits(&proxy, &ready) {
-        refuse(&mut io, refusal).await;
-        return;
-    }
-    // The greeting comes from a primary connection, which also proves the
-    // database and login work before the client is told it is in.
-    let (greeting_server, pool, mut lease) =
-        match greeting::greeting_connection(&proxy, &ready.login).await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(error = %e, "no server connection for new client");
-                refuse(&mut io, backend_login_error(e)).await;
-                return;
-            }
-        };
-    // Bring the greeting connection to the client's startup settings. A
-    // connection another client used first may fail to be undone: it is
-    // closed, and a new one tried, before the client is blamed.
-    let mut attempt = 0;
-    loop {
-        let used_before = !lease.conn.settings.is_empty();
-        let catchup = state.catch_up(&mut lease.conn, &[], &[]);
-        let Some(sql) = catchup.settings else { break };
-        match lease.conn.run_internal(&sql).await {
-            Ok(None) => break,
-            Ok(Some(e)) if used_before && attempt == 0 => {
-                tracing::warn!(code = %e.code, message = %e.message, "could not undo another client's settings; closing that server connection");
-                lease.conn.unclean = true;
-                lease.give_back();
-                attempt += 1;
-                lease = match pool.checkout_new().await {
-                    Ok(lease) => lease,
-                    Err(e) => {
-                        refuse(&mut io, backend_login_error(e)).await;
-                        return;
-                    }
-                };
-            }
-            Ok(Some(e)) => {
-                lease.conn.unclean = true;
-                lease.give_back();
-                refuse(
-                    &mut io,
-                    super::LoginError::Fatal {
-                        code: e.code,
-                        message: e.message,
-                    },
-                )
-                .await;
-                return;
-            }
-            Err(e) => {
-                refuse(&mut io, backend_login_error(e)).await;
-                return;
-            }
-        }
-    }
-    // The first session of a database reads which of its functions may
-    // write, before any of its reads is routed.
-    let catalog = proxy.catalogs.get(&ready.login.database);
-    if !catalog.is_loaded() {
-        match lease
-            .conn
-            .query_column(crate::catalog::VOLATILE_FUNCTIONS_QUERY)
-            .await
-        {
-            Ok(Ok(names)) => catalog.load(names),
-            Ok(Err(e)) => {
-                tracing::warn!(code = %e.code, message = %e.message, "could not read the function catalog; calls go to the primary")
-            }
-            Err(e) => {
-                refuse(&mut io, backend_login_error(e)).await;
-                return;
-            }
-        }
-    }
-    let declared_read_only = lease
-        .conn
-        .params
-        .get("default_transaction_read_only")
-        .is_some_and(|v| v == "on");
-    let role_isolation = lease.conn.default_isolation.clone();
-    let mut greeting = BytesMut::with_capacity(512);
-    let mut params: Vec<_> = lease.conn.params.iter().collect();
-    params.sort();
-    for (name, value) in params {
-        messages::parameter_status(&mut greeting, name, value);
-    }
-    messages::backend_key_data(&mut greeting, cancel.pid, cancel.secret);
-    messages::ready_for_query(&mut greeting, b'I');
-    if io.stream.write_all(&greeting).await.is_err() {
-        lease.give_back();
-        return;
-    }
-    let lease_id = lease.conn.id;
-    let counters = proxy.stats.server(&lease.conn.server_name);
-    let known = vec![Known {
-        pool,
-        counters: counters.clone(),
-    }];
-    let replica_home = proxy
-        .spread
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let pause_rx = proxy.pause.subscribe();
-    let causal = min_lsn.map(|lsn| proxy.monitor.mark(lsn));
-    let mut session = Session {
-        proxy,
-        client: io.stream,
-        cbuf: io.rbuf,
-        // Empty until used: an idle client holds no write buffers.
-        to_client: BytesMut::new(),
-        to_server: BytesMut::new(),
-        current: Some(Attached {
-            server: greeting_server,
-            lease,
-            counters,
-        }),
-        stash: Vec::new(),
-        last_conn: vec![(greeting_server, lease_id)],
-        known,
-        replica_home,
-        builder: UnitBuilder::default(),
-        queued: VecDeque::new(),
-        pending: VecDeque::new(),
-        open_batch: None,
-        tx_status: b'I',
-        tx_wrote: false,
-        lost_block: false,
-        lost_block_news: None,
-        tx_effects: Vec::new(),
-        deferred_begin: None,
-        deferred_begin_read_write: false,
-        optimistic: None,
-        client_streaming: 0,
-        server_streaming: 0,
-        held: BytesMut::new(),
-        server_fatal: false,
-        state,
-        causal,
-        primary_epoch: 0,
-        commit_awaiting_lsn: false,
-        lsn_answer: None,
-        ready_after_lsn: None,
-        store_write: None,
-        ready_after_store: None,
-        store_down: std::sync::atomic::AtomicBool::new(false),
-        login: ready.login.clone(),
-        user: ready.params.user().unwrap_or_default().to_string(),
-        client_id,
-        pinned: Vec::new(),
-        pause: pause_rx,
-        held_by_pause: false,
-        busy: false,
-        catalog,
-        functions_changed: false,
-        catalog_rows: None,
-        causal_unknown: false,
-        fatal_swallowed: false,
-        declared_read_only,
-        role_isolation,
-        serializable_refused: false,
-        cancel,
-        draining: *shutdown.borrow(),
-        bytes_received: metrics::counter!("causeway_client_bytes_received_total"),
-        bytes_sent: metrics::counter!("causeway_client_bytes_sent_total"),
-        entry,
-        shown: None,
-        client_armed: false,
-    };
-    session.set_cancel_target();
-    crate::metrics::client_connected();
-    let end = session.relay().await;
-    session.proxy.pause.set_busy(session.busy, false);
-    session.finish(end).await;
-    crate::metrics::client_disconnected();
-}
-
-fn reserve_for_read(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(READ_CHUNK);
-    }
-}
-
-fn advance(buf: &mut BytesMut, n: usize) {
-    buf.advance(n);
-    if buf.is_empty() {
-        buf.clear();
-    }
-}
-
 impl Session {
     /// No request in flight, no transaction or batch open, nothing
     /// half-read: the session may release its server or end here.
@@ -494,259 +236,6 @@ impl Session {
                 pid: a.lease.conn.backend_pid,
                 secret: a.lease.conn.backend_secret,
             }));
-    }
-
-    async fn relay(&mut self) -> End {
-        // KILL and the shutdown's drain come through the client's signal.
-        let info = self.entry.info.clone();
-        // A timer that lives as long as the loop, so a turn does not read
-        // the clock.
-        let idle_limit = std::time::Duration::from_millis(
-            self.proxy
-                .config
-                .proxy
-                .client_idle_in_transaction_timeout_ms,
-        );
-        let mut idle_timer = std::pin::pin!(tokio::time::sleep(idle_limit));
-        let mut idle_timer_armed = false;
-        loop {
-            if let Some((key, timeline, lsn)) = self.store_write.take() {
-                self.store_commit(key, timeline, lsn).await;
-            }
-            if let Err(end) = self.dispatch_queued().await {
-                return end;
-            }
-            // Bytes already buffered that no read will announce again:
-            // messages pipelined behind the startup packet, and those left
-            // when a burst held more than MAX_QUEUED_UNITS units. Without
-            // this a client waiting for their answers waits forever.
-            if !self.cbuf.is_empty() && self.queued.len() < MAX_QUEUED_UNITS {
-                match self.handle_client_bytes() {
-                    Ok(true) => {}
-                    Ok(false) => return End::ClientLeft,
-                    Err(e) => return End::ClientProtocol(e),
-                }
-                if let Err(end) = self.dispatch_queued().await {
-                    return end;
-                }
-            }
-            self.write_eagerly();
-            self.release_if_at_rest();
-            let busy = !self.pending.is_empty()
-                || self.open_batch.is_some()
-                || self.optimistic.is_some()
-                || (self.tx_status != b'I' && self.deferred_begin.is_none() && !self.lost_block);
-            if busy != self.busy {
-                self.proxy.pause.set_busy(self.busy, busy);
-                self.busy = busy;
-            }
-            if self.draining && self.at_rest() && self.to_client.is_empty() && self.cbuf.is_empty()
-            {
-                return End::Drained;
-            }
-            // Idle inside a transaction on a server: the timer runs, from
-            // the moment the session became idle.
-            let idle_in_transaction = !idle_limit.is_zero()
-                && self.tx_status != b'I'
-                && self.deferred_begin.is_none()
-                && self.pending.is_empty()
-                && self.queued.is_empty()
-                && self.to_server.is_empty()
-                && !self.builder.is_building();
-            if idle_in_transaction && !idle_timer_armed {
-                idle_timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + idle_limit);
-            }
-            idle_timer_armed = idle_in_transaction;
-            let client_room =
-                self.to_server.len() < HIGH_WATER && self.queued.len() < MAX_QUEUED_UNITS;
-            let read_server = self.to_client.len() < HIGH_WATER;
-            let draining = self.draining;
-            // The four sockets' directions and the session's signals, polled
-            // in this order (writes first) by hand: a `select!` would build
-            // and drop a future per branch every turn.
-            let mut server = self.current.as_mut().map(|attached| {
-                let conn = &mut *attached.lease.conn;
-                (&mut conn.stream, &mut conn.rbuf, &mut conn.read_armed)
-            });
-            let client = &mut self.client;
-            let cbuf = &mut self.cbuf;
-            let client_armed = &mut self.client_armed;
-            let (to_server, to_client) = (&self.to_server, &self.to_client);
-            let mut pause_changed = self.held_by_pause.then(|| Box::pin(self.pause.changed()));
-            let event = std::future::poll_fn(|cx| {
-                use std::future::Future;
-                use std::pin::Pin;
-                use std::task::Poll;
-                use tokio::io::AsyncWrite;
-                if !to_server.is_empty() {
-                    if let Some((stream, _, _)) = server.as_mut() {
-                        if let Poll::Ready(r) = Pin::new(&mut **stream).poll_write(cx, to_server) {
-                            return Poll::Ready(Event::ServerWrote(r));
-                        }
-                    }
-                }
-                if !to_client.is_empty() {
-                    if let Poll::Ready(r) = Pin::new(&mut *client).poll_write(cx, to_client) {
-                        return Poll::Ready(Event::ClientWrote(r));
-                    }
-                }
-                // Reads leave this task's waker with a socket once per
-                // wait, not once per turn (see `Socket::poll_read_armed`).
-                if read_server {
-                    if let Some((stream, rbuf, armed)) = server.as_mut() {
-                        reserve_for_read(rbuf);
-                        if let Poll::Ready(r) = stream.poll_read_armed(cx, rbuf, armed) {
-                            return Poll::Ready(Event::ServerRead(r));
-                        }
-                    }
-                }
-                if client_room {
-                    reserve_for_read(cbuf);
-                    if let Poll::Ready(r) = client.poll_read_armed(cx, cbuf, client_armed) {
-                        return Poll::Ready(Event::ClientRead(r));
-                    }
-                }
-                let raised = info.signal.poll_raised(cx);
-                if !draining && raised & SessionSignal::DRAIN != 0 {
-                    return Poll::Ready(Event::Shutdown);
-                }
-                if let Some(changed) = pause_changed.as_mut() {
-                    if changed.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Event::PauseChanged);
-                    }
-                }
-                if raised & SessionSignal::KILL != 0 {
-                    return Poll::Ready(Event::Killed);
-                }
-                if idle_in_transaction && idle_timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::IdleInTransaction);
-                }
-                Poll::Pending
-            })
-            .await;
-            drop(pause_changed);
-            match event {
-                Event::ServerWrote(Ok(n)) => advance(&mut self.to_server, n),
-                Event::ClientWrote(Ok(n)) => {
-                    self.bytes_sent.increment(n as u64);
-                    advance(&mut self.to_client, n)
-                }
-                Event::ServerWrote(Err(e)) => {
-                    if let Err(end) = self.server_failed(e.to_string()) {
-                        return end;
-                    }
-                }
-                Event::ClientWrote(Err(_)) => return End::ClientLeft,
-                Event::ServerRead(Ok(0)) => {
-                    if let Err(end) =
-                        self.server_failed("server closed the connection unexpectedly".into())
-                    {
-                        return end;
-                    }
-                }
-                Event::ServerRead(Err(e)) => {
-                    if let Err(end) = self.server_failed(e.to_string()) {
-                        return end;
-                    }
-                }
-                Event::ServerRead(Ok(_)) => {
-                    if let Err(e) = self.handle_server_bytes() {
-                        if let Err(end) = self.server_failed(e.to_string()) {
-                            return end;
-                        }
-                    }
-                }
-                Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return End::ClientLeft,
-                Event::ClientRead(Ok(n)) => {
-                    self.bytes_received.increment(n as u64);
-                    match self.handle_client_bytes() {
-                        Ok(true) => {}
-                        Ok(false) => return End::ClientLeft,
-                        Err(e) => return End::ClientProtocol(e),
-                    }
-                }
-                Event::Shutdown => self.draining = true,
-                Event::PauseChanged => self.held_by_pause = false,
-                Event::Killed => return End::Killed,
-                Event::IdleInTransaction => return End::IdleInTransaction,
-            }
-        }
-    }
-
-    /// Writes what is waiting for the server and the client at once, where
-    /// the socket takes it without waiting: a turn of the loop saved for
-    /// each. Whatever is left (TLS, a full socket) goes through the loop.
-    fn write_eagerly(&mut self) {
-        if !self.to_server.is_empty() {
-            let written = self
-                .current
-                .as_ref()
-                .and_then(|a| a.lease.conn.stream.try_write_now(&self.to_server));
-            if let Some(n) = written {
-                advance(&mut self.to_server, n);
-            }
-        }
-        if !self.to_client.is_empty() {
-            if let Some(n) = self.client.try_write_now(&self.to_client) {
-                self.bytes_sent.increment(n as u64);
-                advance(&mut self.to_client, n);
-            }
-        }
-    }
-
-    /// Groups whole client messages into units. Returns false on Terminate.
-    fn handle_client_bytes(&mut self) -> Result<bool, FrameError> {
-        let source = units::CachedFacts {
-            cache: &self.proxy.facts_cache,
-            extra_write_functions: &self.proxy.config.routing.extra_write_functions,
-            catalog: &self.catalog,
-        };
-        // COPY data goes to the server in COPY mode, which is the current
-        // one; if units are still queued it must wait behind them.
-        let mut copy = BytesMut::new();
-        let parsed = self.builder.parse(
-            &mut self.cbuf,
-            &mut self.queued,
-            &mut copy,
-            &mut self.client_streaming,
-            &self.state,
-            &source,
-            MAX_QUEUED_UNITS,
-        )?;
-        if !copy.is_empty() {
-            match self.queued.back_mut() {
-                Some(last) => {
-                    let mut bytes = BytesMut::from(&last.bytes[..]);
-                    bytes.extend_from_slice(&copy);
-                    last.bytes = bytes.freeze();
-                }
-                None => self.to_server.extend_from_slice(&copy),
-            }
-        }
-        Ok(!matches!(parsed, units::Parsed::Terminate))
-    }
-
-    /// Gives the server back (transaction pooling) or keeps it aside
-    /// (session pooling) once the session is at rest.
-    fn release_if_at_rest(&mut self) {
-        if self.current.is_none() || !self.at_rest() || !self.pinned.is_empty() {
-            return;
-        }
-        if let Some(attached) = self.current.take() {
-            if !attached.lease.conn.rbuf.is_empty() {
-                // Something unasked-for is buffered (a notice): keep it with
-                // the session, which reads it next.
-                self.current = Some(attached);
-                return;
-            }
-            match self.proxy.config.pool.mode {
-                crate::config::PoolMode::Transaction => attached.lease.give_back(),
-                crate::config::PoolMode::Session => self.stash.push(attached),
-            }
-            self.cancel.set(None);
-        }
     }
 
     /// The current server connection failed. A read that nothing of has
