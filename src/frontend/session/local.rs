@@ -27,6 +27,17 @@ pub enum Local {
 /// optional trailing `;`). Anything else is `None` and goes to a server.
 pub fn parse(sql: &str) -> Option<Local> {
     // Every statement passes here: rule out the rest without allocating.
+    // The verb is SET, SHOW or RESET, a first word of 3 to 5 letters:
+    // SELECT, INSERT, UPDATE and the like stop at their first byte past 5.
+    let head = sql.trim_start().as_bytes();
+    let verb_len = head
+        .iter()
+        .take(6)
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(head.len().min(6));
+    if !(3..=5).contains(&verb_len) {
+        return None;
+    }
     let bytes = sql.as_bytes();
     // Dots are few: find them with memchr, then look behind each.
     let mentions = bytes.contains(&b'.')
@@ -200,6 +211,12 @@ mod tests {
             parse("SET SESSION causeway.client_id = 'o''brien'"),
             Some(Local::ClientId(Some("o'brien".into())))
         );
+        // Leading white space, a verb alone on its line, a bare SHOW.
+        assert_eq!(
+            parse("\n\t reset\ncauseway.client_id"),
+            Some(Local::ClientId(None))
+        );
+        assert_eq!(parse("show causeway.lsn;"), Some(Local::Show("lsn".into())));
     }
 
     #[test]
@@ -207,6 +224,12 @@ mod tests {
         assert_eq!(parse("SET search_path = public"), None);
         assert_eq!(parse("SELECT 'causeway.client_id'"), None);
         assert_eq!(parse("SET causeway.client_id = 'a'; SELECT 1"), None);
+        // First words that are not SET, SHOW or RESET, whatever follows.
+        assert_eq!(parse("SETTING causeway.client_id = 'a'"), None);
+        assert_eq!(parse("SE causeway.client_id"), None);
+        assert_eq!(parse("/* c */ SHOW causeway.lsn"), None);
+        assert_eq!(parse(""), None);
+        assert_eq!(parse("SHOW"), None);
     }
 
     #[test]

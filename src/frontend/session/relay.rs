@@ -56,8 +56,12 @@ impl Session {
             if let Some((key, timeline, lsn)) = self.store_write.take() {
                 self.store_commit(key, timeline, lsn).await;
             }
-            if let Err(end) = self.dispatch_queued().await {
-                return end;
+            // (Not entered when nothing is queued: an async call has a cost
+            // even when it returns at once.)
+            if !self.queued.is_empty() {
+                if let Err(end) = self.dispatch_queued().await {
+                    return end;
+                }
             }
             // Bytes already buffered that no read will announce again:
             // messages pipelined behind the startup packet, and those left
