@@ -436,9 +436,10 @@ fn use_statement(unit: &mut Unit, name: &str, state: &SessionState) {
     }
 }
 
-/// The text of a NUL-terminated string at the start of `body` (empty if
-/// there is no terminator or it is not UTF-8: such SQL is unparsable, which
-/// routes it to the primary).
+/// A statement or portal name: the NUL-terminated string at the start of
+/// `body`, or empty (the unnamed one) when it is not UTF-8. A Parse of such
+/// a name pins the session to the connection that holds it (see
+/// `extended_message`); statement texts go through [`text_facts`].
 fn cstr(body: &[u8]) -> &str {
     std::str::from_utf8(text_bytes(body)).unwrap_or("")
 }
