@@ -88,8 +88,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=cluster/servers-toml.sh
-source "$REPO/cluster/servers-toml.sh"
+# shellcheck source=cluster/lib.sh
+source "$REPO/cluster/lib.sh"
 CLUSTER=("bash" "$REPO/cluster/cluster.sh")
 
 BENCH_SECONDS=${BENCH_SECONDS:-15}

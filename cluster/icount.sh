@@ -4,7 +4,7 @@
 # so a change to the hot path can be judged to the percent, where CPU time
 # on a shared 2-core machine moves by ±5% from run to run.
 #
-#   bash cluster/icount.sh [BIN...]        (default: target/release/causeway)
+#   bash cluster/icount.sh [BIN...]        (default: target/release/causeway, built)
 #
 # For each binary: starts it under `valgrind --tool=callgrind` in front of
 # the local cluster, runs pgbench (4 clients) for ICOUNT_SECONDS, zeroes the
@@ -28,8 +28,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=cluster/servers-toml.sh
-source "$REPO/cluster/servers-toml.sh"
+# shellcheck source=cluster/lib.sh
+source "$REPO/cluster/lib.sh"
 ICOUNT_MODE=${ICOUNT_MODE:-simple}
 ICOUNT_ARGS=${ICOUNT_ARGS--S}
 ICOUNT_REPLICAS=${ICOUNT_REPLICAS:-0}
@@ -49,21 +49,9 @@ read -r -a REPLICA_PORTS <<<"$PGPORT_REPLICAS"
 ((ICOUNT_SECONDS > ICOUNT_WINDOW + 4)) || die "ICOUNT_SECONDS must exceed ICOUNT_WINDOW + 4"
 
 BINS=("$@")
-if ((${#BINS[@]} == 0)); then
-  BINS=("$REPO/target/release/causeway")
-  if [[ ! -x ${BINS[0]} ]]; then
-    say "building causeway (cargo build --release)"
-    (cd "$REPO" && cargo build --release --bin causeway) >&2
-  fi
-fi
+((${#BINS[@]} > 0)) || BINS=("$(release_causeway)")
 
-WORK=$(mktemp -d /tmp/causeway-icount.XXXXXX)
-PID=
-cleanup() {
-  [[ -n $PID ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+scratch_dir icount
 
 # The monitor polls once a second, not every 10 ms: its polls are not the
 # hot path, and at callgrind's speed they would be a large share of the count.

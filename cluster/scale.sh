@@ -16,13 +16,13 @@
 #
 # Environment (defaults):
 #   CAUSEWAY_BIN=target/release/causeway (built with cargo build --release
-#     if missing)   SCALE_IDLE=10000  SCALE_ACTIVE=1000  SCALE_SECONDS=30
+#     first)   SCALE_IDLE=10000  SCALE_ACTIVE=1000  SCALE_SECONDS=30
 #   SCALE_PORT=6452  SCALE_METRICS_PORT=9197  SCALE_SERVER_CONNECTIONS=40
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=cluster/servers-toml.sh
-source "$REPO/cluster/servers-toml.sh"
+# shellcheck source=cluster/lib.sh
+source "$REPO/cluster/lib.sh"
 SCALE_IDLE=${SCALE_IDLE:-10000}
 SCALE_ACTIVE=${SCALE_ACTIVE:-1000}
 SCALE_SECONDS=${SCALE_SECONDS:-30}
@@ -41,19 +41,10 @@ read -r -a REPLICA_PORTS <<<"$PGPORT_REPLICAS"
 limit=$(ulimit -n)
 ((limit > SCALE_IDLE + 100)) || die "open files limit $limit: raise it above $SCALE_IDLE (ulimit -n)"
 
-BIN=${CAUSEWAY_BIN:-$REPO/target/release/causeway}
-if [[ ! -x $BIN ]]; then
-  say "building causeway (cargo build --release)"
-  (cd "$REPO" && cargo build --release --bin causeway) >&2
-fi
+BIN=${CAUSEWAY_BIN:-$(release_causeway)}
+[[ -x $BIN ]] || die "CAUSEWAY_BIN=$BIN is not executable"
 
-WORK=$(mktemp -d /tmp/causeway-scale.XXXXXX)
-PID=
-cleanup() {
-  [[ -n $PID ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+scratch_dir scale
 
 {
   cat <<EOF
