@@ -84,6 +84,13 @@ pub struct UnitFacts {
 }
 
 impl UnitFacts {
+    /// Pins the session for `reason`, once.
+    pub fn pin(&mut self, reason: &'static str) {
+        if !self.pins.contains(&reason) {
+            self.pins.push(reason);
+        }
+    }
+
     pub fn read() -> UnitFacts {
         UnitFacts::default()
     }
@@ -138,9 +145,7 @@ impl UnitFacts {
             self.hint = other.hint;
         }
         for pin in &other.pins {
-            if !self.pins.contains(pin) {
-                self.pins.push(pin);
-            }
+            self.pin(pin);
         }
         self.effects.extend(other.effects.iter().cloned());
         self.executes.extend(other.executes.iter().cloned());
@@ -519,9 +524,7 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
                     PinReason::SetConfig => SET_CONFIG,
                     PinReason::Load => "load",
                 };
-                if !facts.pins.contains(&pin) {
-                    facts.pins.push(pin);
-                }
+                facts.pin(pin);
                 // Temp tables and advisory locks are written state; a write
                 // reason also asks for the commit LSN.
                 if matches!(reason, PinReason::TempTable | PinReason::AdvisoryLock) {

@@ -283,8 +283,8 @@ fn extended_message(
             // A statement name that is not UTF-8 is kept by its server
             // alone: the proxy, which files names as text, could not tell
             // two such names apart to prepare them elsewhere.
-            if name.is_empty() && !raw_name.is_empty() && !unit.facts.pins.contains(&NOT_UTF8) {
-                Arc::make_mut(&mut unit.facts).pins.push(NOT_UTF8);
+            if name.is_empty() && !raw_name.is_empty() {
+                Arc::make_mut(&mut unit.facts).pin(NOT_UTF8);
             }
             if unit.parses.is_empty() {
                 unit.local = super::local::parse(&sql);
@@ -357,9 +357,7 @@ fn bind_settings(unit: &mut Unit, bind: &[u8]) {
     }
     if pin {
         facts.effects.retain(|e| !unresolved(e));
-        if !facts.pins.contains(&crate::router::facts::SET_CONFIG) {
-            facts.pins.push(crate::router::facts::SET_CONFIG);
-        }
+        facts.pin(crate::router::facts::SET_CONFIG);
     }
 }
 
@@ -463,8 +461,8 @@ fn text_facts<'a>(raw: &'a [u8], source: &dyn FactsSource) -> (Cow<'a, str>, Sha
         Err(_) => {
             let sql = String::from_utf8_lossy(raw);
             let mut facts = source.facts(&sql);
-            if !facts.effects.is_empty() && !facts.pins.contains(&NOT_UTF8) {
-                Arc::make_mut(&mut facts).pins.push(NOT_UTF8);
+            if !facts.effects.is_empty() {
+                Arc::make_mut(&mut facts).pin(NOT_UTF8);
             }
             (sql, facts)
         }
