@@ -287,18 +287,20 @@ fn assert_no_error(answer: &[RawMessage], what: &str) {
     assert!(errors.is_empty(), "{what}: {errors:?}");
 }
 
+/// A raw client of the `trusted` user with these startup parameters.
+async fn raw_client(port: u16, params: &[(&str, &str)]) -> RawClient {
+    let mut client = RawClient::connect(port).await;
+    let mut startup = vec![("user", "trusted"), ("database", APP_DB)];
+    startup.extend_from_slice(params);
+    client.send(&raw::startup_packet(&startup)).await;
+    let greeting = client.read_until_ready().await;
+    assert_no_error(&greeting, &format!("startup with {params:?}"));
+    client
+}
+
 /// A raw client of the `trusted` user with client_encoding LATIN1.
 async fn latin1_client(port: u16) -> RawClient {
-    let mut client = RawClient::connect(port).await;
-    client
-        .send(&raw::startup_packet(&[
-            ("user", "trusted"),
-            ("database", APP_DB),
-            ("client_encoding", "LATIN1"),
-        ]))
-        .await;
-    client.read_until_ready().await;
-    client
+    raw_client(port, &[("client_encoding", "LATIN1")]).await
 }
 
 /// The first column of the first DataRow, as bytes.
@@ -389,5 +391,92 @@ async fn a_statement_named_in_latin1_stays_usable() {
             "false42",
             "round {round}: the statement ran on its own primary connection"
         );
+    }
+}
+
+/// Texts the server reads otherwise than the proxy's scanner. With
+/// standard_conforming_strings off, `'a\''` is one string to the server
+/// (the quote is escaped) and, to a scanner with the defaults, a string
+/// followed by the start of another, which swallows the `SET` after it. In
+/// SJIS, `ソ` is the bytes 0x83 0x5C, the second a backslash to a scanner
+/// that does not know the encoding: `E'ソ'` seems not to end. The server
+/// runs the `SET` either way. It must stay with its client, as Postgres
+/// keeps it, and never reach another client of the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_behind_a_backslash_stays_with_its_session() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    let trusted = || support::connect(port, "trusted", "", APP_DB);
+    let defaults = values(&trusted().await, STATE).await;
+    let on_primary = format!("/* causeway: primary */ {STATE}");
+    let hidden_set: &[u8] = b"SELECT 'a\\'' ; SET app.tenant = 'hidden' ; --'";
+    let sjis_set: &[u8] = b"SELECT E'\x83\\' ; SET app.tenant = 'hidden' ; --'";
+    // What the case is, the client's startup parameters, its statements.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Vec<&'a [u8]>);
+    let cases: [Case; 3] = [
+        (
+            "standard_conforming_strings off at startup",
+            &[("options", "-c standard_conforming_strings=off")],
+            vec![hidden_set],
+        ),
+        (
+            "client_encoding SJIS",
+            &[("client_encoding", "SJIS")],
+            vec![sjis_set],
+        ),
+        (
+            "standard_conforming_strings turned off in the same write",
+            &[],
+            vec![b"SET standard_conforming_strings = off", hidden_set],
+        ),
+    ];
+    for (case, params, texts) in cases {
+        let mut client = raw_client(port, params).await;
+        // All of the case's statements in one write: the proxy reads the
+        // second before the server has answered the first.
+        let mut write = Vec::new();
+        for text in &texts {
+            let mut body = text.to_vec();
+            body.push(0);
+            write.extend(raw::message(b'Q', &body));
+        }
+        client.send(&write).await;
+        for _ in &texts {
+            let answer = client.read_until_ready().await;
+            assert_no_error(&answer, case);
+        }
+        for round in 0..4 {
+            let other = trusted().await;
+            assert_eq!(
+                values(&other, STATE).await,
+                defaults,
+                "{case}, round {round}: another client saw the setting (replica)"
+            );
+            assert_eq!(
+                values(&other, &on_primary).await,
+                defaults,
+                "{case}, round {round}: another client saw the setting (primary)"
+            );
+            let answer = run_raw(
+                &mut client,
+                b"SELECT coalesce(current_setting('app.tenant', true), '')",
+            )
+            .await;
+            assert_eq!(
+                String::from_utf8_lossy(&first_value(&answer)),
+                "hidden",
+                "{case}, round {round}: the session lost its own setting"
+            );
+        }
+        client.send(&raw::message(b'X', &[])).await;
+        drop(client);
+        for _ in 0..6 {
+            let other = trusted().await;
+            assert_eq!(
+                values(&other, &on_primary).await,
+                defaults,
+                "{case}: a client after it saw the setting"
+            );
+        }
     }
 }

@@ -25,6 +25,7 @@ mod relay;
 mod responses;
 mod start;
 pub mod state;
+pub mod texts;
 pub mod units;
 
 pub use start::run;

@@ -315,6 +315,7 @@ impl Session {
                     self.pending.front(),
                     Some(Expect::Client(inflight)) if inflight.effects.is_empty()
                 );
+                self.builder.texts.note_parameter(&name, &value);
                 let conn = &mut attached.lease.conn;
                 if unfollowed && conn.params.get(&name) != Some(&value) {
                     if !conn.unclean {
@@ -430,6 +431,14 @@ impl Session {
     /// pass its answers on and apply what it changed.
     fn finish_unit(&mut self, mut inflight: Box<InFlight>, ready: &[u8]) {
         let status = ready[5];
+        if self.builder.texts.is_changing()
+            && self.pending.is_empty()
+            && self.queued.is_empty()
+            && !self.builder.is_building()
+        {
+            // Every setting the units so far changed has been reported.
+            self.builder.texts.settle();
+        }
         if inflight.replay {
             // Part of moving an optimistic block: the client saw this
             // answer already, from the replica.

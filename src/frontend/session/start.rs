@@ -154,10 +154,12 @@ pub async fn run(
         .is_some_and(|v| v == "on");
     let role_isolation = lease.conn.default_isolation.clone();
     let mut greeting = BytesMut::with_capacity(512);
+    let mut builder = UnitBuilder::default();
     let mut params: Vec<_> = lease.conn.params.iter().collect();
     params.sort();
     for (name, value) in params {
         messages::parameter_status(&mut greeting, name, value);
+        builder.texts.note_parameter(name, value);
     }
     messages::backend_key_data(&mut greeting, cancel.pid, cancel.secret);
     messages::ready_for_query(&mut greeting, b'I');
@@ -192,7 +194,7 @@ pub async fn run(
         last_conn: vec![(greeting_server, lease_id)],
         known,
         replica_home,
-        builder: UnitBuilder::default(),
+        builder,
         queued: VecDeque::new(),
         pending: VecDeque::new(),
         open_batch: None,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::state::{Prepared, Replay, SessionState};
+use super::texts::TextRules;
 use crate::protocol::{self, FrameError};
 use crate::router::facts::{SharedFacts, NOT_UTF8};
 use crate::router::UnitFacts;
@@ -121,6 +122,8 @@ pub enum Parsed {
 pub struct UnitBuilder {
     building: Option<Unit>,
     building_bytes: BytesMut,
+    /// Whether the server reads texts as the proxy does.
+    pub texts: TextRules,
 }
 
 /// Gives the facts of a statement text; the session's cache.
@@ -179,7 +182,14 @@ impl UnitBuilder {
                 let unit = self.building.get_or_insert_with(Unit::default);
                 let message = &cbuf[..len];
                 if !matches!(header.tag, b'S' | b'H') {
-                    extended_message(unit, header.tag, &message[5..], state, source);
+                    extended_message(
+                        unit,
+                        header.tag,
+                        &message[5..],
+                        state,
+                        source,
+                        &mut self.texts,
+                    );
                 }
                 self.building_bytes.extend_from_slice(message);
                 cbuf.advance(len);
@@ -197,7 +207,8 @@ impl UnitBuilder {
                 b'd' | b'c' | b'f' => copy_out.extend_from_slice(&message),
                 b'Q' => {
                     self.finish_batch(out, false);
-                    let (text, mut facts) = text_facts(text_bytes(body), source);
+                    let (text, mut facts) = text_facts(text_bytes(body), source, &self.texts);
+                    self.texts.note_effects(&facts.effects);
                     let sql: &str = &text;
                     let lone_begin = facts.begin == Some(false)
                         && facts.effects.is_empty()
@@ -273,12 +284,14 @@ fn extended_message(
     body: &[u8],
     state: &SessionState,
     source: &dyn FactsSource,
+    texts: &mut TextRules,
 ) {
     match tag {
         b'P' => {
             let (raw_name, rest) = split_cstr(body);
             let name = std::str::from_utf8(raw_name).unwrap_or("");
-            let (sql, facts) = text_facts(text_bytes(rest), source);
+            let (sql, facts) = text_facts(text_bytes(rest), source, texts);
+            texts.note_effects(&facts.effects);
             merge_facts(&mut unit.facts, &facts);
             // A statement name that is not UTF-8 is kept by its server
             // alone: the proxy, which files names as text, could not tell
@@ -454,9 +467,14 @@ fn text_bytes(body: &[u8]) -> &[u8] {
 /// decide where it runs are ASCII, so it is routed as it should be. What
 /// it changes in the session (a SET, a PREPARE) would be replayed on
 /// another connection from that altered copy, so such a text pins the
-/// session to its connection instead, as a temporary table does.
-fn text_facts<'a>(raw: &'a [u8], source: &dyn FactsSource) -> (Cow<'a, str>, SharedFacts) {
-    match std::str::from_utf8(raw) {
+/// session to its connection instead, as a temporary table does. So does
+/// a text the server may read otherwise than the proxy (see [`super::texts`]).
+fn text_facts<'a>(
+    raw: &'a [u8],
+    source: &dyn FactsSource,
+    rules: &TextRules,
+) -> (Cow<'a, str>, SharedFacts) {
+    let (sql, mut facts) = match std::str::from_utf8(raw) {
         Ok(sql) => (Cow::Borrowed(sql), source.facts(sql)),
         Err(_) => {
             let sql = String::from_utf8_lossy(raw);
@@ -466,7 +484,11 @@ fn text_facts<'a>(raw: &'a [u8], source: &dyn FactsSource) -> (Cow<'a, str>, Sha
             }
             (sql, facts)
         }
+    };
+    if let Some(reason) = rules.pin_for(raw) {
+        Arc::make_mut(&mut facts).pin(reason);
     }
+    (sql, facts)
 }
 
 fn is_lone_begin(sql: &str) -> bool {
