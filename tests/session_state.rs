@@ -480,3 +480,44 @@ async fn a_setting_behind_a_backslash_stays_with_its_session() {
         }
     }
 }
+
+/// A text the proxy's lexer refuses, though it differs from a good one
+/// only in a literal (`E'\777'`, a byte this UTF-8 database refuses too),
+/// must not lend its verdict to the good one: the good one's SET would run
+/// unseen, stay on its connection and reach the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_the_proxy_cannot_read_lends_no_verdict() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    let defaults = values(&client_on(port, None).await, STATE).await;
+    let on_primary = format!("/* causeway: primary */ {STATE}");
+    let refused = client_on(port, None).await;
+    let error = refused
+        .simple_query("SELECT E'\\777' ; SET app.tenant = ''")
+        .await
+        .expect_err("the server refuses byte 0xFF in UTF-8");
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE),
+        "{}",
+        support::describe_error(&error)
+    );
+    let client = client_on(port, None).await;
+    client
+        .simple_query("SELECT E'\\x41' ; SET app.tenant = 'mine'")
+        .await
+        .unwrap_or_else(|e| panic!("{}", support::describe_error(&e)));
+    for round in 0..4 {
+        let other = client_on(port, None).await;
+        assert_eq!(
+            values(&other, &on_primary).await,
+            defaults,
+            "round {round}: another client saw the setting"
+        );
+        assert_eq!(
+            values(&client, "SELECT current_setting('app.tenant', true)").await,
+            vec!["mine"],
+            "round {round}: the session lost its own setting"
+        );
+    }
+}

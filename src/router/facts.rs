@@ -299,6 +299,8 @@ pub const SET_CONFIG: &str = "set_config";
 /// The pin of a text in another encoding than UTF-8 that changes the
 /// session: the proxy cannot replay it byte for byte.
 pub const NOT_UTF8: &str = "text not in UTF-8";
+/// The pin of a text the classifier could not read.
+pub const UNREADABLE: &str = "text the proxy cannot read";
 const TEMP_TABLE: &str = "temporary table";
 const CURSOR_WITH_HOLD: &str = "cursor with hold";
 
@@ -523,12 +525,17 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
                     PinReason::AdvisoryLock => "session advisory lock",
                     PinReason::SetConfig => SET_CONFIG,
                     PinReason::Load => "load",
+                    PinReason::Unreadable => UNREADABLE,
                 };
                 facts.pin(pin);
                 // Temp tables and advisory locks are written state; a write
                 // reason also asks for the commit LSN.
                 if matches!(reason, PinReason::TempTable | PinReason::AdvisoryLock) {
                     write(facts, "pins session");
+                }
+                // Whatever it is, it may write.
+                if matches!(reason, PinReason::Unreadable) {
+                    write(facts, "unparsable");
                 }
             }
             SessionChange::Unlisten { channel } => {
@@ -614,6 +621,27 @@ mod tests {
             &[],
         );
         assert_eq!(computed.pins, vec!["set_config"]);
+    }
+
+    /// The lexer refuses `E'\777'` (a byte the server takes in a
+    /// database whose encoding is not UTF-8); the literal-blind scanner
+    /// does not. The refusal must not become the verdict of a text that
+    /// differs only in its literals: that one's SET would go unseen.
+    #[test]
+    fn an_unreadable_text_pins_and_shares_no_verdict() {
+        let cache = FactsCache::new(100);
+        let unreadable = cached(&cache, "SELECT E'\\777' ; SET app.tenant = ''", &[]);
+        assert_eq!(unreadable.pins, vec![UNREADABLE]);
+        assert!(unreadable.writes());
+        let readable = cached(&cache, "SELECT E'\\x41' ; SET app.tenant = 'mine'", &[]);
+        assert!(readable.pins.is_empty());
+        assert_eq!(
+            readable.effects,
+            vec![Effect::Set {
+                name: "app.tenant".into(),
+                sql: "SET app.tenant = 'mine'".into()
+            }]
+        );
     }
 
     #[test]

@@ -255,6 +255,11 @@ pub enum PinReason {
     SetConfig,
     /// `LOAD 'library'`.
     Load,
+    /// A text the lexer could not read (an unterminated string, or a
+    /// literal it refuses that the server may take, such as `E'\777'` in a
+    /// database whose encoding is not UTF-8): what it does to the session
+    /// is unknown.
+    Unreadable,
 }
 
 /// A leading `/* causeway: primary */` or `/* causeway: replica */`.
@@ -272,13 +277,15 @@ const UNPARSABLE: &str = "unparsable";
 pub fn classify(sql: &str, extra_write_functions: &[String]) -> Classification {
     let cx = Context::new(sql, extra_write_functions);
     let Some(lexemes) = lex(sql) else {
-        // An unterminated string or comment: the server will refuse it too.
-        let kind = Kind::Write { reason: UNPARSABLE };
-        let span = 0..sql.len();
+        // Most often an unterminated string or comment, which the server
+        // refuses too; but the lexer is stricter than the server about
+        // some literals, and a statement it cannot see may be a SET. The
+        // text goes to the primary and keeps its session there.
+        let kind = statement::pin(PinReason::Unreadable);
         let statement = StatementClass {
             kind: kind.clone(),
             hint: None,
-            span,
+            span: 0..sql.len(),
         };
         return Classification {
             kind,

@@ -253,7 +253,7 @@ pub(super) fn corpus() -> Vec<(&'static str, X)> {
         // --- fail safe: what cannot be parsed goes to the primary
         ("SELEC 1", w("unparsable")),
         ("SELECT (1", w("unparsable")),
-        ("SELECT 'unterminated", w("unparsable")),
+        ("SELECT 'unterminated", pinned(Unreadable)),
         ("\"SELECT\" 1", w("unparsable")),
         ("EXPLAIN", w("unparsable")),
         // Valid PostgreSQL reads that sqlparser 0.59 rejects.
