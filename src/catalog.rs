@@ -1,4 +1,5 @@
-//! What the primary's `pg_proc` says about the functions a read may call.
+//! What the primary's `pg_proc` says about the functions a statement may
+//! call.
 //!
 //! A `SELECT` that calls a user-defined VOLATILE function may write (a
 //! PL/pgSQL function that updates a table, called from `SELECT`): it must
@@ -8,6 +9,17 @@
 //! built-ins are judged by the classifier's own table, which knows
 //! `random()` from `nextval()`). Reads calling only STABLE or IMMUTABLE
 //! functions, or built-ins, keep going to replicas.
+//!
+//! A function may also change the session's settings where the proxy cannot
+//! see: `PERFORM set_config('app.tenant', t, false)` in a `set_tenant(t)`.
+//! Postgres 15 reports no custom setting, so the proxy could neither replay
+//! it on the session's next connection nor undo it for the next client. The
+//! catalog also names such *setters*: user functions whose source mentions
+//! `set_config`, or starts a statement with `SET` or `RESET` (also inside an
+//! `EXECUTE` string), and the functions whose source names a setter, to any
+//! depth. A call of a setter pins the session to its connection. A setter
+//! the source does not show (a name built at run time, a C function) is
+//! not found.
 //!
 //! When it is read: by the first session of a database, on its greeting
 //! connection before the client is told it is in; again right after any
@@ -22,18 +34,41 @@ use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 
-/// The names of VOLATILE functions outside the system schemas, lowercased
-/// (the classifier compares names case-insensitively, which can only
-/// over-approximate).
-pub const VOLATILE_FUNCTIONS_QUERY: &str = "SELECT DISTINCT lower(p.proname) \
-     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-     WHERE p.provolatile = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
+/// One column: the names of VOLATILE functions outside the system schemas,
+/// lowercased (the classifier compares names case-insensitively, which can
+/// only over-approximate), then the names of setters with
+/// [`SETTER_MARK`] in front.
+pub const VOLATILE_FUNCTIONS_QUERY: &str = r#"WITH RECURSIVE user_functions AS (
+    SELECT lower(p.proname) AS name, p.prosrc AS source, p.provolatile AS volatility
+    FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+), setters(name) AS (
+    SELECT name FROM user_functions
+    WHERE source ~* E'(set_config|(^|[;\'"$]|\\m(begin|then|else|loop))\\s*(re)?set\\M)'
+    UNION
+    SELECT f.name FROM user_functions f JOIN setters s
+    ON f.source ~* (E'(^|\\W)' || regexp_replace(s.name, E'(\\W)', E'\\\\\\1', 'g') || E'(\\W|$)')
+)
+SELECT DISTINCT name FROM user_functions WHERE volatility = 'v'
+UNION ALL
+SELECT DISTINCT '=' || name FROM setters"#;
 
-/// One database's volatile functions, or `None` until read (or when
-/// reading failed).
+/// In front of a setter's name in [`VOLATILE_FUNCTIONS_QUERY`]'s answer (no
+/// function name, once lowercased, starts with `=` unquoted; a quoted one
+/// that does is taken for a setter, which only pins more).
+pub const SETTER_MARK: char = '=';
+
+#[derive(Debug)]
+struct Functions {
+    volatile: HashSet<String>,
+    setters: HashSet<String>,
+}
+
+/// One database's functions, or `None` until read (or when reading
+/// failed).
 #[derive(Debug, Default)]
 pub struct Catalog {
-    volatile: RwLock<Option<Arc<HashSet<String>>>>,
+    functions: RwLock<Option<Arc<Functions>>>,
 }
 
 impl Catalog {
@@ -41,22 +76,36 @@ impl Catalog {
         self.snapshot().is_some()
     }
 
-    fn snapshot(&self) -> Option<Arc<HashSet<String>>> {
-        match self.volatile.read() {
+    fn snapshot(&self) -> Option<Arc<Functions>> {
+        match self.functions.read() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    /// Replaces the catalog with what the primary answered.
+    /// Replaces the catalog with what the primary answered to
+    /// [`VOLATILE_FUNCTIONS_QUERY`].
     pub fn load(&self, names: impl IntoIterator<Item = String>) {
-        let set: HashSet<String> = names.into_iter().collect();
-        tracing::debug!(volatile_functions = set.len(), "function catalog read");
-        let mut guard = match self.volatile.write() {
+        let mut functions = Functions {
+            volatile: HashSet::new(),
+            setters: HashSet::new(),
+        };
+        for name in names {
+            match name.strip_prefix(SETTER_MARK) {
+                Some(setter) => functions.setters.insert(setter.to_string()),
+                None => functions.volatile.insert(name),
+            };
+        }
+        tracing::debug!(
+            volatile_functions = functions.volatile.len(),
+            setters = functions.setters.len(),
+            "function catalog read"
+        );
+        let mut guard = match self.functions.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        *guard = Some(Arc::new(set));
+        *guard = Some(Arc::new(functions));
     }
 
     /// The first of `calls` that may write: a known VOLATILE user function,
@@ -66,12 +115,26 @@ impl Catalog {
             return None;
         }
         match self.snapshot() {
-            Some(volatile) => calls
+            Some(functions) => calls
                 .iter()
-                .find(|c| volatile.contains(c.as_str()))
+                .find(|c| functions.volatile.contains(c.as_str()))
                 .map(String::as_str),
             None => calls.first().map(String::as_str),
         }
+    }
+
+    /// The first of `calls` that may change the session's settings unseen:
+    /// a known setter. None while the catalog is unknown (such calls go to
+    /// the primary as possible writes; a setter among them is not found).
+    pub fn setting_call<'a>(&self, calls: &'a [String]) -> Option<&'a str> {
+        if calls.is_empty() {
+            return None;
+        }
+        let functions = self.snapshot()?;
+        calls
+            .iter()
+            .find(|c| functions.setters.contains(c.as_str()))
+            .map(String::as_str)
     }
 }
 
@@ -115,6 +178,28 @@ mod tests {
         assert_eq!(
             catalog.writing_call(&calls(&["count", "apply_payment"])),
             Some("apply_payment")
+        );
+    }
+
+    #[test]
+    fn setters_are_told_apart_by_their_mark() {
+        let catalog = Catalog::default();
+        assert_eq!(catalog.setting_call(&calls(&["set_tenant"])), None);
+        catalog.load(calls(&[
+            "set_tenant",
+            "apply_payment",
+            "=set_tenant",
+            "=stable_setter",
+        ]));
+        assert_eq!(catalog.writing_call(&calls(&["stable_setter"])), None);
+        assert_eq!(
+            catalog.setting_call(&calls(&["count", "stable_setter"])),
+            Some("stable_setter")
+        );
+        assert_eq!(catalog.setting_call(&calls(&["apply_payment"])), None);
+        assert_eq!(
+            catalog.writing_call(&calls(&["set_tenant"])),
+            Some("set_tenant")
         );
     }
 }

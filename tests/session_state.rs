@@ -521,3 +521,88 @@ async fn a_text_the_proxy_cannot_read_lends_no_verdict() {
         );
     }
 }
+
+/// A function can change settings where the proxy cannot see them, and
+/// Postgres 15 reports no custom setting. A call of such a function (from
+/// a read or through another function), a procedure that does it with
+/// `EXECUTE`, and a `DO` block pin their session: the setting stays with
+/// it, as in Postgres, and reaches no other client. A VOLATILE function
+/// that changes no setting pins nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_changed_inside_functions_stay_with_their_session() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    let setup = client_on(port, None).await;
+    setup
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION state_set_tenant(t text) RETURNS text \
+               LANGUAGE plpgsql AS $$ BEGIN PERFORM set_config('app.tenant', t, false); \
+               RETURN t; END $$; \
+             CREATE OR REPLACE FUNCTION state_login(t text) RETURNS text \
+               LANGUAGE sql AS $$ SELECT state_set_tenant(t) $$; \
+             CREATE OR REPLACE PROCEDURE state_tenant_procedure(t text) \
+               LANGUAGE plpgsql AS $$ BEGIN EXECUTE format('SET app.tenant = %L', t); END $$; \
+             CREATE OR REPLACE FUNCTION state_note(b text) RETURNS bigint \
+               LANGUAGE sql AS $$ INSERT INTO state_notes (body) VALUES (b) RETURNING id $$;",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}", support::describe_error(&e)));
+    // The catalog is read again behind the DDL, on the same connection:
+    // once this answers, it is in.
+    values(&setup, "SELECT 1").await;
+    let defaults = values(&client_on(port, None).await, STATE).await;
+    let on_primary = format!("/* causeway: primary */ {STATE}");
+    let cases = [
+        (
+            "a setter called from a SELECT",
+            "SELECT state_set_tenant('fn')",
+            "fn",
+        ),
+        (
+            "a setter called through another function",
+            "SELECT state_login('login')",
+            "login",
+        ),
+        ("a procedure", "CALL state_tenant_procedure('call')", "call"),
+        (
+            "a DO block",
+            "DO $$ BEGIN PERFORM set_config('app.tenant', 'do', false); END $$",
+            "do",
+        ),
+    ];
+    for (case, sql, tenant) in cases {
+        let client = client_on(port, None).await;
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{case}: {}", support::describe_error(&e)));
+        for round in 0..4 {
+            let other = client_on(port, None).await;
+            assert_eq!(
+                values(&other, &on_primary).await,
+                defaults,
+                "{case}, round {round}: another client saw the setting (primary)"
+            );
+            assert_eq!(
+                values(&other, STATE).await,
+                defaults,
+                "{case}, round {round}: another client saw the setting (replica)"
+            );
+            assert_eq!(
+                values(&client, "SELECT current_setting('app.tenant', true)").await,
+                vec![tenant],
+                "{case}, round {round}: the session lost its own setting"
+            );
+        }
+    }
+    let client = client_on(port, None).await;
+    values(&client, "SELECT state_note('no setting')::text").await;
+    cluster().wait_replicas_caught_up();
+    for round in 0..6 {
+        assert_eq!(
+            values(&client, "SELECT pg_is_in_recovery()::text").await,
+            vec!["true"],
+            "round {round}: a function that changes no setting pinned its session"
+        );
+    }
+}

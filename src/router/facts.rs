@@ -221,7 +221,6 @@ impl FactsCache {
             return;
         }
         facts.write_reason = Some(reason);
-        facts.calls = Arc::default();
         if self.map.len() >= self.capacity {
             self.map.clear();
         }
@@ -299,6 +298,11 @@ pub const SET_CONFIG: &str = "set_config";
 /// The pin of a text in another encoding than UTF-8 that changes the
 /// session: the proxy cannot replay it byte for byte.
 pub const NOT_UTF8: &str = "text not in UTF-8";
+/// The pin of a call of a function that may change the session's settings
+/// unseen (see `crate::catalog`).
+pub const SETTER_CALL: &str = "function that may change settings";
+/// The pin of a `DO` block: its code may change settings unseen.
+pub const DO_BLOCK: &str = "DO block";
 /// The pin of a text the classifier could not read.
 pub const UNREADABLE: &str = "text the proxy cannot read";
 const TEMP_TABLE: &str = "temporary table";
@@ -326,9 +330,9 @@ pub fn from_sql(sql: &str, extra_write_functions: &[String]) -> UnitFacts {
             }
         }
     }
-    if facts.write_reason.is_none() {
-        facts.calls = classification.calls.into();
-    }
+    // Writes too: a call of a function that changes settings pins (see
+    // `crate::catalog`).
+    facts.calls = classification.calls.into();
     facts
 }
 
@@ -405,6 +409,9 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
         Kind::Read { .. } => {}
         Kind::Write { reason } => {
             facts.copy_in |= *reason == "copy from";
+            if *reason == "do" {
+                facts.pin(DO_BLOCK);
+            }
             write(facts, reason)
         }
         Kind::Execute { name } => facts.executes.push(name.clone()),
@@ -642,6 +649,21 @@ mod tests {
                 sql: "SET app.tenant = 'mine'".into()
             }]
         );
+    }
+
+    #[test]
+    fn code_that_may_change_settings_unseen() {
+        let do_block = from_sql(
+            "DO $$ BEGIN PERFORM set_config('a.b', 'c', false); END $$",
+            &[],
+        );
+        assert_eq!(do_block.pins, vec![DO_BLOCK]);
+        // A write keeps its calls, for the catalog's setters.
+        let call = from_sql("CALL set_tenant('x')", &[]);
+        assert!(call.writes());
+        assert_eq!(&call.calls[..], ["set_tenant"]);
+        let update = from_sql("UPDATE t SET owner = login(1)", &[]);
+        assert_eq!(&update.calls[..], ["login"]);
     }
 
     #[test]

@@ -509,18 +509,17 @@ pub struct CachedFacts<'a> {
 
 impl FactsSource for CachedFacts<'_> {
     fn facts(&self, sql: &str) -> SharedFacts {
-        let facts = crate::router::facts::cached(self.cache, sql, self.extra_write_functions);
-        if facts.write_reason.is_some() || facts.calls.is_empty() {
+        let mut facts = crate::router::facts::cached(self.cache, sql, self.extra_write_functions);
+        if facts.calls.is_empty() {
             return facts;
         }
-        match self.catalog.writing_call(&facts.calls) {
-            Some(_) => {
-                let mut facts = (*facts).clone();
-                facts.write_reason = Some("volatile function");
-                Arc::new(facts)
-            }
-            None => facts,
+        if facts.write_reason.is_none() && self.catalog.writing_call(&facts.calls).is_some() {
+            Arc::make_mut(&mut facts).write_reason = Some("volatile function");
         }
+        if self.catalog.setting_call(&facts.calls).is_some() {
+            Arc::make_mut(&mut facts).pin(crate::router::facts::SETTER_CALL);
+        }
+        facts
     }
 }
 
