@@ -111,31 +111,43 @@ impl Catalog {
     /// The first of `calls` that may write: a known VOLATILE user function,
     /// or any call at all while the catalog is unknown.
     pub fn writing_call<'a>(&self, calls: &'a [String]) -> Option<&'a str> {
-        if calls.is_empty() {
-            return None;
-        }
-        match self.snapshot() {
-            Some(functions) => calls
-                .iter()
-                .find(|c| functions.volatile.contains(c.as_str()))
-                .map(String::as_str),
-            None => calls.first().map(String::as_str),
-        }
+        self.judge(calls).writer
     }
 
     /// The first of `calls` that may change the session's settings unseen:
     /// a known setter. None while the catalog is unknown (such calls go to
     /// the primary as possible writes; a setter among them is not found).
     pub fn setting_call<'a>(&self, calls: &'a [String]) -> Option<&'a str> {
-        if calls.is_empty() {
-            return None;
-        }
-        let functions = self.snapshot()?;
-        calls
-            .iter()
-            .find(|c| functions.setters.contains(c.as_str()))
-            .map(String::as_str)
+        self.judge(calls).setter
     }
+
+    /// Both verdicts on `calls` at once, from one look at the catalog (every
+    /// statement that calls a function asks for both).
+    pub fn judge<'a>(&self, calls: &'a [String]) -> Calls<'a> {
+        if calls.is_empty() {
+            return Calls::default();
+        }
+        let Some(functions) = self.snapshot() else {
+            return Calls {
+                writer: calls.first().map(String::as_str),
+                setter: None,
+            };
+        };
+        let find = |set: &HashSet<String>| calls.iter().find(|c| set.contains(c.as_str()));
+        Calls {
+            writer: find(&functions.volatile).map(String::as_str),
+            setter: find(&functions.setters).map(String::as_str),
+        }
+    }
+}
+
+/// What the catalog says of a statement's calls.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Calls<'a> {
+    /// The first that may write (see [`Catalog::writing_call`]).
+    pub writer: Option<&'a str>,
+    /// The first that may change settings (see [`Catalog::setting_call`]).
+    pub setter: Option<&'a str>,
 }
 
 /// Catalogs by database name.

@@ -513,10 +513,13 @@ impl FactsSource for CachedFacts<'_> {
         if facts.calls.is_empty() {
             return facts;
         }
-        if facts.write_reason.is_none() && self.catalog.writing_call(&facts.calls).is_some() {
+        let calls = self.catalog.judge(&facts.calls);
+        let writes = facts.write_reason.is_none() && calls.writer.is_some();
+        let sets = calls.setter.is_some();
+        if writes {
             Arc::make_mut(&mut facts).write_reason = Some("volatile function");
         }
-        if self.catalog.setting_call(&facts.calls).is_some() {
+        if sets {
             Arc::make_mut(&mut facts).pin(crate::router::facts::SETTER_CALL);
         }
         facts
