@@ -303,6 +303,42 @@ async fn latin1_client(port: u16) -> RawClient {
     raw_client(port, &[("client_encoding", "LATIN1")]).await
 }
 
+/// `other`, a client of the pool, sees a fresh session's state both on a
+/// replica and on the primary.
+async fn assert_sees_defaults(other: &Client, defaults: &[String], what: &str) {
+    assert_eq!(
+        values(other, STATE).await,
+        defaults,
+        "{what}: another client saw the setting (replica)"
+    );
+    let on_primary = format!("/* causeway: primary */ {STATE}");
+    assert_eq!(
+        values(other, &on_primary).await,
+        defaults,
+        "{what}: another client saw the setting (primary)"
+    );
+}
+
+/// Four rounds of: another client of the pool sees a fresh session, and
+/// `client` still has its own `app.tenant`.
+async fn assert_tenant_stays(
+    client: &Client,
+    port: u16,
+    defaults: &[String],
+    tenant: &str,
+    what: &str,
+) {
+    for round in 0..4 {
+        let other = client_on(port, None).await;
+        assert_sees_defaults(&other, defaults, &format!("{what}, round {round}")).await;
+        assert_eq!(
+            values(client, "SELECT current_setting('app.tenant', true)").await,
+            vec![tenant],
+            "{what}, round {round}: the session lost its own setting"
+        );
+    }
+}
+
 /// The first column of the first DataRow, as bytes.
 fn first_value(answer: &[RawMessage]) -> Vec<u8> {
     let row = answer.iter().find(|m| m.tag == b'D').expect("a row");
@@ -408,7 +444,6 @@ async fn a_setting_behind_a_backslash_stays_with_its_session() {
     let port = proxy().port;
     let trusted = || support::connect(port, "trusted", "", APP_DB);
     let defaults = values(&trusted().await, STATE).await;
-    let on_primary = format!("/* causeway: primary */ {STATE}");
     let hidden_set: &[u8] = b"SELECT 'a\\'' ; SET app.tenant = 'hidden' ; --'";
     let sjis_set: &[u8] = b"SELECT E'\x83\\' ; SET app.tenant = 'hidden' ; --'";
     // What the case is, the client's startup parameters, its statements.
@@ -447,16 +482,7 @@ async fn a_setting_behind_a_backslash_stays_with_its_session() {
         }
         for round in 0..4 {
             let other = trusted().await;
-            assert_eq!(
-                values(&other, STATE).await,
-                defaults,
-                "{case}, round {round}: another client saw the setting (replica)"
-            );
-            assert_eq!(
-                values(&other, &on_primary).await,
-                defaults,
-                "{case}, round {round}: another client saw the setting (primary)"
-            );
+            assert_sees_defaults(&other, &defaults, &format!("{case}, round {round}")).await;
             let answer = run_raw(
                 &mut client,
                 b"SELECT coalesce(current_setting('app.tenant', true), '')",
@@ -472,11 +498,7 @@ async fn a_setting_behind_a_backslash_stays_with_its_session() {
         drop(client);
         for _ in 0..6 {
             let other = trusted().await;
-            assert_eq!(
-                values(&other, &on_primary).await,
-                defaults,
-                "{case}: a client after it saw the setting"
-            );
+            assert_sees_defaults(&other, &defaults, &format!("{case}, after it left")).await;
         }
     }
 }
@@ -490,7 +512,6 @@ async fn a_text_the_proxy_cannot_read_lends_no_verdict() {
     let _serial = SERIAL.lock().await;
     let port = proxy().port;
     let defaults = values(&client_on(port, None).await, STATE).await;
-    let on_primary = format!("/* causeway: primary */ {STATE}");
     let refused = client_on(port, None).await;
     let error = refused
         .simple_query("SELECT E'\\777' ; SET app.tenant = ''")
@@ -507,19 +528,7 @@ async fn a_text_the_proxy_cannot_read_lends_no_verdict() {
         .simple_query("SELECT E'\\x41' ; SET app.tenant = 'mine'")
         .await
         .unwrap_or_else(|e| panic!("{}", support::describe_error(&e)));
-    for round in 0..4 {
-        let other = client_on(port, None).await;
-        assert_eq!(
-            values(&other, &on_primary).await,
-            defaults,
-            "round {round}: another client saw the setting"
-        );
-        assert_eq!(
-            values(&client, "SELECT current_setting('app.tenant', true)").await,
-            vec!["mine"],
-            "round {round}: the session lost its own setting"
-        );
-    }
+    assert_tenant_stays(&client, port, &defaults, "mine", "after the refused text").await;
 }
 
 /// A function can change settings where the proxy cannot see them, and
@@ -551,7 +560,6 @@ async fn settings_changed_inside_functions_stay_with_their_session() {
     // once this answers, it is in.
     values(&setup, "SELECT 1").await;
     let defaults = values(&client_on(port, None).await, STATE).await;
-    let on_primary = format!("/* causeway: primary */ {STATE}");
     let cases = [
         (
             "a setter called from a SELECT",
@@ -576,24 +584,7 @@ async fn settings_changed_inside_functions_stay_with_their_session() {
             .batch_execute(sql)
             .await
             .unwrap_or_else(|e| panic!("{case}: {}", support::describe_error(&e)));
-        for round in 0..4 {
-            let other = client_on(port, None).await;
-            assert_eq!(
-                values(&other, &on_primary).await,
-                defaults,
-                "{case}, round {round}: another client saw the setting (primary)"
-            );
-            assert_eq!(
-                values(&other, STATE).await,
-                defaults,
-                "{case}, round {round}: another client saw the setting (replica)"
-            );
-            assert_eq!(
-                values(&client, "SELECT current_setting('app.tenant', true)").await,
-                vec![tenant],
-                "{case}, round {round}: the session lost its own setting"
-            );
-        }
+        assert_tenant_stays(&client, port, &defaults, tenant, case).await;
     }
     let client = client_on(port, None).await;
     values(&client, "SELECT state_note('no setting')::text").await;
