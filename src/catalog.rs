@@ -27,12 +27,15 @@
 //! When it is read: by the first session of a database, on its greeting
 //! connection before the client is told it is in; again right after any
 //! statement that may create, change or drop functions (pipelined behind
-//! it on the same primary connection); and afresh after `RELOAD`, which
-//! builds a new, empty set of catalogs. A database whose catalog could
+//! it on the same primary connection); every
+//! `[routing] function_catalog_refresh_ms`, behind the next unit that ends
+//! work on the primary (functions created without the proxy); and afresh
+//! after `RELOAD`, which builds a new, empty set of catalogs. A database whose catalog could
 //! not be read treats every call as a possible write: every doubt goes to
 //! the primary.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
@@ -74,11 +77,19 @@ struct Functions {
 #[derive(Debug, Default)]
 pub struct Catalog {
     functions: RwLock<Option<Arc<Functions>>>,
+    /// Time to read it again (`[routing] function_catalog_refresh_ms`).
+    due: AtomicBool,
 }
 
 impl Catalog {
     pub fn is_loaded(&self) -> bool {
         self.snapshot().is_some()
+    }
+
+    /// True once after each [`Catalogs::mark_due`]: the session that takes
+    /// it reads the catalog again. One load when it is not due.
+    pub fn take_due(&self) -> bool {
+        self.due.load(Ordering::Relaxed) && self.due.swap(false, Ordering::Relaxed)
     }
 
     fn snapshot(&self) -> Option<Arc<Functions>> {
@@ -162,6 +173,17 @@ pub struct Catalogs {
 }
 
 impl Catalogs {
+    /// Marks every catalog read so far to be read again, by the next
+    /// session of its database that can (functions may have been created
+    /// on the server without the proxy seeing the DDL).
+    pub fn mark_due(&self) {
+        for catalog in self.by_database.iter() {
+            if catalog.is_loaded() {
+                catalog.due.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
     pub fn get(&self, database: &str) -> Arc<Catalog> {
         if let Some(found) = self.by_database.get(database) {
             return found.clone();
@@ -196,6 +218,19 @@ mod tests {
             catalog.writing_call(&calls(&["count", "apply_payment"])),
             Some("apply_payment")
         );
+    }
+
+    #[test]
+    fn a_refresh_is_taken_once_and_only_for_read_catalogs() {
+        let catalogs = Catalogs::default();
+        let read = catalogs.get("app");
+        read.load(calls(&["apply_payment"]));
+        let unread = catalogs.get("other");
+        assert!(!read.take_due());
+        catalogs.mark_due();
+        assert!(!unread.take_due(), "a catalog never read is read anyway");
+        assert!(read.take_due());
+        assert!(!read.take_due(), "one session reads it again, not all");
     }
 
     #[test]

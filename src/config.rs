@@ -84,6 +84,11 @@ pub struct RoutingSection {
     pub max_lag_ms: u64,
     /// Functions that write, besides the ones causeway knows (nextval...).
     pub extra_write_functions: Vec<String>,
+    /// How often each database's function catalog (which user functions
+    /// may write, which may change settings) is read again, behind the next
+    /// unit that ends work on the primary; 0: only at a database's first
+    /// client, after function DDL through the proxy, and at RELOAD.
+    pub function_catalog_refresh_ms: u64,
     /// Distinct statement texts whose classification is cached.
     pub statement_cache_size: usize,
     /// Who shares a causal LSN: "session" (each connection alone),
@@ -128,6 +133,7 @@ impl Default for RoutingSection {
             max_lag_bytes: 16 * 1024 * 1024,
             max_lag_ms: 1000,
             extra_write_functions: Vec::new(),
+            function_catalog_refresh_ms: 60_000,
             statement_cache_size: 10_000,
             causal_scope: CausalScope::Global,
             optimistic_transactions: false,

@@ -66,7 +66,7 @@ pub struct Proxy {
     pub causal: Arc<CausalMap>,
     pub stats: Arc<Stats>,
     /// Function volatility by database, read from the primary.
-    pub catalogs: crate::catalog::Catalogs,
+    pub catalogs: Arc<crate::catalog::Catalogs>,
     /// Which transaction shapes write (optimistic transactions).
     pub shapes: Arc<crate::shapes::Shapes>,
     /// `PAUSE` / `RESUME`.
@@ -167,7 +167,7 @@ impl Proxy {
                 |p| p.causal.clone(),
             ),
             stats: previous.map_or_else(|| Arc::new(Stats::default()), |p| p.stats.clone()),
-            catalogs: crate::catalog::Catalogs::default(),
+            catalogs: Arc::default(),
             tls_binding: config.tls.channel_binding(),
             auth_cache: Default::default(),
             causal_store: routing.causal_store.as_deref().and_then(|url| {
@@ -248,6 +248,19 @@ impl Proxy {
                     .await;
                     match pools.upgrade() {
                         Some(pools) => pools.close_idle_older_than(timeout),
+                        None => return,
+                    }
+                }
+            });
+        }
+        let refresh = Duration::from_millis(self.config.routing.function_catalog_refresh_ms);
+        if !refresh.is_zero() {
+            let catalogs = Arc::downgrade(&self.catalogs);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(refresh).await;
+                    match catalogs.upgrade() {
+                        Some(catalogs) => catalogs.mark_due(),
                         None => return,
                     }
                 }

@@ -24,7 +24,11 @@ fn cluster() -> &'static TestCluster {
 fn proxy() -> &'static TestProxy {
     static PROXY: OnceLock<TestProxy> = OnceLock::new();
     PROXY.get_or_init(|| {
-        let proxy = TestProxy::start_with(cluster(), |c| c.pool.max_server_connections = 2);
+        let proxy = TestProxy::start_with(cluster(), |c| {
+            c.pool.max_server_connections = 2;
+            // Functions created without the proxy are learned this fast.
+            c.routing.function_catalog_refresh_ms = 300;
+        });
         cluster().psql_db(
             cluster().primary_port(),
             APP_DB,
@@ -596,4 +600,63 @@ async fn settings_changed_inside_functions_stay_with_their_session() {
             "round {round}: a function that changes no setting pinned its session"
         );
     }
+}
+
+/// Functions created on the server without the proxy (a migration run
+/// directly on the primary) are learned when the function catalog is read
+/// again: a VOLATILE one then sends the statement calling it to the
+/// primary, and a setter pins its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_created_without_the_proxy_are_learned() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    let client = client_on(port, None).await;
+    // The catalog is read by now; names new to this run are not in it.
+    let run = std::process::id();
+    let (probe, setter) = (format!("direct_where_{run}"), format!("direct_set_{run}"));
+    cluster().psql_db(
+        cluster().primary_port(),
+        APP_DB,
+        &format!(
+            "CREATE FUNCTION {probe}() RETURNS text LANGUAGE sql VOLATILE \
+               AS $$ SELECT pg_is_in_recovery()::text $$; \
+             CREATE FUNCTION {setter}(t text) RETURNS text LANGUAGE plpgsql \
+               AS $$ BEGIN PERFORM set_config('app.tenant', t, false); RETURN t; END $$;"
+        ),
+    );
+    cluster().wait_replicas_caught_up();
+    let call_probe = format!("SELECT {probe}()");
+    assert_eq!(
+        values(&client, &call_probe).await,
+        vec!["true"],
+        "unknown, the function is taken for a read and runs on a replica"
+    );
+    let mut learned = false;
+    for _ in 0..50 {
+        // A unit that ends work on the primary carries the re-read.
+        client
+            .batch_execute("INSERT INTO state_notes (body) VALUES ('carries the catalog')")
+            .await
+            .unwrap_or_else(|e| panic!("{}", support::describe_error(&e)));
+        if values(&client, &call_probe).await == vec!["false"] {
+            learned = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(learned, "{probe}, created on the server, was never learned");
+    let defaults = values(&client_on(port, None).await, STATE).await;
+    let session = client_on(port, None).await;
+    session
+        .batch_execute(&format!("SELECT {setter}('direct')"))
+        .await
+        .unwrap_or_else(|e| panic!("{}", support::describe_error(&e)));
+    assert_tenant_stays(
+        &session,
+        port,
+        &defaults,
+        "direct",
+        "a setter made without the proxy",
+    )
+    .await;
 }

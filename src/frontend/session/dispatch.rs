@@ -545,11 +545,11 @@ impl Session {
         } else {
             unit.facts.ends_tx
         };
-        let reload_catalog = self.functions_changed
-            && server == Server::Primary
-            && unit.synced
-            && !unit.facts.copy_in
-            && ends_work;
+        // Also when the catalog is due to be read again: the first unit
+        // that can carry it takes the mark.
+        let can_carry =
+            server == Server::Primary && unit.synced && !unit.facts.copy_in && ends_work;
+        let reload_catalog = can_carry && (self.functions_changed || self.catalog.take_due());
         let mut inflight = InFlight::new(&unit, server, at_rest);
         if let Some(open) = self.open_batch.take() {
             inflight.absorb(open);
