@@ -538,9 +538,10 @@ async fn a_text_the_proxy_cannot_read_lends_no_verdict() {
 /// A function can change settings where the proxy cannot see them, and
 /// Postgres 15 reports no custom setting. A call of such a function (from
 /// a read or through another function), a procedure that does it with
-/// `EXECUTE`, and a `DO` block pin their session: the setting stays with
-/// it, as in Postgres, and reaches no other client. A VOLATILE function
-/// that changes no setting pins nothing.
+/// `EXECUTE`, and a `DO` block that sets one or calls a setter pin their
+/// session: the setting stays with it, as in Postgres, and reaches no other
+/// client. A VOLATILE function that changes no setting pins nothing, nor
+/// does a `DO` block that only calls it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_changed_inside_functions_stay_with_their_session() {
     let _serial = SERIAL.lock().await;
@@ -581,6 +582,11 @@ async fn settings_changed_inside_functions_stay_with_their_session() {
             "DO $$ BEGIN PERFORM set_config('app.tenant', 'do', false); END $$",
             "do",
         ),
+        (
+            "a DO block calling a setter",
+            "DO $$ BEGIN PERFORM state_set_tenant('do-call'); END $$",
+            "do-call",
+        ),
     ];
     for (case, sql, tenant) in cases {
         let client = client_on(port, None).await;
@@ -592,12 +598,16 @@ async fn settings_changed_inside_functions_stay_with_their_session() {
     }
     let client = client_on(port, None).await;
     values(&client, "SELECT state_note('no setting')::text").await;
+    client
+        .batch_execute("DO $$ BEGIN PERFORM state_note('from a DO block'); END $$")
+        .await
+        .unwrap_or_else(|e| panic!("{}", support::describe_error(&e)));
     cluster().wait_replicas_caught_up();
     for round in 0..6 {
         assert_eq!(
             values(&client, "SELECT pg_is_in_recovery()::text").await,
             vec!["true"],
-            "round {round}: a function that changes no setting pinned its session"
+            "round {round}: a function (or DO block) that changes no setting pinned its session"
         );
     }
 }

@@ -301,7 +301,8 @@ pub const NOT_UTF8: &str = "text not in UTF-8";
 /// The pin of a call of a function that may change the session's settings
 /// unseen (see `crate::catalog`).
 pub const SETTER_CALL: &str = "function that may change settings";
-/// The pin of a `DO` block: its code may change settings unseen.
+/// The pin of a `DO` block whose body may change settings unseen (see
+/// `classify::do_body`).
 pub const DO_BLOCK: &str = "DO block";
 /// The pin of a text the classifier could not read.
 pub const UNREADABLE: &str = "text the proxy cannot read";
@@ -319,8 +320,23 @@ pub fn from_sql(sql: &str, extra_write_functions: &[String]) -> UnitFacts {
         }),
         ..UnitFacts::default()
     };
+    let mut calls = classification.calls;
     for statement in &classification.statements {
         add_kind(&mut facts, &statement.kind);
+        if let (classify::Kind::Write { reason: "do" }, Some(text)) =
+            (&statement.kind, sql.get(statement.span.clone()))
+        {
+            // Code the proxy does not run, read for what it may change.
+            let body = classify::do_body(text);
+            if body.sets {
+                facts.pin(DO_BLOCK);
+            }
+            for call in body.calls {
+                if !calls.contains(&call) {
+                    calls.push(call);
+                }
+            }
+        }
         if let Some(text) = sql.get(statement.span.clone()) {
             facts
                 .frees_database
@@ -332,7 +348,7 @@ pub fn from_sql(sql: &str, extra_write_functions: &[String]) -> UnitFacts {
     }
     // Writes too: a call of a function that changes settings pins (see
     // `crate::catalog`).
-    facts.calls = classification.calls.into();
+    facts.calls = calls.into();
     facts
 }
 
@@ -409,9 +425,6 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
         Kind::Read { .. } => {}
         Kind::Write { reason } => {
             facts.copy_in |= *reason == "copy from";
-            if *reason == "do" {
-                facts.pin(DO_BLOCK);
-            }
             write(facts, reason)
         }
         Kind::Execute { name } => facts.executes.push(name.clone()),

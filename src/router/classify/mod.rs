@@ -39,6 +39,7 @@
 //! - `functions`: the writing-function table all of them consult.
 //! - `tokens`: the positional token reads every grammar is written in.
 
+mod code;
 mod functions;
 mod lex;
 mod nested;
@@ -54,6 +55,7 @@ use std::ops::Range;
 
 use sqlparser::tokenizer::{Token, Whitespace};
 
+pub use code::{do_body, DoBody};
 use lex::{lex, parse_hint, split, Lexeme};
 use statement::{classify_tokens, Context};
 
