@@ -29,8 +29,9 @@
 //! statement that may create, change or drop functions (pipelined behind
 //! it on the same primary connection); every
 //! `[routing] function_catalog_refresh_ms`, behind the next unit that ends
-//! work on the primary (functions created without the proxy); and afresh
-//! after `RELOAD`, which builds a new, empty set of catalogs. A database whose catalog could
+//! work on the primary or at the next client's greeting, whichever comes
+//! first (functions created without the proxy); and afresh after `RELOAD`,
+//! which builds a new, empty set of catalogs. A database whose catalog could
 //! not be read treats every call as a possible write: every doubt goes to
 //! the primary.
 

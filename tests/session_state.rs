@@ -669,4 +669,24 @@ async fn functions_created_without_the_proxy_are_learned() {
         "a setter made without the proxy",
     )
     .await;
+    // With no write to carry it, a new client's greeting reads the catalog
+    // again once it is due.
+    let later = format!("direct_later_{run}");
+    cluster().psql_db(
+        cluster().primary_port(),
+        APP_DB,
+        &format!(
+            "CREATE FUNCTION {later}() RETURNS text LANGUAGE sql VOLATILE \
+               AS $$ SELECT pg_is_in_recovery()::text $$;"
+        ),
+    );
+    cluster().wait_replicas_caught_up();
+    // Past a refresh period after the function was made.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let newcomer = client_on(port, None).await;
+    assert_eq!(
+        values(&newcomer, &format!("SELECT {later}()")).await,
+        vec!["false"],
+        "the new client's greeting did not read the catalog again"
+    );
 }

@@ -129,9 +129,12 @@ pub async fn run(
         }
     }
     // The first session of a database reads which of its functions may
-    // write, before any of its reads is routed.
+    // write, before any of its reads is routed; so does a new session when
+    // the catalog is due to be read again (a load of reads only, which no
+    // write would carry it behind, still learns new functions at its next
+    // connection).
     let catalog = proxy.catalogs.get(&ready.login.database);
-    if !catalog.is_loaded() {
+    if !catalog.is_loaded() || catalog.take_due() {
         match lease
             .conn
             .query_column(crate::catalog::VOLATILE_FUNCTIONS_QUERY)
