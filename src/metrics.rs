@@ -51,6 +51,12 @@ pub fn optimistic_replayed(statements: usize) {
     metrics::counter!("causeway_optimistic_replayed_units_total").increment(statements as u64);
 }
 
+/// A session was pinned to its server connection (docs/routing.md, Pins):
+/// while it is, its reads go to the primary with reason `pinned`.
+pub fn session_pinned(reason: &'static str) {
+    metrics::counter!("causeway_session_pins_total", "reason" => reason).increment(1);
+}
+
 /// A unit needed the primary while none could be reached.
 pub fn no_primary() {
     metrics::counter!("causeway_no_primary_errors_total").increment(1);
@@ -180,6 +186,9 @@ pub fn init_series(primary: &str, replicas: &[String]) {
     }
     for outcome in ["caught_up", "gave_up"] {
         zero(metrics::counter!("causeway_read_waits_total", "outcome" => outcome));
+    }
+    for reason in crate::router::facts::PIN_REASONS {
+        zero(metrics::counter!("causeway_session_pins_total", "reason" => reason));
     }
     let _ = metrics::histogram!("causeway_read_wait_seconds");
     for server in std::iter::once(primary).chain(replicas.iter().map(String::as_str)) {

@@ -813,6 +813,14 @@ async fn steady_traffic(port: u16, primary_port: u16) {
                 .expect("count");
         }
     }));
+    // A session pinned by a temporary table.
+    tasks.push(tokio::spawn(async move {
+        let client = app_client(port).await;
+        client
+            .batch_execute("CREATE TEMP TABLE dashboard_scratch (x int)")
+            .await
+            .expect("temp table");
+    }));
     // Transaction blocks, optimistic: one that only reads, one that reads
     // then writes (moved to the primary, replayed, matched).
     tasks.push(tokio::spawn(async move {
@@ -968,6 +976,10 @@ fn assert_traffic_counted(samples: &[Sample]) {
         ("causeway_read_waits_total", &[("outcome", "caught_up")]),
         ("causeway_read_wait_seconds_count", &[]),
         ("causeway_read_retries_total", &[("reason", "refused")]),
+        (
+            "causeway_session_pins_total",
+            &[("reason", "temporary table")],
+        ),
         (
             "causeway_optimistic_transactions_total",
             &[("outcome", "read_only")],

@@ -306,8 +306,30 @@ pub const SETTER_CALL: &str = "function that may change settings";
 pub const DO_BLOCK: &str = "DO block";
 /// The pin of a text the classifier could not read.
 pub const UNREADABLE: &str = "text the proxy cannot read";
+/// The pin of a text with a backslash that the server may read otherwise
+/// than the proxy (see `frontend::session::texts`).
+pub const BACKSLASH: &str =
+    "backslash with standard_conforming_strings off or a client-only encoding";
 const TEMP_TABLE: &str = "temporary table";
 const CURSOR_WITH_HOLD: &str = "cursor with hold";
+const ADVISORY_LOCK: &str = "session advisory lock";
+const LOAD: &str = "load";
+
+/// Every reason a session may be pinned for: the label values of
+/// `causeway_session_pins_total`.
+pub const PIN_REASONS: [&str; 11] = [
+    LISTEN,
+    TEMP_TABLE,
+    CURSOR_WITH_HOLD,
+    ADVISORY_LOCK,
+    SET_CONFIG,
+    LOAD,
+    NOT_UTF8,
+    UNREADABLE,
+    SETTER_CALL,
+    DO_BLOCK,
+    BACKSLASH,
+];
 
 /// Classifies one SQL text (possibly several statements) and merges its
 /// statements' verdicts into the facts the router uses.
@@ -542,9 +564,9 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
                     PinReason::Listen { .. } => LISTEN,
                     PinReason::TempTable => TEMP_TABLE,
                     PinReason::CursorWithHold { .. } => CURSOR_WITH_HOLD,
-                    PinReason::AdvisoryLock => "session advisory lock",
+                    PinReason::AdvisoryLock => ADVISORY_LOCK,
                     PinReason::SetConfig => SET_CONFIG,
-                    PinReason::Load => "load",
+                    PinReason::Load => LOAD,
                     PinReason::Unreadable => UNREADABLE,
                 };
                 facts.pin(pin);

@@ -517,6 +517,7 @@ impl Session {
                     .as_ref()
                     .map(|a| a.lease.conn.server_name.as_str());
                 tracing::debug!(reason = pin, server = name, "session pinned");
+                crate::metrics::session_pinned(pin);
                 self.pinned.push(pin);
             }
         }

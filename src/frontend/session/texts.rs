@@ -23,9 +23,7 @@
 
 use crate::router::Effect;
 
-/// The pin reason of a text the proxy may misread.
-pub const BACKSLASH: &str =
-    "backslash in a text read with standard_conforming_strings off or a client-only encoding";
+use crate::router::facts::BACKSLASH;
 
 /// Postgres's client-only encodings (`PG_ENCODING_IS_CLIENT_ONLY`), as the
 /// server names them. Postgres's own `backslash_quote = safe_encoding`
