@@ -125,21 +125,8 @@ impl Catalog {
         *guard = Some(Arc::new(functions));
     }
 
-    /// The first of `calls` that may write: a known VOLATILE user function,
-    /// or any call at all while the catalog is unknown.
-    pub fn writing_call<'a>(&self, calls: &'a [String]) -> Option<&'a str> {
-        self.judge(calls).writer
-    }
-
-    /// The first of `calls` that may change the session's settings unseen:
-    /// a known setter. None while the catalog is unknown (such calls go to
-    /// the primary as possible writes; a setter among them is not found).
-    pub fn setting_call<'a>(&self, calls: &'a [String]) -> Option<&'a str> {
-        self.judge(calls).setter
-    }
-
-    /// Both verdicts on `calls` at once, from one look at the catalog (every
-    /// statement that calls a function asks for both).
+    /// What the catalog says of `calls`, from one look at it (every
+    /// statement that calls a function asks both questions).
     pub fn judge<'a>(&self, calls: &'a [String]) -> Calls<'a> {
         if calls.is_empty() {
             return Calls::default();
@@ -161,9 +148,12 @@ impl Catalog {
 /// What the catalog says of a statement's calls.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Calls<'a> {
-    /// The first that may write (see [`Catalog::writing_call`]).
+    /// The first that may write: a known VOLATILE user function, or any
+    /// call at all while the catalog is unknown.
     pub writer: Option<&'a str>,
-    /// The first that may change settings (see [`Catalog::setting_call`]).
+    /// The first that may change the session's settings unseen: a known
+    /// setter. None while the catalog is unknown (such calls go to the
+    /// primary as possible writes; a setter among them is not found).
     pub setter: Option<&'a str>,
 }
 
@@ -209,14 +199,14 @@ mod tests {
         let catalogs = Catalogs::default();
         let catalog = catalogs.get("app");
         // Unknown catalog: every call is a doubt.
-        assert_eq!(catalog.writing_call(&calls(&["count"])), Some("count"));
-        assert_eq!(catalog.writing_call(&[]), None);
+        assert_eq!(catalog.judge(&calls(&["count"])).writer, Some("count"));
+        assert_eq!(catalog.judge(&[]).writer, None);
         catalog.load(calls(&["apply_payment"]));
         assert!(catalogs.get("app").is_loaded());
         assert!(!catalogs.get("other").is_loaded());
-        assert_eq!(catalog.writing_call(&calls(&["count", "lower"])), None);
+        assert_eq!(catalog.judge(&calls(&["count", "lower"])).writer, None);
         assert_eq!(
-            catalog.writing_call(&calls(&["count", "apply_payment"])),
+            catalog.judge(&calls(&["count", "apply_payment"])).writer,
             Some("apply_payment")
         );
     }
@@ -237,21 +227,21 @@ mod tests {
     #[test]
     fn setters_are_told_apart_by_their_mark() {
         let catalog = Catalog::default();
-        assert_eq!(catalog.setting_call(&calls(&["set_tenant"])), None);
+        assert_eq!(catalog.judge(&calls(&["set_tenant"])).setter, None);
         catalog.load(calls(&[
             "set_tenant",
             "apply_payment",
             "=set_tenant",
             "=stable_setter",
         ]));
-        assert_eq!(catalog.writing_call(&calls(&["stable_setter"])), None);
+        assert_eq!(catalog.judge(&calls(&["stable_setter"])).writer, None);
         assert_eq!(
-            catalog.setting_call(&calls(&["count", "stable_setter"])),
+            catalog.judge(&calls(&["count", "stable_setter"])).setter,
             Some("stable_setter")
         );
-        assert_eq!(catalog.setting_call(&calls(&["apply_payment"])), None);
+        assert_eq!(catalog.judge(&calls(&["apply_payment"])).setter, None);
         assert_eq!(
-            catalog.writing_call(&calls(&["set_tenant"])),
+            catalog.judge(&calls(&["set_tenant"])).writer,
             Some("set_tenant")
         );
     }

@@ -345,27 +345,29 @@ pub fn from_sql(sql: &str, extra_write_functions: &[String]) -> UnitFacts {
     let mut calls = classification.calls;
     for statement in &classification.statements {
         add_kind(&mut facts, &statement.kind);
-        if let (classify::Kind::Write { reason: "do" }, Some(text)) =
-            (&statement.kind, sql.get(statement.span.clone()))
-        {
-            // Code the proxy does not run, read for what it may change.
-            let body = classify::do_body(text);
-            if body.sets {
-                facts.pin(DO_BLOCK);
-            }
-            for call in body.calls {
-                if !calls.contains(&call) {
-                    calls.push(call);
-                }
-            }
-        }
-        if let Some(text) = sql.get(statement.span.clone()) {
-            facts
-                .frees_database
-                .extend(database_needing_no_connections(text));
-            if matches!(statement.kind, classify::Kind::Write { reason: "ddl" }) {
+        let Some(text) = sql.get(statement.span.clone()) else {
+            continue;
+        };
+        facts
+            .frees_database
+            .extend(database_needing_no_connections(text));
+        match statement.kind {
+            classify::Kind::Write { reason: "ddl" } => {
                 facts.changes_functions |= may_change_functions(text);
             }
+            classify::Kind::Write { reason: "do" } => {
+                // Code the proxy does not run, read for what it may change.
+                let body = classify::do_body(text);
+                if body.sets {
+                    facts.pin(DO_BLOCK);
+                }
+                for call in body.calls {
+                    if !calls.contains(&call) {
+                        calls.push(call);
+                    }
+                }
+            }
+            _ => {}
         }
     }
     // Writes too: a call of a function that changes settings pins (see

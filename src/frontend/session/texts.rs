@@ -21,9 +21,8 @@
 //! unit that may change either setting makes every text after it careful
 //! until the server has answered everything sent so far.
 
-use crate::router::Effect;
-
 use crate::router::facts::BACKSLASH;
+use crate::router::Effect;
 
 /// Postgres's client-only encodings (`PG_ENCODING_IS_CLIENT_ONLY`), as the
 /// server names them. Postgres's own `backslash_quote = safe_encoding`
