@@ -80,6 +80,8 @@ pub struct Catalog {
     functions: RwLock<Option<Arc<Functions>>>,
     /// Time to read it again (`[routing] function_catalog_refresh_ms`).
     due: AtomicBool,
+    /// The last read found setters.
+    any_setters: AtomicBool,
 }
 
 impl Catalog {
@@ -122,7 +124,17 @@ impl Catalog {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
+        self.any_setters
+            .store(!functions.setters.is_empty(), Ordering::Relaxed);
         *guard = Some(Arc::new(functions));
+    }
+
+    /// Whether any function is known to change settings: a statement that
+    /// is a write anyway needs a look at the catalog only then (one load,
+    /// where a look takes the lock; `INSERT INTO t (a, b)` reads as a call
+    /// of `t`).
+    pub fn has_setters(&self) -> bool {
+        self.any_setters.load(Ordering::Relaxed)
     }
 
     /// What the catalog says of `calls`, from one look at it (every
@@ -228,12 +240,14 @@ mod tests {
     fn setters_are_told_apart_by_their_mark() {
         let catalog = Catalog::default();
         assert_eq!(catalog.judge(&calls(&["set_tenant"])).setter, None);
+        assert!(!catalog.has_setters());
         catalog.load(calls(&[
             "set_tenant",
             "apply_payment",
             "=set_tenant",
             "=stable_setter",
         ]));
+        assert!(catalog.has_setters());
         assert_eq!(catalog.judge(&calls(&["stable_setter"])).writer, None);
         assert_eq!(
             catalog.judge(&calls(&["count", "stable_setter"])).setter,

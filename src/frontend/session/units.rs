@@ -510,7 +510,7 @@ pub struct CachedFacts<'a> {
 impl FactsSource for CachedFacts<'_> {
     fn facts(&self, sql: &str) -> SharedFacts {
         let mut facts = crate::router::facts::cached(self.cache, sql, self.extra_write_functions);
-        if facts.calls.is_empty() {
+        if facts.calls.is_empty() || (facts.write_reason.is_some() && !self.catalog.has_setters()) {
             return facts;
         }
         let calls = self.catalog.judge(&facts.calls);
