@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+pub use super::cache::{cached, FactsCache};
 use super::classify::{self, DiscardTarget, Kind, PinReason, SessionChange, SetScope, TxControl};
 
 /// A leading `/* causeway: primary */` or `/* causeway: replica */`.
@@ -167,130 +168,6 @@ impl UnitFacts {
 
 /// Shared, cached facts for a statement text.
 pub type SharedFacts = Arc<UnitFacts>;
-
-/// Facts by statement text, shared by all sessions, so a statement a
-/// driver prepares or sends again and again is parsed once. Bounded: when
-/// full it is cleared, which costs re-parsing, never correctness.
-#[derive(Debug)]
-pub struct FactsCache {
-    map: dashmap::DashMap<String, SharedFacts, foldhash::fast::RandomState>,
-    capacity: usize,
-}
-
-impl FactsCache {
-    pub fn new(capacity: usize) -> FactsCache {
-        FactsCache {
-            map: dashmap::DashMap::with_hasher(foldhash::fast::RandomState::default()),
-            capacity,
-        }
-    }
-
-    /// Texts longer than this are classified every time, never kept: a
-    /// client must not fill the proxy's memory with one-off giant queries.
-    pub const MAX_CACHED_SQL_BYTES: usize = 16 * 1024;
-
-    pub fn get_or_insert(&self, sql: &str, make: impl FnOnce() -> UnitFacts) -> SharedFacts {
-        if let Some(found) = self.map.get(sql) {
-            return found.clone();
-        }
-        let facts = Arc::new(make());
-        if sql.len() > Self::MAX_CACHED_SQL_BYTES || self.capacity == 0 {
-            return facts;
-        }
-        if self.map.len() >= self.capacity {
-            self.map.clear();
-        }
-        self.map.insert(sql.to_string(), facts.clone());
-        facts
-    }
-}
-
-impl FactsCache {
-    /// Records that `sql` needs the primary after all (a replica refused
-    /// it), so every session routes it there from now on. Kept until the
-    /// cache is next cleared, when a replica will teach it again.
-    pub fn learn_write(&self, sql: &str, reason: &'static str) {
-        if sql.len() > Self::MAX_CACHED_SQL_BYTES || self.capacity == 0 {
-            return;
-        }
-        let mut facts = match self.map.get(sql) {
-            Some(found) => (**found).clone(),
-            None => from_sql(sql, &[]),
-        };
-        if facts.write_reason.is_some() {
-            return;
-        }
-        facts.write_reason = Some(reason);
-        if self.map.len() >= self.capacity {
-            self.map.clear();
-        }
-        self.map.insert(sql.to_string(), Arc::new(facts));
-    }
-}
-
-/// The facts of a SQL text, from the cache or the classifier.
-///
-/// Looked up by exact text first (drivers repeat prepared texts), then by
-/// the text with its literals blanked (simple-protocol clients inline
-/// values). Only facts that hold no text of their own are shared under
-/// the blanked key: a SET's replay statement must be its own. Blanked keys
-/// start with a NUL, which no statement text holds, so a key is never
-/// taken for a text: `SELECT set_config('', '', false)` filed under its
-/// own text is not found by the key of `SELECT set_config('a', 'x',
-/// false)`, nor `EXPLAIN (ANALYZE 0) ...` by that of `(ANALYZE 1)`.
-pub fn cached(cache: &FactsCache, sql: &str, extra_write_functions: &[String]) -> SharedFacts {
-    if sql.len() > FactsCache::MAX_CACHED_SQL_BYTES {
-        // Never kept, under its text or its key: classified every time.
-        return Arc::new(from_sql(sql, extra_write_functions));
-    }
-    if let Some(found) = cache.map.get(sql) {
-        return found.clone();
-    }
-    // The key is built in a buffer kept per thread: most lookups hit, and
-    // a hit should not allocate.
-    thread_local! {
-        static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-    }
-    // `Ok`: found under the key; `Err`: the key to file it under, if the
-    // text could be scanned.
-    let looked_up = KEY.with_borrow_mut(|key| {
-        key.clear();
-        key.push('\0');
-        if !super::normalize::write_literal_blind_key(sql, key) {
-            return Err(None);
-        }
-        match cache.map.get(key.as_str()) {
-            Some(found) => Ok(found.clone()),
-            None => Err(Some(key.clone())),
-        }
-    });
-    let key = match looked_up {
-        Ok(found) => return found,
-        Err(key) => key,
-    };
-    let facts = from_sql(sql, extra_write_functions);
-    // Two literals decide a verdict, and may be written as strings or
-    // numbers: set_config's third argument (is_local) whether it pins the
-    // session, and EXPLAIN's `ANALYZE 0` / `ANALYZE 'on'` whether the
-    // statement runs. Never share a verdict that may hang on them.
-    let mentions = |word: &[u8]| {
-        sql.as_bytes()
-            .windows(word.len())
-            .any(|w| w.eq_ignore_ascii_case(word))
-    };
-    let literal_decides = mentions(b"set_config") || mentions(b"analyze") || mentions(b"analyse");
-    let shareable = facts.effects.is_empty()
-        && facts.executes.is_empty()
-        && facts.pins.is_empty()
-        && !literal_decides;
-    // A text without literals is its own key: filed under the text, the
-    // first lookup finds it next time (drivers send such texts again and
-    // again, with `$1` parameters).
-    match key {
-        Some(key) if shareable && key[1..] != *sql => cache.get_or_insert(&key, || facts),
-        _ => cache.get_or_insert(sql, || facts),
-    }
-}
 
 const LISTEN: &str = "listen";
 /// The pin of a `set_config` whose value the proxy cannot know.
@@ -618,75 +495,6 @@ fn on_off(on: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cache_returns_the_same_facts_and_stays_bounded() {
-        let cache = FactsCache::new(4);
-        let extra = vec!["mark_seen".to_string()];
-        let first = cached(&cache, "SELECT mark_seen(1)", &extra);
-        let again = cached(&cache, "SELECT mark_seen(1)", &extra);
-        assert!(Arc::ptr_eq(&first, &again));
-        assert_eq!(first.write_reason, Some("configured writing function"));
-        for n in 0..20 {
-            let facts = cached(&cache, &format!("SELECT {n}"), &extra);
-            assert!(facts.is_read());
-            assert!(cache.map.len() <= 4);
-        }
-        let huge = format!(
-            "SELECT {}1",
-            "1 + ".repeat(FactsCache::MAX_CACHED_SQL_BYTES / 4)
-        );
-        let cache = FactsCache::new(4);
-        assert!(cached(&cache, &huge, &extra).is_read());
-        assert!(cache.map.is_empty());
-    }
-
-    #[test]
-    fn set_config_verdicts_are_never_shared_by_literal_blind_key() {
-        let cache = FactsCache::new(100);
-        let local = cached(&cache, "SELECT set_config('a', 'x', 'true')", &[]);
-        assert!(local.pins.is_empty());
-        let session = cached(
-            &cache,
-            "SELECT set_config('search_path', 'leak', 'false')",
-            &[],
-        );
-        assert!(session.pins.is_empty());
-        assert_eq!(
-            session.effects,
-            vec![Effect::Set {
-                name: "search_path".into(),
-                sql: "SELECT set_config('search_path', 'leak', 'false')".into()
-            }]
-        );
-        let computed = cached(
-            &cache,
-            "SELECT set_config('search_path', 'a' || 'b', 'false')",
-            &[],
-        );
-        assert_eq!(computed.pins, vec!["set_config"]);
-    }
-
-    /// The lexer refuses `E'\777'` (a byte the server takes in a
-    /// database whose encoding is not UTF-8); the literal-blind scanner
-    /// does not. The refusal must not become the verdict of a text that
-    /// differs only in its literals: that one's SET would go unseen.
-    #[test]
-    fn an_unreadable_text_pins_and_shares_no_verdict() {
-        let cache = FactsCache::new(100);
-        let unreadable = cached(&cache, "SELECT E'\\777' ; SET app.tenant = ''", &[]);
-        assert_eq!(unreadable.pins, vec![UNREADABLE]);
-        assert!(unreadable.writes());
-        let readable = cached(&cache, "SELECT E'\\x41' ; SET app.tenant = 'mine'", &[]);
-        assert!(readable.pins.is_empty());
-        assert_eq!(
-            readable.effects,
-            vec![Effect::Set {
-                name: "app.tenant".into(),
-                sql: "SET app.tenant = 'mine'".into()
-            }]
-        );
-    }
 
     #[test]
     fn code_that_may_change_settings_unseen() {

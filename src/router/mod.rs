@@ -6,6 +6,7 @@
 //! [`Decision`], and [`pick_replica`] chooses among replicas from their
 //! published positions. All of it is pure: tested with plain values.
 
+mod cache;
 pub mod classify;
 pub mod facts;
 pub mod normalize;
