@@ -270,6 +270,40 @@ async fn serializable_sessions_read_in_every_spelling() {
         );
         client.batch_execute("COMMIT").await.expect("commit");
     }
+    // A session that has read already turns serializable, and back: the
+    // routing follows each change of its settings, not its first one.
+    let client = client_on(port, APP_DB, None).await;
+    let where_read = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {}", support::describe_error(&e)));
+            row.get::<_, bool>(0)
+        }
+    };
+    let probe = "SELECT pg_is_in_recovery()";
+    assert!(
+        where_read(probe).await,
+        "a plain session reads from a replica"
+    );
+    client
+        .batch_execute("SET default_transaction_isolation = 'serializable'")
+        .await
+        .expect("set");
+    assert!(
+        !where_read(probe).await,
+        "after SET ... serializable, a read reached a replica"
+    );
+    client
+        .batch_execute("RESET default_transaction_isolation")
+        .await
+        .expect("reset");
+    assert!(
+        where_read(probe).await,
+        "after RESET, the session's reads stayed on the primary"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

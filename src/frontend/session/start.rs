@@ -237,6 +237,7 @@ pub async fn run(
         declared_read_only,
         role_isolation,
         serializable_refused: false,
+        serializable_memo: std::sync::atomic::AtomicU64::new(0),
         cancel,
         draining: *shutdown.borrow(),
         bytes_received: metrics::counter!("causeway_client_bytes_received_total"),
