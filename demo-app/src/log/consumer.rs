@@ -17,6 +17,11 @@
 //!
 //! Between passes the consumer waits on the stream (`XREAD BLOCK`), outside
 //! any transaction, so an idle consumer holds no lock and writes nothing.
+//!
+//! Every connection a consumer takes is named for it
+//! (`SET causeway.client_id = 'consumer:<stream>:<name>'`), so a read of its
+//! checkpoint after a commit sees that commit, from a replica or the
+//! primary, even in a new process that restarted the consumer.
 
 use std::time::Duration;
 
@@ -71,9 +76,17 @@ pub struct Consumer {
 }
 
 impl Consumer {
+    /// A pooled connection, named for this consumer (module docs).
+    async fn conn(&self) -> Result<deadpool_postgres::Object> {
+        let conn = self.pool.get().await?;
+        let id = format!("consumer:{}:{}", self.stream.name, self.name);
+        conn.batch_execute(&crate::db::set_client_id(&id)).await?;
+        Ok(conn)
+    }
+
     /// One pass (module docs). An injected crash is [`Error::Injected`].
     pub async fn run_once(&self) -> Result<Pass> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let tx = crate::db::read_committed(&mut conn).await?;
         tx.execute(
             "INSERT INTO consumer_checkpoints (stream, name) VALUES ($1, $2)
@@ -148,14 +161,15 @@ impl Consumer {
     }
 
     /// The committed checkpoint, if the consumer ever committed one. A plain
-    /// read: a replica may serve it, so it may be a little old; [`run_once`]
-    /// reads the current one under lock.
+    /// read, which a replica may serve: never older than this consumer's
+    /// last commit (module docs), though another process running the same
+    /// consumer may have committed since; [`run_once`] reads the current
+    /// one under lock.
     ///
     /// [`run_once`]: Consumer::run_once
     pub async fn checkpoint(&self) -> Result<Option<Checkpoint>> {
         let row = self
-            .pool
-            .get()
+            .conn()
             .await?
             .query_opt(
                 "SELECT total_distance::text, stream_id, last_ride_id

@@ -24,6 +24,26 @@ use crate::support::{connect, TestCluster, TestProxy, APP_DB, APP_PASSWORD, APP_
 /// Tests that pause replay or count where reads went take this first.
 pub static SERIAL: Mutex<()> = Mutex::const_new(());
 
+/// Pauses replay on both replicas until dropped (hold [`SERIAL`]).
+pub struct Paused;
+
+impl Paused {
+    pub fn both() -> Paused {
+        let cluster = env().cluster;
+        cluster.pause_replay(0);
+        cluster.pause_replay(1);
+        Paused
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let cluster = env().cluster;
+        cluster.resume_replay(0);
+        cluster.resume_replay(1);
+    }
+}
+
 /// A seeded user whose card works, and the one whose card is declined.
 pub const USER: &str = "user@example.com";
 pub const DECLINED_USER: &str = "declined@example.com";

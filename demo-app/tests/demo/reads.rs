@@ -12,28 +12,10 @@ use demo_app::db::Causality;
 use demo_app::simulate::{self, SimulatorConfig};
 use serde_json::json;
 
-use crate::harness::{env, new_key, new_user, ride_params, run, url_through, App, SERIAL, USER};
+use crate::harness::{
+    env, new_key, new_user, ride_params, run, url_through, App, Paused, SERIAL, USER,
+};
 use crate::support::{connect, TestProxy, APP_DB, APP_PASSWORD, APP_USER};
-
-/// Pauses replay on both replicas until dropped.
-struct Paused;
-
-impl Paused {
-    fn both() -> Paused {
-        let cluster = env().cluster;
-        cluster.pause_replay(0);
-        cluster.pause_replay(1);
-        Paused
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        let cluster = env().cluster;
-        cluster.resume_replay(0);
-        cluster.resume_replay(1);
-    }
-}
 
 #[test]
 fn create_then_get_with_replay_paused_is_served_by_the_primary() {
