@@ -287,7 +287,14 @@ impl App {
 }
 
 async fn answer(request: reqwest::RequestBuilder) -> ((u16, Value), Option<String>) {
-    let response = request.send().await.expect("the API answers");
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(e) if e.is_timeout() => panic!(
+            "the API did not answer within {REQUEST_TIMEOUT:?} ({e}); the primary's backends:\n{}",
+            primary_backends().await
+        ),
+        Err(e) => panic!("the API answers: {e}"),
+    };
     let status = response.status().as_u16();
     let served_by = response
         .headers()
@@ -298,9 +305,50 @@ async fn answer(request: reqwest::RequestBuilder) -> ((u16, Value), Option<Strin
     ((status, body), served_by)
 }
 
+/// The longest any request of a test may take. A request normally takes
+/// well under a second and, at the very worst (every pool wait and the
+/// payment call timing out), about a minute: past this the test fails with
+/// what the primary's backends are doing, instead of hanging CI.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
 fn http() -> &'static reqwest::Client {
     static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
-    HTTP.get_or_init(reqwest::Client::new)
+    HTTP.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .expect("HTTP client")
+    })
+}
+
+/// The primary's client backends, one line each: who is idle in a
+/// transaction, waiting for what, after which statement.
+async fn primary_backends() -> String {
+    let rows = primary()
+        .await
+        .query(
+            "SELECT pid, coalesce(application_name, ''), coalesce(state, ''),
+                    coalesce(to_char(now() - state_change, 'HH24:MI:SS'), ''),
+                    coalesce(wait_event_type || ':' || wait_event, ''),
+                    left(coalesce(query, ''), 200)
+               FROM pg_stat_activity
+              WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+              ORDER BY state_change",
+            &[],
+        )
+        .await;
+    match rows {
+        Ok(rows) => rows
+            .iter()
+            .map(|r| {
+                let pid: i32 = r.get(0);
+                let (app, state, since, wait, query): (String, String, String, String, String) =
+                    (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+                format!("  {pid} {app:?} {state} for {since} {wait} {query:?}\n")
+            })
+            .collect(),
+        Err(e) => format!("  (pg_stat_activity: {e})\n"),
+    }
 }
 
 fn bind() -> std::net::TcpListener {
