@@ -2,7 +2,8 @@
 # cluster/scale.sh — causeway with many clients, on the local cluster:
 #
 #   1. SCALE_IDLE (10,000) clients connect and stay idle (each runs
-#      `SELECT 1`, then sleeps): causeway's resident memory per client.
+#      `SELECT 1`, then sleeps): causeway's resident memory per client, and
+#      what is left SCALE_SETTLE_SECONDS (15) after they have gone.
 #   2. SCALE_ACTIVE (1,000) clients run `pgbench -S` at once over
 #      `max_server_connections` (40) per server, in transaction mode:
 #      failures, and latency p50 / p99 / max from `pgbench -l`.
@@ -103,6 +104,13 @@ connected=$(clients || echo 0)
 during=$(rss_kb)
 wait "$bench" || true
 idle_failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$WORK/idle.out")
+# Once they have left, and the proxy's memory sweep has had its turn.
+for _ in $(seq 30); do
+  (($(clients || echo 1) == 0)) && break
+  sleep 1
+done
+sleep "${SCALE_SETTLE_SECONDS:-15}"
+left=$(rss_kb)
 
 # ---------------------------------------------------------------- active
 say "$SCALE_ACTIVE clients running pgbench -S for ${SCALE_SECONDS}s"
@@ -117,6 +125,6 @@ read -r p50 p99 pmax < <(cat "$WORK"/active.* | awk '{ print $3 }' | sort -n |
 cat <<EOF
 | check | result |
 |---|---|
-| $SCALE_IDLE idle clients | ${connected:-0} connected in ${took} s, ${idle_failed:-?} failed; RSS $((before / 1024)) MB before, $((during / 1024)) MB with them: $(awk -v a="$during" -v b="$before" -v n="$connected" 'BEGIN { if (n > 0) printf "%.1f", (a - b) / n; else print "-" }') KiB per client |
+| $SCALE_IDLE idle clients | ${connected:-0} connected in ${took} s, ${idle_failed:-?} failed; RSS $((before / 1024)) MB before, $((during / 1024)) MB with them: $(awk -v a="$during" -v b="$before" -v n="$connected" 'BEGIN { if (n > 0) printf "%.1f", (a - b) / n; else print "-" }') KiB per client; $((left / 1024)) MB once they left |
 | $SCALE_ACTIVE clients, pgbench -S, ${SCALE_SERVER_CONNECTIONS} server connections per server | ${tx:-0} transactions, ${active_failed:-?} failed, ${tps:-?} TPS; latency p50 $p50 ms, p99 $p99 ms, max $pmax ms |
 EOF

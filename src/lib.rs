@@ -15,6 +15,7 @@ pub mod config;
 pub mod frontend;
 pub mod http;
 pub mod lsn;
+pub mod memory;
 pub mod metrics;
 pub mod pause;
 pub mod protocol;

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::Duration;
@@ -253,6 +253,24 @@ impl Proxy {
                 }
             });
         }
+        // The clients outlive a RELOAD (their stats move to the new proxy);
+        // this proxy's catalogs do not, and so tell the sweep to stop.
+        let (stats, this_proxy) = (self.stats.clone(), Arc::downgrade(&self.catalogs));
+        tokio::spawn(async move {
+            let mut sweep = crate::memory::TrimSweep::default();
+            loop {
+                tokio::time::sleep(crate::memory::SWEEP_PERIOD).await;
+                if this_proxy.strong_count() == 0 {
+                    return;
+                }
+                let clients = stats.clients.len();
+                let peak = stats.clients_peak.swap(clients, Ordering::Relaxed);
+                if sweep.observe(peak, clients) {
+                    tracing::info!(clients, "many clients left: giving free memory back");
+                    let _ = tokio::task::spawn_blocking(crate::memory::give_back_free_memory).await;
+                }
+            }
+        });
         let refresh = Duration::from_millis(self.config.routing.function_catalog_refresh_ms);
         if !refresh.is_zero() {
             let catalogs = Arc::downgrade(&self.catalogs);

@@ -4,7 +4,7 @@
 //! metrics stack, and the facade cannot be read back.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
@@ -73,6 +73,10 @@ pub struct ClientLive {
 pub struct Stats {
     pub clients: DashMap<i32, Arc<ClientInfo>>,
     pub clients_total: AtomicU64,
+    /// The most clients connected at once since the memory sweep last
+    /// looked (it takes and resets it): a burst between two of its looks
+    /// still counts.
+    pub clients_peak: AtomicUsize,
     /// Per server name: units sent there, and its metric handles.
     pub servers: DashMap<String, Arc<ServerCounters>>,
     /// Units sent to the primary, per reason (indexed by `Reason as usize`).
@@ -115,6 +119,8 @@ impl Stats {
         let info = Arc::new(info);
         self.clients.insert(info.pid, info.clone());
         self.clients_total.fetch_add(1, Ordering::Relaxed);
+        self.clients_peak
+            .fetch_max(self.clients.len(), Ordering::Relaxed);
         ClientEntry {
             info,
             stats: self.clone(),
