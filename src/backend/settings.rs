@@ -66,11 +66,6 @@ impl Settings {
         self.map.is_empty()
     }
 
-    /// Changes whenever the map does (see the module's note).
-    pub fn stamp(&self) -> u64 {
-        self.stamp
-    }
-
     pub fn keys(&self) -> impl Iterator<Item = &String> {
         self.map.keys()
     }

@@ -182,25 +182,9 @@ impl Session {
     pub(super) fn view(&self) -> router::SessionView {
         router::SessionView {
             pinned: !self.pinned.is_empty(),
-            serializable: self.serializable_refused || self.serializable_by_default(),
+            serializable: self.serializable_refused || self.serializable_default,
             read_only_blocks: self.declared_read_only,
         }
-    }
-
-    /// Transactions default to SERIALIZABLE, remembered for as long as the
-    /// session's settings stay the same: a map lookup per unit otherwise.
-    fn serializable_by_default(&self) -> bool {
-        // The stamp of the settings it was worked out for, plus one (zero:
-        // not yet), and the answer in the low bit.
-        let memo = &self.serializable_memo;
-        let key = self.state.settings.stamp().wrapping_add(1) << 1;
-        let seen = memo.load(Ordering::Relaxed);
-        if seen != 0 && seen & !1 == key {
-            return seen & 1 == 1;
-        }
-        let serializable = self.state.serializable(&self.role_isolation);
-        memo.store(key | u64::from(serializable), Ordering::Relaxed);
-        serializable
     }
 
     /// Answers a lone BEGIN itself and keeps it for the next unit.

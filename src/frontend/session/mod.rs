@@ -182,8 +182,9 @@ struct Session {
     /// A replica refused this session's reads as SERIALIZABLE (a default
     /// the proxy could not see): its reads go to the primary from now on.
     serializable_refused: bool,
-    /// `serializable_by_default` for the settings with this stamp.
-    serializable_memo: std::sync::atomic::AtomicU64,
+    /// Its transactions default to SERIALIZABLE (its settings, else the
+    /// role's default): worked out when its settings change, not per unit.
+    serializable_default: bool,
     /// The answer to the last LSN query, until its ReadyForQuery.
     lsn_answer: Option<Lsn>,
     /// A write's ReadyForQuery, passed on once its commit LSN is known.

@@ -648,6 +648,7 @@ impl Session {
                         self.state.prepared.clear();
                         conn.settings.clear();
                         self.state.settings.clear();
+                        self.serializable_default = self.state.serializable(&self.role_isolation);
                         self.tx_effects.clear();
                         self.pinned.clear();
                     }
@@ -660,7 +661,10 @@ impl Session {
         }
         // Settings are transactional: kept on commit, dropped on rollback.
         let effects = std::mem::take(&mut self.tx_effects);
-        if inflight.saw_rollback || (inflight.saw_error && inflight.started_at_rest) {
+        if effects.is_empty()
+            || inflight.saw_rollback
+            || (inflight.saw_error && inflight.started_at_rest)
+        {
             return;
         }
         for effect in effects {
@@ -685,5 +689,6 @@ impl Session {
                 _ => {}
             }
         }
+        self.serializable_default = self.state.serializable(&self.role_isolation);
     }
 }

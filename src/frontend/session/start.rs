@@ -156,6 +156,7 @@ pub async fn run(
         .get("default_transaction_read_only")
         .is_some_and(|v| v == "on");
     let role_isolation = lease.conn.default_isolation.clone();
+    let serializable_default = state.serializable(&role_isolation);
     let mut greeting = BytesMut::with_capacity(512);
     let mut builder = UnitBuilder::default();
     let mut params: Vec<_> = lease.conn.params.iter().collect();
@@ -237,7 +238,7 @@ pub async fn run(
         declared_read_only,
         role_isolation,
         serializable_refused: false,
-        serializable_memo: std::sync::atomic::AtomicU64::new(0),
+        serializable_default,
         cancel,
         draining: *shutdown.borrow(),
         bytes_received: metrics::counter!("causeway_client_bytes_received_total"),
