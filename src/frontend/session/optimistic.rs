@@ -355,7 +355,10 @@ impl Session {
             // The units go in one pipeline: what one prepares, the next
             // may use, before any answer has updated the mirror.
             if let Some(attached) = self.current.as_mut() {
-                let made = unit.parses.iter().flatten().chain(unit.sql_prepares.iter());
+                let made = unit
+                    .parses
+                    .named()
+                    .chain(unit.sql_prepares.iter().map(|(n, p)| (n, p)));
                 for (name, prepared) in made {
                     attached
                         .lease

@@ -62,7 +62,7 @@ pub struct InFlight {
     /// The transaction it is part of wrote (this unit or an earlier one).
     pub tx_wrote: bool,
     pub effects: Vec<Effect>,
-    pub parses: Vec<Option<(String, Prepared)>>,
+    pub parses: super::units::Parses,
     pub sql_prepares: Vec<(String, Prepared)>,
     pub closes: Vec<String>,
     /// The unit again, while it may still be re-run elsewhere.
@@ -132,7 +132,7 @@ impl InFlight {
             writes: unit.facts.writes(),
             tx_wrote: unit.facts.writes(),
             effects: clone_unless_empty(&unit.facts.effects),
-            parses: clone_unless_empty(&unit.parses),
+            parses: unit.parses.clone(),
             sql_prepares: clone_unless_empty(&unit.sql_prepares),
             closes: clone_unless_empty(&unit.closes),
             retry: None,
@@ -155,9 +155,7 @@ impl InFlight {
 
     /// Takes in the part of the batch sent before a Flush.
     pub fn absorb(&mut self, earlier: InFlight) {
-        let mut parses = earlier.parses;
-        parses.append(&mut self.parses);
-        self.parses = parses;
+        self.parses.prepend(earlier.parses);
         let mut closes = earlier.closes;
         closes.append(&mut self.closes);
         self.closes = closes;
@@ -611,12 +609,7 @@ impl Session {
             return;
         };
         let conn = &mut attached.lease.conn;
-        for (name, prepared) in inflight
-            .parses
-            .iter()
-            .take(inflight.parse_completes)
-            .flatten()
-        {
+        for (name, prepared) in inflight.parses.confirmed(inflight.parse_completes) {
             conn.prepared.insert(name.clone(), prepared.hash);
             self.state.prepared.insert(name.clone(), prepared.clone());
         }
