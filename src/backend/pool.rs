@@ -154,8 +154,21 @@ impl Pool {
     /// A newly opened connection, never one another client used.
     pub async fn checkout_new(self: &Arc<Self>) -> Result<Lease, BackendError> {
         let permit = self.permit().await?;
-        let conn = ServerConn::connect(&self.target, &self.login, self.connect_timeout).await?;
+        let conn = self.open().await?;
         Ok(self.lease(Box::new(conn), permit))
+    }
+
+    /// Opens a new connection to the pool's server. The login's state
+    /// (TLS, SCRAM) lives on the heap, so that the futures of the
+    /// checkouts, which a session awaits for every transaction, stay small
+    /// and cheap to move for the common case of an idle connection.
+    async fn open(&self) -> Result<ServerConn, BackendError> {
+        Box::pin(ServerConn::connect(
+            &self.target,
+            &self.login,
+            self.connect_timeout,
+        ))
+        .await
     }
 
     async fn permit(&self) -> Result<OwnedSemaphorePermit, BackendError> {
@@ -195,9 +208,7 @@ impl Pool {
             };
             let conn = match self.take_idle(preferred) {
                 Some(conn) => conn,
-                None => Box::new(
-                    ServerConn::connect(&self.target, &self.login, self.connect_timeout).await?,
-                ),
+                None => Box::new(self.open().await?),
             };
             Ok(self.lease(conn, permit))
         }

@@ -251,6 +251,9 @@ pub async fn run(
     crate::metrics::client_connected();
     let end = session.relay().await;
     session.proxy.pause.set_busy(session.busy, false);
-    session.finish(end).await;
+    // On the heap: the ending (rollback, reset, goodbye) is the largest
+    // state of a session's task, which every idle client would otherwise
+    // carry for all its life.
+    Box::pin(session.finish(end)).await;
     crate::metrics::client_disconnected();
 }
