@@ -21,6 +21,7 @@ pub(crate) mod greeting;
 mod local;
 mod optimistic;
 mod outage;
+mod parses;
 mod relay;
 mod responses;
 mod start;

@@ -62,7 +62,7 @@ pub struct InFlight {
     /// The transaction it is part of wrote (this unit or an earlier one).
     pub tx_wrote: bool,
     pub effects: Vec<Effect>,
-    pub parses: super::units::Parses,
+    pub parses: super::parses::Parses,
     pub sql_prepares: Vec<(String, Prepared)>,
     pub closes: Vec<String>,
     /// The unit again, while it may still be re-run elsewhere.
