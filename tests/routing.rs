@@ -8,6 +8,7 @@ mod support;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use support::raw::{self, RawClient};
 use support::{connect, TestCluster, TestProxy, APP_DB, APP_PASSWORD, APP_USER};
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
@@ -137,6 +138,87 @@ async fn write_in_a_transaction_then_read_after_commit() {
         read_ride(&client, id).await,
         (Some(7), "primary".to_string())
     );
+}
+
+/// Extended-protocol messages, unnamed statement and portal, no parameters.
+fn extended(sql: &str) -> Vec<u8> {
+    let mut parse = vec![0u8];
+    parse.extend_from_slice(sql.as_bytes());
+    parse.extend_from_slice(&[0, 0, 0]);
+    let mut bytes = raw::message(b'P', &parse);
+    bytes.extend(raw::message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    bytes.extend(raw::message(b'E', &[0, 0, 0, 0, 0]));
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_begun_with_its_first_write_is_read_after_commit() {
+    // `BEGIN; UPDATE ...` in one simple query, and BEGIN with the UPDATE in
+    // one Sync (what pgjdbc sends with autocommit off); COMMIT comes later,
+    // alone. The read after it must see the update.
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let id = insert_ride(&client, 1).await;
+    cluster().wait_replicas_caught_up();
+    let _paused = cluster().pause_all_replay();
+    client
+        .batch_execute(&format!(
+            "BEGIN; UPDATE rides SET distance = 2 WHERE id = {id}"
+        ))
+        .await
+        .expect("begin and update");
+    client.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(
+        read_ride(&client, id).await,
+        (Some(2), "primary".to_string()),
+        "simple protocol"
+    );
+
+    let mut jdbc = RawClient::login_trusted(proxy().port, "trusted", APP_DB).await;
+    let mut batch = extended("BEGIN");
+    batch.extend(extended(&format!(
+        "UPDATE rides SET distance = 3 WHERE id = {id}"
+    )));
+    batch.extend(raw::message(b'S', &[]));
+    jdbc.send(&batch).await;
+    let answers = jdbc.read_until_ready().await;
+    assert!(
+        answers.iter().all(|m| m.tag != b'E'),
+        "begin and update: {answers:?}"
+    );
+    assert_eq!(answers.last().map(|m| m.body.clone()), Some(b"T".to_vec()));
+    let mut commit = extended("COMMIT");
+    commit.extend(raw::message(b'S', &[]));
+    jdbc.send(&commit).await;
+    jdbc.read_until_ready().await;
+    jdbc.send(&raw::query(&format!(
+        "SELECT distance, inet_server_port() FROM rides WHERE id = {id}"
+    )))
+    .await;
+    let answers = jdbc.read_until_ready().await;
+    let row = answers
+        .iter()
+        .find(|m| m.tag == b'D')
+        .expect("the ride's row");
+    let (distance, port) = (text_column(&row.body, 0), text_column(&row.body, 1));
+    let port: i32 = port.parse().expect("port");
+    assert_eq!(
+        (distance.as_str(), server_of(port).as_str()),
+        ("3", "primary"),
+        "extended protocol"
+    );
+}
+
+/// Column `n` of a DataRow body, as text.
+fn text_column(body: &[u8], n: usize) -> String {
+    let mut at = 2;
+    for _ in 0..n {
+        let len = i32::from_be_bytes(body[at..at + 4].try_into().expect("length"));
+        at += 4 + usize::try_from(len).unwrap_or(0);
+    }
+    let len = i32::from_be_bytes(body[at..at + 4].try_into().expect("length"));
+    let len = usize::try_from(len).expect("not NULL");
+    String::from_utf8_lossy(&body[at + 4..at + 4 + len]).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

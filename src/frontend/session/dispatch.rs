@@ -522,7 +522,12 @@ impl Session {
         }
         let at_rest = self.tx_status == b'I';
         let wrote = unit.facts.writes();
-        if !at_rest && wrote {
+        // A write in a transaction that stays open after this unit: inside
+        // one already, or in the unit that begins it (`BEGIN; UPDATE ...`
+        // in one query, or pgjdbc's BEGIN and first statement in one
+        // Sync). The COMMIT that ends it must ask for the commit LSN.
+        let opens_tx = at_rest && unit.facts.begin.is_some() && !unit.facts.ends_tx;
+        if wrote && (!at_rest || opens_tx) {
             self.tx_wrote = true;
         }
         // Ask for the commit LSN after a unit that may commit a write.
