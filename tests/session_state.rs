@@ -690,3 +690,51 @@ async fn functions_created_without_the_proxy_are_learned() {
         "the new client's greeting did not read the catalog again"
     );
 }
+
+/// A client that names a statement it never prepared hears that it does
+/// not exist (26000), as from its own server, even where another client
+/// left a statement of that name on the server connection it gets: it must
+/// never run the other client's statement or see its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_another_client_left_is_not_found() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    // Two clients at once leave a writing statement named `leftover` on
+    // both of the primary's connections, run once.
+    let mut left = Vec::new();
+    for _ in 0..2 {
+        let mut x = raw_client(port, &[]).await;
+        let mut batch = raw::message(
+            b'P',
+            b"leftover\0INSERT INTO state_notes (body) VALUES ('x-secret') RETURNING body\0\0\0",
+        );
+        batch.extend(raw::message(b'B', b"\0leftover\0\0\0\0\0\0\0"));
+        batch.extend(raw::message(b'E', b"\0\0\0\0\0"));
+        x.send(&batch).await;
+        left.push(x);
+    }
+    for x in &mut left {
+        x.send(&raw::message(b'S', &[])).await;
+        let answer = x.read_until_ready().await;
+        assert_no_error(&answer, "the other client's statement");
+    }
+    drop(left);
+    for round in 0..4 {
+        let mut y = raw_client(port, &[]).await;
+        let mut batch = raw::message(b'B', b"\0leftover\0\0\0\0\0\0\0");
+        batch.extend(raw::message(b'E', b"\0\0\0\0\0"));
+        batch.extend(raw::message(b'S', &[]));
+        y.send(&batch).await;
+        let answer = y.read_until_ready().await;
+        let error = answer.iter().find(|m| m.tag == b'E');
+        assert_eq!(
+            error.and_then(|e| e.field(b'C')).as_deref(),
+            Some("26000"),
+            "round {round}: {answer:?}"
+        );
+        assert!(
+            answer.iter().all(|m| m.tag != b'D'),
+            "round {round}: ran another client's statement: {answer:?}"
+        );
+    }
+}

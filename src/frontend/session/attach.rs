@@ -4,7 +4,7 @@
 //! to date with the session's settings and prepared statements before the
 //! unit runs on it.
 
-use super::responses::{Expect, Internal};
+use super::responses::{Expect, InFlight, Internal};
 use super::units::Unit;
 use super::{Attached, End, Session};
 use crate::protocol::messages;
@@ -17,9 +17,25 @@ impl Session {
         let Some(attached) = self.current.as_mut() else {
             return Err(End::ServerLost("no server attached".into()));
         };
-        let catchup = self
-            .state
-            .catch_up(&mut attached.lease.conn, &unit.needs(), &unit.creates());
+        // Statements this session's units in flight are making: a unit
+        // pipelined behind them may use them before their answers come.
+        let (pending, open_batch) = (&self.pending, &self.open_batch);
+        let creating = |name: &str| {
+            let makes = |f: &InFlight| {
+                f.parses.named().any(|(n, _)| n == name)
+                    || f.sql_prepares.iter().any(|(n, _)| n == name)
+            };
+            open_batch.as_ref().is_some_and(makes)
+                || pending
+                    .iter()
+                    .any(|e| matches!(e, Expect::Client(f) if makes(f)))
+        };
+        let catchup = self.state.catch_up(
+            &mut attached.lease.conn,
+            &unit.needs(),
+            &unit.creates(),
+            &creating,
+        );
         if let Some(sql) = catchup.settings {
             self.pending.push_back(Expect::Internal(Internal::Setup));
             messages::query(&mut self.to_server, &sql);

@@ -87,7 +87,17 @@ impl SessionState {
     /// What `conn` lacks to run a unit that uses the statements `uses` and
     /// creates the statements `creates`; updates `conn`'s mirror as if the
     /// catch-up had run.
-    pub fn catch_up(&self, conn: &mut ServerConn, uses: &[String], creates: &[String]) -> Catchup {
+    ///
+    /// A name in `uses` the session does not know, and is not `creating`
+    /// in a unit still in flight, is another client's if the server has
+    /// it: it is closed there.
+    pub fn catch_up(
+        &self,
+        conn: &mut ServerConn,
+        uses: &[String],
+        creates: &[String],
+        creating: &dyn Fn(&str) -> bool,
+    ) -> Catchup {
         let mut out = Catchup::default();
         if !conn.settings.matches(&self.settings) {
             // Undo what another client left first, privileges before the
@@ -120,6 +130,14 @@ impl SessionState {
         let mut prepares = String::new();
         for name in uses {
             let Some(prepared) = self.prepared.get(name) else {
+                // Not this session's: if another client left a statement of
+                // that name here, it goes, so that this client hears that
+                // the statement does not exist, as it would from its own
+                // server, instead of running the other client's.
+                if conn.prepared.contains_key(name) && !creating(name) {
+                    conn.prepared.remove(name);
+                    close_statement(&mut batch, name);
+                }
                 continue;
             };
             match conn.prepared.get(name) {

@@ -434,9 +434,15 @@ fn use_statement(unit: &mut Unit, name: &str, state: &SessionState) {
             }
         }
         // Unknown here: the server will say it does not exist; any server
-        // can say that, the primary is as good as any.
+        // can say that, the primary is as good as any. It is still among
+        // the names the unit uses, so that a statement another client
+        // left under that name on the server is closed first (see
+        // `SessionState::catch_up`).
         None => {
-            Arc::make_mut(&mut unit.facts).merge(&UnitFacts::write("unknown prepared statement"))
+            Arc::make_mut(&mut unit.facts).merge(&UnitFacts::write("unknown prepared statement"));
+            if !unit.uses.iter().any(|u| u == name) {
+                unit.uses.push(name.to_string());
+            }
         }
     }
 }
