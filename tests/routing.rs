@@ -407,6 +407,66 @@ async fn writing_functions_and_data_modifying_ctes_go_to_the_primary() {
     assert_eq!(server_of(row.get(1)), "primary");
 }
 
+/// Messages up to and including the first of tag `last`.
+async fn read_through(client: &mut RawClient, last: u8) -> Vec<raw::RawMessage> {
+    let mut answers = Vec::new();
+    while let Some(m) = client.read_message().await {
+        let done = m.tag == last;
+        answers.push(m);
+        if done {
+            return answers;
+        }
+    }
+    panic!("connection closed after {answers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_read_prepared_before_a_flush_runs_again_on_the_primary() {
+    // asyncpg prepares with Parse, Describe and Flush, reads the answers,
+    // then sends Bind, Execute and Sync. When the replica refuses the
+    // Execute (a view hides a nextval), the run on the primary needs the
+    // statement there too, and the statement stays usable afterwards.
+    let _serial = SERIAL.lock().await;
+    let _ = proxy();
+    cluster().psql_db(
+        cluster().primary_port(),
+        APP_DB,
+        "CREATE OR REPLACE VIEW flush_numbers AS SELECT nextval('route_seq') AS n",
+    );
+    cluster().wait_replicas_caught_up();
+    let mut client = RawClient::login_trusted(proxy().port, "trusted", APP_DB).await;
+    let mut prepare = raw::message(
+        b'P',
+        b"flushed\0SELECT n > 0, inet_server_port() FROM flush_numbers\0\0\0",
+    );
+    prepare.extend(raw::message(b'D', b"Sflushed\0"));
+    prepare.extend(raw::message(b'H', &[]));
+    client.send(&prepare).await;
+    let described = read_through(&mut client, b'T').await;
+    assert_eq!(
+        described.first().map(|m| m.tag),
+        Some(b'1'),
+        "{described:?}"
+    );
+    for round in 0..2 {
+        let mut run = raw::message(b'B', b"\0flushed\0\0\0\0\0\0\0");
+        run.extend(raw::message(b'E', b"\0\0\0\0\0"));
+        run.extend(raw::message(b'S', &[]));
+        client.send(&run).await;
+        let answers = client.read_until_ready().await;
+        let errors: Vec<_> = answers
+            .iter()
+            .filter(|m| m.tag == b'E')
+            .map(|m| (m.field(b'C'), m.field(b'M')))
+            .collect();
+        assert!(errors.is_empty(), "round {round}: {errors:?}");
+        let row = answers.iter().find(|m| m.tag == b'D').expect("a row");
+        assert_eq!(text_column(&row.body, 0), "t", "round {round}");
+        let port: i32 = text_column(&row.body, 1).parse().expect("port");
+        assert_eq!(server_of(port), "primary", "round {round}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_the_replica_refuses_is_rerun_on_the_primary() {
     let _serial = SERIAL.lock().await;

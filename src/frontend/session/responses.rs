@@ -449,6 +449,7 @@ impl Session {
         }
         if inflight.refused {
             self.held.clear();
+            self.apply_statements(&inflight);
             if let Some(mut unit) = inflight.retry.take() {
                 let name = self
                     .current
@@ -602,9 +603,13 @@ impl Session {
         Some((key, timeline, lsn))
     }
 
-    /// Applies a finished unit's changes to the session and to the mirror
-    /// of the server it ran on.
-    fn apply_effects(&mut self, inflight: &InFlight, status: u8) {
+    /// Files the statements the server confirmed it made (ParseComplete)
+    /// or closed (CloseComplete), with the session and in the mirror of
+    /// the server it ran on. Also for a unit a replica refused: what it
+    /// made before the refusal exists there, and the client, which saw
+    /// those answers when the batch was cut at a Flush, may use it in the
+    /// run on the primary.
+    fn apply_statements(&mut self, inflight: &InFlight) {
         let Some(attached) = self.current.as_mut() else {
             return;
         };
@@ -617,6 +622,16 @@ impl Session {
             conn.prepared.remove(name);
             self.state.prepared.remove(name);
         }
+    }
+
+    /// Applies a finished unit's changes to the session and to the mirror
+    /// of the server it ran on.
+    fn apply_effects(&mut self, inflight: &InFlight, status: u8) {
+        self.apply_statements(inflight);
+        let Some(attached) = self.current.as_mut() else {
+            return;
+        };
+        let conn = &mut attached.lease.conn;
         if !inflight.saw_error {
             for (name, prepared) in &inflight.sql_prepares {
                 conn.prepared.insert(name.clone(), prepared.hash);
