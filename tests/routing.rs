@@ -468,6 +468,88 @@ async fn a_refused_read_prepared_before_a_flush_runs_again_on_the_primary() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_from_stdin_after_a_flushed_prepare_runs_on_the_primary() {
+    // asyncpg's copy_records_to_table: Parse, Describe and Flush of a
+    // look at the table (a read, on a replica), then the COPY as a simple
+    // Query with no Sync between. The COPY must run on the primary, and
+    // the statement stay usable.
+    let _serial = SERIAL.lock().await;
+    let _ = proxy();
+    cluster().psql_db(
+        cluster().primary_port(),
+        APP_DB,
+        "CREATE TABLE IF NOT EXISTS copy_target (n int)",
+    );
+    cluster().wait_replicas_caught_up();
+    let mut client = RawClient::login_trusted(proxy().port, "trusted", APP_DB).await;
+    let retries_before = read_retries().await;
+    for round in 0..3 {
+        let name = format!("look{round}\0");
+        let mut parse = name.as_bytes().to_vec();
+        parse.extend_from_slice(b"SELECT n, inet_server_port() FROM copy_target LIMIT 0\0\0\0");
+        let mut look = raw::message(b'P', &parse);
+        look.extend(raw::message(b'D', format!("S{name}").as_bytes()));
+        look.extend(raw::message(b'H', &[]));
+        client.send(&look).await;
+        read_through(&mut client, b'T').await;
+        client
+            .send(&raw::query("COPY copy_target (n) FROM STDIN"))
+            .await;
+        // The data follows without waiting for CopyInResponse, once the
+        // COPY has left the proxy: it must reach the server running it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut data = raw::message(b'd', format!("{round}\n").as_bytes());
+        data.extend(raw::message(b'c', &[]));
+        client.send(&data).await;
+        let done = tokio::time::timeout(Duration::from_secs(10), client.read_until_ready())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the COPY never finished"));
+        let tags: Vec<String> = done
+            .iter()
+            .filter(|m| m.tag == b'C' || m.tag == b'E')
+            .map(|m| {
+                String::from_utf8_lossy(&m.body)
+                    .trim_end_matches('\0')
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(tags, ["COPY 1"], "round {round}: {done:?}");
+        let mut bind = b"\0".to_vec();
+        bind.extend_from_slice(name.as_bytes());
+        bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        let mut run = raw::message(b'B', &bind);
+        run.extend(raw::message(b'E', b"\0\0\0\0\0"));
+        run.extend(raw::message(b'S', &[]));
+        client.send(&run).await;
+        let answers = client.read_until_ready().await;
+        assert!(
+            answers.iter().all(|m| m.tag != b'E'),
+            "round {round}: the prepared look: {answers:?}"
+        );
+    }
+    // The COPY went to the primary at once, never to a replica that
+    // refused it (its data, sent after it, cannot run again elsewhere).
+    assert_eq!(read_retries().await, retries_before, "no COPY was refused");
+}
+
+/// Reads re-run on the primary so far, from the admin console.
+async fn read_retries() -> u64 {
+    let console = connect(proxy().port, APP_USER, APP_PASSWORD, "causeway").await;
+    let rows = console
+        .simple_query("SHOW STATS")
+        .await
+        .expect("SHOW STATS");
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("read_retries") => {
+                r.get(1).and_then(|v| v.parse().ok())
+            }
+            _ => None,
+        })
+        .expect("read_retries in SHOW STATS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_the_replica_refuses_is_rerun_on_the_primary() {
     let _serial = SERIAL.lock().await;
     let _ = proxy();

@@ -22,6 +22,10 @@ impl Session {
     /// before it, so the decision sees the latest causal LSN.
     pub(super) async fn dispatch_queued(&mut self) -> Result<(), End> {
         while let Some(unit) = self.queued.front() {
+            if self.must_leave_open_batch(unit) {
+                self.sync_open_batch();
+                continue;
+            }
             let current = self.current.as_ref().map(|a| a.server);
             let in_block = self.tx_status != b'I'
                 || self.open_batch.is_some()
@@ -304,6 +308,43 @@ impl Session {
         }
     }
 
+    /// A simple Query that needs the primary, behind a batch the client
+    /// cut at a Flush on a replica outside any transaction: asyncpg
+    /// prepares a statement so (Parse, Describe, Flush) before its
+    /// `COPY ... FROM STDIN`. The Query cannot use that batch's unnamed
+    /// statement or portal (Postgres drops them when it runs one), so it
+    /// need not run where the batch did, and the replica would refuse it.
+    fn must_leave_open_batch(&self, unit: &Unit) -> bool {
+        let Some(open) = self.open_batch.as_ref() else {
+            return false;
+        };
+        unit.bytes.first() == Some(&b'Q')
+            && !unit.facts.is_read()
+            && matches!(
+                self.current.as_ref().map(|a| a.server),
+                Some(Server::Replica(_))
+            )
+            && self.tx_status == b'I'
+            && self.deferred_begin.is_none()
+            && self.optimistic.is_none()
+            && self.pinned.is_empty()
+            && !self.lost_block
+            && !open.writes
+            && !open.opens_tx
+    }
+
+    /// Ends the open batch with a Sync of the proxy's own. Its answers
+    /// still reach the client; the ReadyForQuery that ends them does not.
+    /// The units behind it wait for that answer, and are then routed
+    /// afresh.
+    fn sync_open_batch(&mut self) {
+        if let Some(mut open) = self.open_batch.take() {
+            open.synced_by_proxy = true;
+            self.pending.push_back(Expect::Client(Box::new(open)));
+            self.to_server.extend_from_slice(b"S\0\0\0\x04");
+        }
+    }
+
     /// A replica fresh enough for this session, waiting as the policy says.
     /// Falls back to the primary; `None` only under `on_stale = "error"`.
     pub(super) async fn choose_replica(
@@ -578,7 +619,11 @@ impl Session {
             // with it: that primary is likely going away too (a shutdown, a
             // crash), and the read runs again on whichever answers next.
             let lost_lsn_read = reason == Reason::CausalUnknown && at_rest && unit.facts.is_read();
-            if (matches!(server, Server::Replica(_)) && (at_rest || optimistic)) || lost_lsn_read {
+            // Not a COPY FROM STDIN: the data the client sends after it
+            // goes to the server as it comes, and would not run again.
+            let retryable =
+                (matches!(server, Server::Replica(_)) && (at_rest || optimistic)) || lost_lsn_read;
+            if retryable && !copy_in {
                 inflight.retry = Some(unit);
             }
             self.pending.push_back(Expect::Client(Box::new(inflight)));

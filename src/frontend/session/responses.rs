@@ -91,6 +91,12 @@ pub struct InFlight {
     pub ends_tx: bool,
     /// It sends COPY data after it starts.
     pub copy_in: bool,
+    /// It leaves a transaction block open (`BEGIN` without its end).
+    pub opens_tx: bool,
+    /// A batch the client cut at a Flush and the proxy ended with a Sync
+    /// of its own (see `Session::sync_open_batch`): the client hears no
+    /// ReadyForQuery for it.
+    pub synced_by_proxy: bool,
 }
 
 /// RowDescription, DataRow, ParseComplete, BindComplete, NoData,
@@ -150,6 +156,8 @@ impl InFlight {
             replay: false,
             ends_tx: unit.facts.ends_tx,
             copy_in: unit.facts.copy_in,
+            opens_tx: unit.facts.begin.is_some() && !unit.facts.ends_tx,
+            synced_by_proxy: false,
         }
     }
 
@@ -165,6 +173,7 @@ impl InFlight {
         self.writes |= earlier.writes;
         self.ends_tx |= earlier.ends_tx;
         self.copy_in |= earlier.copy_in;
+        self.opens_tx |= earlier.opens_tx;
         self.tx_wrote |= earlier.tx_wrote;
         self.saw_error |= earlier.saw_error;
         self.parse_completes += earlier.parse_completes;
@@ -445,6 +454,11 @@ impl Session {
             if let Some(block) = self.optimistic.as_mut() {
                 block.replayed(inflight.digest.unwrap_or_default());
             }
+            return;
+        }
+        if inflight.synced_by_proxy {
+            self.tx_status = status;
+            self.apply_effects(&inflight, status);
             return;
         }
         if inflight.refused {
