@@ -361,7 +361,16 @@ fn classify_piece(cx: &Context, piece: &[Lexeme]) -> Option<StatementClass> {
     let span = toks.first()?.start..toks.last()?.end;
     Some(StatementClass {
         kind: classify_tokens(cx, &toks),
-        hint,
+        hint: hint.or_else(|| shows_server_role(&toks).then_some(Hint::Primary)),
         span,
     })
+}
+
+/// `SHOW transaction_read_only` or `SHOW in_hot_standby`: a replica says
+/// `on` where the primary, the server the client believes it talks to,
+/// says `off`. pgjdbc asks the first to honour `targetServerType=primary`.
+fn shows_server_role(toks: &tokens::Toks) -> bool {
+    tokens::kw(toks, 0, "SHOW")
+        && tokens::final_ident(toks, 1)
+            .is_some_and(|name| name == "transaction_read_only" || name == "in_hot_standby")
 }

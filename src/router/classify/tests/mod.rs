@@ -194,6 +194,15 @@ fn hints() {
     assert_eq!(hint("SELECT /* causeway: primary */ 1"), None);
     assert_eq!(hint("-- causeway: primary\nSELECT 1"), None);
     assert_eq!(hint("SELECT 1"), None);
+    // What differs between the primary and a replica by their role is
+    // asked of the primary (pgjdbc's targetServerType=primary).
+    assert_eq!(hint("show transaction_read_only"), Some(Hint::Primary));
+    assert_eq!(hint("SHOW in_hot_standby;"), Some(Hint::Primary));
+    assert_eq!(hint("SHOW work_mem"), None);
+    assert_eq!(
+        hint("/* causeway: replica */ SHOW transaction_read_only"),
+        Some(Hint::Replica)
+    );
     // The hint does not change the verdict; the router weighs it.
     let c = classify("/* causeway: replica */ INSERT INTO t VALUES (1)", &[]);
     assert_eq!((c.kind, c.hint), (write("insert"), Some(Hint::Replica)));
