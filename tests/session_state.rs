@@ -738,3 +738,54 @@ async fn a_statement_another_client_left_is_not_found() {
         );
     }
 }
+
+/// Preparing a name the session already has fails with 42P05 and keeps
+/// the first statement, by the protocol's Parse and by SQL `PREPARE`, also
+/// when the session's connection changed in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preparing_a_name_twice_fails_and_keeps_the_first() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    let mut client = raw_client(port, &[]).await;
+    let parse = |sql: &str| {
+        let mut body = b"dup\0".to_vec();
+        body.extend_from_slice(sql.as_bytes());
+        body.extend_from_slice(&[0, 0, 0]);
+        let mut batch = raw::message(b'P', &body);
+        batch.extend(raw::message(b'S', &[]));
+        batch
+    };
+    client.send(&parse("SELECT 'first'")).await;
+    assert_no_error(&client.read_until_ready().await, "the first Parse");
+    run_raw(&mut client, b"PREPARE sdup AS SELECT 'first'").await;
+    for round in 0..3 {
+        // Other clients of the pool take the connections in between.
+        let other = support::connect(port, "trusted", "", APP_DB).await;
+        values(&other, "SELECT 1").await;
+        client.send(&parse("SELECT 'second'")).await;
+        let answer = client.read_until_ready().await;
+        let code = answer
+            .iter()
+            .find(|m| m.tag == b'E')
+            .and_then(|e| e.field(b'C'));
+        assert_eq!(code.as_deref(), Some("42P05"), "round {round}: {answer:?}");
+        client
+            .send(&raw::query("PREPARE sdup AS SELECT 'second'"))
+            .await;
+        let answer = client.read_until_ready().await;
+        let code = answer
+            .iter()
+            .find(|m| m.tag == b'E')
+            .and_then(|e| e.field(b'C'));
+        assert_eq!(code.as_deref(), Some("42P05"), "round {round}: {answer:?}");
+        let mut run = raw::message(b'B', b"\0dup\0\0\0\0\0\0\0");
+        run.extend(raw::message(b'E', b"\0\0\0\0\0"));
+        run.extend(raw::message(b'S', &[]));
+        client.send(&run).await;
+        let answer = client.read_until_ready().await;
+        assert_no_error(&answer, &format!("round {round}: Bind dup"));
+        assert_eq!(first_value(&answer), b"first", "round {round}: Parse");
+        let answer = run_raw(&mut client, b"EXECUTE sdup").await;
+        assert_eq!(first_value(&answer), b"first", "round {round}: PREPARE");
+    }
+}

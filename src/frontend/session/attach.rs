@@ -13,7 +13,9 @@ use crate::router::Server;
 impl Session {
     /// Brings the current connection up to date with the session for
     /// `unit`: settings, and the prepared statements it uses or makes.
-    pub(super) fn catch_up_for(&mut self, unit: &Unit) -> Result<(), End> {
+    /// `again`: the proxy sends the unit a second time (a retry, a replay),
+    /// so the statements it makes are the session's already.
+    pub(super) fn catch_up_for(&mut self, unit: &Unit, again: bool) -> Result<(), End> {
         let Some(attached) = self.current.as_mut() else {
             return Err(End::ServerLost("no server attached".into()));
         };
@@ -35,6 +37,7 @@ impl Session {
             &unit.needs(),
             &unit.creates(),
             &creating,
+            again,
         );
         if let Some(sql) = catchup.settings {
             self.pending.push_back(Expect::Internal(Internal::Setup));

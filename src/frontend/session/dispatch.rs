@@ -542,7 +542,7 @@ impl Session {
                 }
             }
         }
-        self.catch_up_for(&unit)?;
+        self.catch_up_for(&unit, unit.retried)?;
         if let Some(begin) = self.deferred_begin.take() {
             self.pending.push_back(Expect::Internal(Internal::Begin));
             self.to_server.extend_from_slice(&begin);

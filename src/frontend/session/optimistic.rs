@@ -345,13 +345,13 @@ impl Session {
         let begin = block.begin.clone();
         crate::metrics::optimistic_replayed(units.len());
         // Settings outside the transaction, as they were when it began.
-        self.catch_up_for(&Unit::default())?;
+        self.catch_up_for(&Unit::default(), false)?;
         if !begin.is_empty() {
             self.pending.push_back(Expect::Internal(Internal::Begin));
             self.to_server.extend_from_slice(&begin);
         }
         for unit in units {
-            self.catch_up_for(&unit)?;
+            self.catch_up_for(&unit, true)?;
             // The units go in one pipeline: what one prepares, the next
             // may use, before any answer has updated the mirror.
             if let Some(attached) = self.current.as_mut() {

@@ -463,7 +463,12 @@ impl Session {
         }
         if inflight.refused {
             self.held.clear();
-            self.apply_statements(&inflight);
+            let remade = inflight
+                .retry
+                .as_ref()
+                .map(Unit::creates)
+                .unwrap_or_default();
+            self.apply_statements(&inflight, &remade);
             if let Some(mut unit) = inflight.retry.take() {
                 let name = self
                     .current
@@ -623,14 +628,19 @@ impl Session {
     /// made before the refusal exists there, and the client, which saw
     /// those answers when the batch was cut at a Flush, may use it in the
     /// run on the primary.
-    fn apply_statements(&mut self, inflight: &InFlight) {
+    ///
+    /// Names in `remade` are left out of the session's: the unit that runs
+    /// again makes them anew.
+    fn apply_statements(&mut self, inflight: &InFlight, remade: &[String]) {
         let Some(attached) = self.current.as_mut() else {
             return;
         };
         let conn = &mut attached.lease.conn;
         for (name, prepared) in inflight.parses.confirmed(inflight.parse_completes) {
             conn.prepared.insert(name.clone(), prepared.hash);
-            self.state.prepared.insert(name.clone(), prepared.clone());
+            if !remade.contains(name) {
+                self.state.prepared.insert(name.clone(), prepared.clone());
+            }
         }
         for name in inflight.closes.iter().take(inflight.close_completes) {
             conn.prepared.remove(name);
@@ -641,7 +651,7 @@ impl Session {
     /// Applies a finished unit's changes to the session and to the mirror
     /// of the server it ran on.
     fn apply_effects(&mut self, inflight: &InFlight, status: u8) {
-        self.apply_statements(inflight);
+        self.apply_statements(inflight, &[]);
         let Some(attached) = self.current.as_mut() else {
             return;
         };

@@ -92,7 +92,7 @@ pub async fn run(
     let mut attempt = 0;
     loop {
         let used_before = !lease.conn.settings.is_empty();
-        let catchup = state.catch_up(&mut lease.conn, &[], &[], &|_| false);
+        let catchup = state.catch_up(&mut lease.conn, &[], &[], &|_| false, false);
         let Some(sql) = catchup.settings else { break };
         match lease.conn.run_internal(&sql).await {
             Ok(None) => break,

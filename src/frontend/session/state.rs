@@ -90,13 +90,16 @@ impl SessionState {
     ///
     /// A name in `uses` the session does not know, and is not `creating`
     /// in a unit still in flight, is another client's if the server has
-    /// it: it is closed there.
+    /// it: it is closed there. A name in `creates` the session has already
+    /// is made ready on the server, to be refused there, unless the unit
+    /// is sent `again` (a retry or a replay makes it anew).
     pub fn catch_up(
         &self,
         conn: &mut ServerConn,
         uses: &[String],
         creates: &[String],
         creating: &dyn Fn(&str) -> bool,
+        again: bool,
     ) -> Catchup {
         let mut out = Catchup::default();
         if !conn.settings.matches(&self.settings) {
@@ -140,25 +143,21 @@ impl SessionState {
                 }
                 continue;
             };
-            match conn.prepared.get(name) {
-                Some(hash) if *hash == prepared.hash => continue,
-                Some(_) => close_statement(&mut batch, name),
-                None => {}
-            }
-            match &prepared.replay {
-                Replay::Parse(parse) => batch.extend_from_slice(parse),
-                Replay::Sql(sql) => {
-                    prepares.push_str(sql);
-                    prepares.push(';');
-                }
-            }
-            conn.prepared.insert(name.clone(), prepared.hash);
+            have_statement(conn, &mut batch, &mut prepares, name, prepared);
         }
-        // A name the client is about to create must be free on this server,
-        // even if another client left a statement of that name here.
         for name in creates {
-            if conn.prepared.remove(name).is_some() {
-                close_statement(&mut batch, name);
+            match self.prepared.get(name).filter(|_| !again) {
+                // The session has a statement of that name already: the
+                // server must have it too, to refuse the new one (42P05)
+                // and keep the first, as Postgres does.
+                Some(prepared) => have_statement(conn, &mut batch, &mut prepares, name, prepared),
+                // Otherwise the name must be free on this server, even if
+                // another client left a statement of that name here.
+                None => {
+                    if conn.prepared.remove(name).is_some() {
+                        close_statement(&mut batch, name);
+                    }
+                }
             }
         }
         if !batch.is_empty() {
@@ -205,6 +204,32 @@ impl SessionState {
         self.setting_says("default_transaction_isolation", "serializable")
             .unwrap_or_else(|| role_default.eq_ignore_ascii_case("serializable"))
     }
+}
+
+/// Makes sure `conn` has the session's statement `name`: nothing if it
+/// has that very statement, else a Close of what it has under the name and
+/// the statement prepared again (a Parse into `batch`, a `PREPARE` into
+/// `prepares`).
+fn have_statement(
+    conn: &mut ServerConn,
+    batch: &mut BytesMut,
+    prepares: &mut String,
+    name: &str,
+    prepared: &Prepared,
+) {
+    match conn.prepared.get(name) {
+        Some(hash) if *hash == prepared.hash => return,
+        Some(_) => close_statement(batch, name),
+        None => {}
+    }
+    match &prepared.replay {
+        Replay::Parse(parse) => batch.extend_from_slice(parse),
+        Replay::Sql(sql) => {
+            prepares.push_str(sql);
+            prepares.push(';');
+        }
+    }
+    conn.prepared.insert(name.to_string(), prepared.hash);
 }
 
 /// A Close message for a named prepared statement.
