@@ -210,3 +210,41 @@ async fn user_scope_shares_by_login_role() {
     let id = write_note(&writer, "by role").await;
     assert_eq!(read_note(&reader, id).await, (true, false));
 }
+
+/// Drivers that prepare every statement by name (asyncpg; psycopg from a
+/// statement's sixth run; tokio-postgres) send `causeway.*` commands as
+/// Parse, then Bind and Execute of that name: the proxy answers all of it,
+/// and only the Execute changes anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn causeway_commands_prepared_by_name_are_answered_by_the_proxy() {
+    let client = client_on(proxy().port, None).await;
+    let set = client
+        .prepare("SET causeway.client_id = 'prepared-a'")
+        .await
+        .expect("prepare the SET");
+    client
+        .prepare("SET causeway.client_id = 'only-prepared'")
+        .await
+        .expect("prepare another SET");
+    assert_eq!(
+        show(&client, "causeway.client_id").await,
+        "",
+        "preparing sets nothing"
+    );
+    for round in 0..3 {
+        client
+            .execute(&set, &[])
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {}", support::describe_error(&e)));
+        let row = client
+            .query_one("SHOW causeway.client_id", &[])
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {}", support::describe_error(&e)));
+        assert_eq!(row.get::<_, String>(0), "prepared-a", "round {round}");
+    }
+    let lsn = client
+        .query_one("SHOW causeway.lsn", &[])
+        .await
+        .expect("SHOW causeway.lsn, prepared");
+    assert_eq!(lsn.columns()[0].name(), "causeway.lsn");
+}

@@ -204,6 +204,28 @@ impl Session {
     fn answer_local(&mut self, unit: &Unit) {
         use super::local::{Answer, Local};
         let Some(local) = &unit.local else { return };
+        // Named for later Binds (asyncpg, and psycopg from the sixth run).
+        for (name, _) in unit.parses.named() {
+            self.state
+                .local_prepared
+                .insert(name.clone(), local.clone());
+        }
+        for name in &unit.closes {
+            self.state.local_prepared.remove(name);
+        }
+        // Only a batch that executes the command changes anything; one
+        // that only prepares or describes it does not.
+        if !super::units::executes(&unit.bytes) {
+            let answer = match local {
+                Local::Show(name) => Answer::Show {
+                    name: format!("causeway.{name}"),
+                    value: String::new(),
+                },
+                _ => Answer::Set,
+            };
+            super::local::respond(&mut self.to_client, &unit.bytes, &answer, self.tx_status);
+            return;
+        }
         let answer = match local {
             Local::ClientId(id) => {
                 // A connection that now acts for another client (a pooled

@@ -674,10 +674,12 @@ impl Session {
                     Effect::DeallocateAll => {
                         conn.prepared.clear();
                         self.state.prepared.clear();
+                        self.state.local_prepared.clear();
                     }
                     Effect::DiscardAll => {
                         conn.prepared.clear();
                         self.state.prepared.clear();
+                        self.state.local_prepared.clear();
                         conn.settings.clear();
                         self.state.settings.clear();
                         self.serializable_default = self.state.serializable(&self.role_isolation);

@@ -70,6 +70,9 @@ pub struct SessionState {
     /// Looked up for every Bind and EXECUTE: a fast hasher, not SipHash
     /// (names come from the session's own client).
     pub prepared: HashMap<String, Prepared, foldhash::fast::RandomState>,
+    /// Named statements of `causeway.*` commands, which the proxy answers
+    /// itself: their Bind, Describe and Execute are answered here too.
+    pub local_prepared: HashMap<String, super::local::Local, foldhash::fast::RandomState>,
 }
 
 /// The messages that bring a server connection up to date for a unit.

@@ -422,6 +422,14 @@ fn use_statement(unit: &mut Unit, name: &str, state: &SessionState) {
     if name.is_empty() {
         return;
     }
+    if let Some(local) = state.local_prepared.get(name) {
+        // A `causeway.*` command prepared earlier: answered by the proxy,
+        // when it is all the batch runs.
+        if unit.parses.is_empty() && unit.uses.is_empty() {
+            unit.local = Some(local.clone());
+        }
+        return;
+    }
     let parsed_here = unit.parses.named().any(|(n, _)| n == name);
     if parsed_here {
         return;
