@@ -789,3 +789,42 @@ async fn preparing_a_name_twice_fails_and_keeps_the_first() {
         assert_eq!(first_value(&answer), b"first", "round {round}: PREPARE");
     }
 }
+
+/// A setting changed after a savepoint and rolled back to it is undone, on
+/// every server the session uses afterwards, as Postgres undoes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_rolled_back_to_a_savepoint_is_undone() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    let client = client_on(port, None).await;
+    for sql in [
+        "BEGIN",
+        "SET work_mem = '14MB'",
+        "SAVEPOINT a",
+        "SET work_mem = '15MB'",
+        "SET statement_timeout = '1s'",
+        "ROLLBACK TO SAVEPOINT a",
+        "SAVEPOINT b",
+        "SET application_name = 'kept'",
+        "RELEASE b",
+        "COMMIT",
+    ] {
+        client.batch_execute(sql).await.expect(sql);
+    }
+    for round in 0..3 {
+        // Other clients take the connections; reads go to replicas, where
+        // the session's settings are replayed.
+        let other = client_on(port, None).await;
+        values(&other, "SELECT 1").await;
+        assert_eq!(
+            values(
+                &client,
+                "SELECT current_setting('work_mem'), current_setting('statement_timeout'), \
+                 current_setting('application_name')"
+            )
+            .await,
+            ["14MB", "0", "kept"],
+            "round {round}"
+        );
+    }
+}

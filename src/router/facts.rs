@@ -42,6 +42,42 @@ pub enum Effect {
     DiscardAll,
     /// `UNLISTEN *`, `DISCARD TEMP`, `CLOSE ALL`: the pin of that reason ends.
     Unpin(&'static str),
+    /// `SAVEPOINT name`: settings changed after it are undone by a
+    /// `ROLLBACK TO` it.
+    Savepoint(String),
+    /// `ROLLBACK TO [SAVEPOINT] name`.
+    RollbackTo(String),
+    /// `RELEASE [SAVEPOINT] name`.
+    Release(String),
+}
+
+/// The settings a committed transaction leaves, from its `Set`, `Reset`
+/// and `ResetAll` effects in order with its savepoints: what a `ROLLBACK
+/// TO` undid is gone, as the server undoes it.
+pub fn settle_savepoints(effects: Vec<Effect>) -> Vec<Effect> {
+    let mut kept = Vec::with_capacity(effects.len());
+    // Savepoints alive, each with how many effects came before it.
+    let mut marks: Vec<(String, usize)> = Vec::new();
+    for effect in effects {
+        match effect {
+            Effect::Savepoint(name) => marks.push((name, kept.len())),
+            // The savepoint stays; those made after it are gone.
+            Effect::RollbackTo(name) => {
+                if let Some(i) = marks.iter().rposition(|(n, _)| *n == name) {
+                    kept.truncate(marks[i].1);
+                    marks.truncate(i + 1);
+                }
+            }
+            // It and those made after it are gone; what they saw stays.
+            Effect::Release(name) => {
+                if let Some(i) = marks.iter().rposition(|(n, _)| *n == name) {
+                    marks.truncate(i);
+                }
+            }
+            other => kept.push(other),
+        }
+    }
+    kept
 }
 
 /// The facts of one unit, merged over its statements.
@@ -351,9 +387,18 @@ fn add_kind(facts: &mut UnitFacts, kind: &Kind) {
                     write(facts, "transaction control");
                 }
             }
-            TxControl::Savepoint { .. }
-            | TxControl::ReleaseSavepoint { .. }
-            | TxControl::RollbackToSavepoint { .. } => write(facts, "savepoint"),
+            TxControl::Savepoint { name } => {
+                facts.effects.push(Effect::Savepoint(name.clone()));
+                write(facts, "savepoint")
+            }
+            TxControl::ReleaseSavepoint { name } => {
+                facts.effects.push(Effect::Release(name.clone()));
+                write(facts, "savepoint")
+            }
+            TxControl::RollbackToSavepoint { name } => {
+                facts.effects.push(Effect::RollbackTo(name.clone()));
+                write(facts, "savepoint")
+            }
             TxControl::CommitPrepared { .. } | TxControl::RollbackPrepared { .. } => {
                 write(facts, "two-phase commit")
             }
@@ -569,5 +614,37 @@ mod tests {
         );
         assert!(facts.changes_functions);
         assert!(!from_sql("CREATE TABLE t (a int)", &[]).changes_functions);
+    }
+
+    #[test]
+    fn savepoints_undo_what_came_after_them() {
+        let set = |v: &str| Effect::Set {
+            name: "work_mem".into(),
+            sql: format!("SET work_mem = '{v}'"),
+        };
+        let sp = |n: &str| Effect::Savepoint(n.into());
+        let effects = vec![
+            set("1"),
+            sp("a"),
+            set("2"),
+            sp("b"),
+            set("3"),
+            Effect::RollbackTo("a".into()),
+            // b is gone with the rollback; a stays.
+            Effect::RollbackTo("b".into()),
+            set("4"),
+            Effect::Release("a".into()),
+            set("5"),
+            sp("a"),
+            set("6"),
+            sp("a"),
+            set("7"),
+            // The latest savepoint of a name.
+            Effect::RollbackTo("a".into()),
+        ];
+        assert_eq!(
+            settle_savepoints(effects),
+            vec![set("1"), set("4"), set("5"), set("6")]
+        );
     }
 }

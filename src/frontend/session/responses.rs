@@ -663,7 +663,12 @@ impl Session {
             }
             for effect in &inflight.effects {
                 match effect {
-                    Effect::Set { .. } | Effect::Reset { .. } | Effect::ResetAll => {
+                    Effect::Set { .. }
+                    | Effect::Reset { .. }
+                    | Effect::ResetAll
+                    | Effect::Savepoint(_)
+                    | Effect::RollbackTo(_)
+                    | Effect::Release(_) => {
                         self.tx_effects.push(effect.clone());
                     }
                     Effect::Prepare { .. } | Effect::SetFromParameter { .. } => {}
@@ -701,7 +706,7 @@ impl Session {
         {
             return;
         }
-        for effect in effects {
+        for effect in crate::router::facts::settle_savepoints(effects) {
             match effect {
                 Effect::Set { name, sql } => {
                     conn.settings.insert(name.clone(), sql.clone());
