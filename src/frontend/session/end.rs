@@ -106,7 +106,13 @@ async fn release_clean(mut lease: Lease, quiet: bool, in_transaction: bool, rese
     match tokio::time::timeout(Duration::from_secs(5), reset).await {
         Ok(Ok(true)) => {
             lease.conn.settings.clear();
-            lease.conn.prepared.clear();
+            // The mirror forgets statements only if the server did: with
+            // a reset query that keeps them, a later client that names one
+            // must still find it closed first (see `SessionState::catch_up`).
+            let reset = reset_query.to_ascii_lowercase();
+            if reset.contains("discard all") || reset.contains("deallocate all") {
+                lease.conn.prepared.clear();
+            }
             lease.give_back();
         }
         _ => lease.conn.terminate().await,
