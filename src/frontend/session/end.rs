@@ -105,12 +105,16 @@ async fn release_clean(mut lease: Lease, quiet: bool, in_transaction: bool, rese
     };
     match tokio::time::timeout(Duration::from_secs(5), reset).await {
         Ok(Ok(true)) => {
-            lease.conn.settings.clear();
-            // The mirror forgets statements only if the server did: with
-            // a reset query that keeps them, a later client that names one
-            // must still find it closed first (see `SessionState::catch_up`).
+            // The mirror forgets only what the server did: with a reset
+            // query that keeps settings or statements, the next client's
+            // catch-up still undoes or closes them (see
+            // `SessionState::catch_up`).
             let reset = reset_query.to_ascii_lowercase();
-            if reset.contains("discard all") || reset.contains("deallocate all") {
+            let discards = reset.contains("discard all");
+            if discards || reset.contains("reset all") {
+                lease.conn.settings.clear();
+            }
+            if discards || reset.contains("deallocate all") {
                 lease.conn.prepared.clear();
             }
             lease.give_back();
