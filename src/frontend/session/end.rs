@@ -111,8 +111,14 @@ async fn release_clean(mut lease: Lease, quiet: bool, in_transaction: bool, rese
             // `SessionState::catch_up`).
             let reset = reset_query.to_ascii_lowercase();
             let discards = reset.contains("discard all");
-            if discards || reset.contains("reset all") {
+            if discards {
                 lease.conn.settings.clear();
+            } else if reset.contains("reset all") {
+                // RESET ALL leaves the role and session authorization.
+                lease
+                    .conn
+                    .settings
+                    .retain(|name, _| super::state::is_privilege(name));
             }
             if discards || reset.contains("deallocate all") {
                 lease.conn.prepared.clear();
