@@ -828,3 +828,44 @@ async fn a_setting_rolled_back_to_a_savepoint_is_undone() {
         );
     }
 }
+
+/// In session pooling, with a reset query that leaves settings and
+/// statements (`SELECT 1`), the next client of the connection still finds
+/// neither: the proxy undoes and closes them as it does between clients
+/// in transaction pooling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_query_that_resets_nothing_leaks_nothing() {
+    let proxy = TestProxy::start_with(cluster(), |c| {
+        c.pool.max_server_connections = 1;
+        c.pool.mode = causeway::config::PoolMode::Session;
+        c.pool.reset_query = "SELECT 1".into();
+    });
+    let _ = self::proxy();
+    let first = client_on(proxy.port, None).await;
+    first
+        .batch_execute(
+            "SET work_mem = '77MB'; PREPARE leftover AS SELECT 'secret'; \
+             INSERT INTO state_notes (body) VALUES ('reset query')",
+        )
+        .await
+        .expect("settings, a statement and a write, on the primary");
+    drop(first);
+    let next = client_on(proxy.port, None).await;
+    for round in 0..3 {
+        let shown = values(
+            &next,
+            "/* causeway: primary */ SELECT current_setting('work_mem')",
+        )
+        .await;
+        assert_eq!(shown, ["4MB"], "round {round}");
+        let err = next
+            .batch_execute("/* causeway: primary */ EXECUTE leftover")
+            .await
+            .expect_err("another client's statement");
+        assert_eq!(
+            err.as_db_error().map(|e| e.code().code()),
+            Some("26000"),
+            "round {round}: {err}"
+        );
+    }
+}
