@@ -248,3 +248,28 @@ async fn causeway_commands_prepared_by_name_are_answered_by_the_proxy() {
         .expect("SHOW causeway.lsn, prepared");
     assert_eq!(lsn.columns()[0].name(), "causeway.lsn");
 }
+
+/// In a failed transaction block a `causeway.*` command is refused like
+/// any other (25P02), and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn causeway_commands_in_a_failed_block_are_refused() {
+    let client = client_on(proxy().port, None).await;
+    client.batch_execute("BEGIN").await.expect("begin");
+    client
+        .batch_execute("SELECT 1 / 0")
+        .await
+        .expect_err("division by zero");
+    for sql in [
+        "SHOW causeway.lsn",
+        "SET causeway.client_id = 'in-failed-block'",
+    ] {
+        let err = client.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(
+            err.as_db_error().map(|e| e.code().code()),
+            Some("25P02"),
+            "{sql}: {err}"
+        );
+    }
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(show(&client, "causeway.client_id").await, "");
+}

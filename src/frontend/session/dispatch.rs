@@ -226,6 +226,15 @@ impl Session {
             super::local::respond(&mut self.to_client, &unit.bytes, &answer, self.tx_status);
             return;
         }
+        if self.tx_status == b'E' {
+            // As the server answers any command in a failed block.
+            let answer = Answer::Error {
+                code: "25P02",
+                message: "current transaction is aborted, commands ignored until end of transaction block".into(),
+            };
+            super::local::respond(&mut self.to_client, &unit.bytes, &answer, self.tx_status);
+            return;
+        }
         let answer = match local {
             Local::ClientId(id) => {
                 // A connection that now acts for another client (a pooled
