@@ -361,16 +361,24 @@ fn classify_piece(cx: &Context, piece: &[Lexeme]) -> Option<StatementClass> {
     let span = toks.first()?.start..toks.last()?.end;
     Some(StatementClass {
         kind: classify_tokens(cx, &toks),
-        hint: hint.or_else(|| shows_server_role(&toks).then_some(Hint::Primary)),
+        hint: hint.or_else(|| asks_server_role(&toks).then_some(Hint::Primary)),
         span,
     })
 }
 
-/// `SHOW transaction_read_only` or `SHOW in_hot_standby`: a replica says
-/// `on` where the primary, the server the client believes it talks to,
-/// says `off`. pgjdbc asks the first to honour `targetServerType=primary`.
-fn shows_server_role(toks: &tokens::Toks) -> bool {
-    tokens::kw(toks, 0, "SHOW")
-        && tokens::final_ident(toks, 1)
-            .is_some_and(|name| name == "transaction_read_only" || name == "in_hot_standby")
+/// A statement that reads `transaction_read_only` or `in_hot_standby`
+/// (`SHOW transaction_read_only`, `current_setting('in_hot_standby')`): a
+/// replica says `on` where the primary, the server the client believes it
+/// talks to, says `off`. pgjdbc asks the first to honour
+/// `targetServerType=primary`.
+fn asks_server_role(toks: &tokens::Toks) -> bool {
+    let role = |name: &str| {
+        name.eq_ignore_ascii_case("transaction_read_only")
+            || name.eq_ignore_ascii_case("in_hot_standby")
+    };
+    toks.iter().any(|l| match &l.token.token {
+        Token::Word(w) => role(&w.value),
+        Token::SingleQuotedString(s) => role(s),
+        _ => false,
+    })
 }

@@ -200,6 +200,11 @@ fn hints() {
     assert_eq!(hint("SHOW in_hot_standby;"), Some(Hint::Primary));
     assert_eq!(hint("SHOW work_mem"), None);
     assert_eq!(
+        hint("SELECT current_setting('transaction_read_only')"),
+        Some(Hint::Primary)
+    );
+    assert_eq!(hint("SHOW default_transaction_read_only"), None);
+    assert_eq!(
         hint("/* causeway: replica */ SHOW transaction_read_only"),
         Some(Hint::Replica)
     );
