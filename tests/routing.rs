@@ -209,6 +209,46 @@ async fn a_transaction_begun_with_its_first_write_is_read_after_commit() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_transaction_is_read_after_commit() {
+    // BEGIN, UPDATE and COMMIT each in its own Sync, sent at once without
+    // waiting for answers (libpq's and tokio-postgres's pipelining).
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let id = insert_ride(&client, 1).await;
+    cluster().wait_replicas_caught_up();
+    let _paused = cluster().pause_all_replay();
+    let mut raw = RawClient::login_trusted(proxy().port, "trusted", APP_DB).await;
+    for distance in 2..5 {
+        let mut batch = Vec::new();
+        for sql in [
+            "BEGIN".to_string(),
+            format!("UPDATE rides SET distance = {distance} WHERE id = {id}"),
+            "COMMIT".to_string(),
+        ] {
+            batch.extend(extended(&sql));
+            batch.extend(raw::message(b'S', &[]));
+        }
+        raw.send(&batch).await;
+        for _ in 0..3 {
+            let answers = raw.read_until_ready().await;
+            assert!(answers.iter().all(|m| m.tag != b'E'), "{answers:?}");
+        }
+        raw.send(&raw::query(&format!(
+            "SELECT distance, inet_server_port() FROM rides WHERE id = {id}"
+        )))
+        .await;
+        let answers = raw.read_until_ready().await;
+        let row = answers.iter().find(|m| m.tag == b'D').expect("the ride");
+        let port: i32 = text_column(&row.body, 1).parse().expect("port");
+        assert_eq!(
+            (text_column(&row.body, 0), server_of(port)),
+            (distance.to_string(), "primary".to_string()),
+            "the read after the pipelined commit"
+        );
+    }
+}
+
 /// Column `n` of a DataRow body, as text.
 fn text_column(body: &[u8], n: usize) -> String {
     let mut at = 2;

@@ -592,7 +592,21 @@ impl Session {
                 self.pinned.push(pin);
             }
         }
-        let at_rest = self.tx_status == b'I';
+        // Behind client units not answered yet, the status they will leave.
+        let pipelined = self.pending.iter().any(|e| matches!(e, Expect::Client(_)));
+        let status_before = if pipelined {
+            self.tx_after_sent
+        } else {
+            self.tx_status
+        };
+        let at_rest = status_before == b'I';
+        self.tx_after_sent = if unit.facts.ends_tx {
+            b'I'
+        } else if unit.facts.begin.is_some() && at_rest {
+            b'T'
+        } else {
+            status_before
+        };
         let wrote = unit.facts.writes();
         // A write in a transaction that stays open after this unit: inside
         // one already, or in the unit that begins it (`BEGIN; UPDATE ...`
@@ -628,6 +642,9 @@ impl Session {
             server == Server::Primary && unit.synced && !unit.facts.copy_in && ends_work;
         let reload_catalog = can_carry && (self.functions_changed || self.catalog.take_due());
         let mut inflight = InFlight::new(&unit, server, at_rest);
+        // The end of a transaction that wrote: its answer must know it
+        // even if a later transaction's units were sent before it came.
+        inflight.tx_wrote |= unit.facts.ends_tx && self.tx_wrote;
         if let Some(open) = self.open_batch.take() {
             inflight.absorb(open);
         }

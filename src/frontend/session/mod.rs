@@ -117,6 +117,11 @@ struct Session {
     open_batch: Option<InFlight>,
     /// The server's transaction status from its last ReadyForQuery.
     tx_status: u8,
+    /// The status the server will be in once it has run the client units
+    /// sent and not yet answered (a pipeline: BEGIN, UPDATE and COMMIT
+    /// each in its own Sync, sent at once); only meaningful while such a
+    /// unit is pending.
+    tx_after_sent: u8,
     /// The open transaction wrote, so its commit moves the causal LSN.
     tx_wrote: bool,
     /// The client's transaction block was lost with its server: its units

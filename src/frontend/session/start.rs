@@ -204,6 +204,7 @@ pub async fn run(
         open_batch: None,
         tx_status: b'I',
         tx_wrote: false,
+        tx_after_sent: b'I',
         lost_block: false,
         lost_block_news: None,
         tx_effects: Vec::new(),
