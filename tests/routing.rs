@@ -191,22 +191,26 @@ async fn a_transaction_begun_with_its_first_write_is_read_after_commit() {
     commit.extend(raw::message(b'S', &[]));
     jdbc.send(&commit).await;
     jdbc.read_until_ready().await;
-    jdbc.send(&raw::query(&format!(
+    assert_eq!(
+        raw_read_ride(&mut jdbc, id).await,
+        ("3".to_string(), "primary".to_string()),
+        "extended protocol"
+    );
+}
+
+/// A ride's distance and the server that answered, read by a raw client.
+async fn raw_read_ride(raw: &mut RawClient, id: i64) -> (String, String) {
+    raw.send(&raw::query(&format!(
         "SELECT distance, inet_server_port() FROM rides WHERE id = {id}"
     )))
     .await;
-    let answers = jdbc.read_until_ready().await;
+    let answers = raw.read_until_ready().await;
     let row = answers
         .iter()
         .find(|m| m.tag == b'D')
         .expect("the ride's row");
-    let (distance, port) = (text_column(&row.body, 0), text_column(&row.body, 1));
-    let port: i32 = port.parse().expect("port");
-    assert_eq!(
-        (distance.as_str(), server_of(port).as_str()),
-        ("3", "primary"),
-        "extended protocol"
-    );
+    let port: i32 = text_column(&row.body, 1).parse().expect("port");
+    (text_column(&row.body, 0), server_of(port))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,15 +238,8 @@ async fn a_pipelined_transaction_is_read_after_commit() {
             let answers = raw.read_until_ready().await;
             assert!(answers.iter().all(|m| m.tag != b'E'), "{answers:?}");
         }
-        raw.send(&raw::query(&format!(
-            "SELECT distance, inet_server_port() FROM rides WHERE id = {id}"
-        )))
-        .await;
-        let answers = raw.read_until_ready().await;
-        let row = answers.iter().find(|m| m.tag == b'D').expect("the ride");
-        let port: i32 = text_column(&row.body, 1).parse().expect("port");
         assert_eq!(
-            (text_column(&row.body, 0), server_of(port)),
+            raw_read_ride(&mut raw, id).await,
             (distance.to_string(), "primary".to_string()),
             "the read after the pipelined commit"
         );
@@ -447,6 +444,14 @@ async fn writing_functions_and_data_modifying_ctes_go_to_the_primary() {
     assert_eq!(server_of(row.get(1)), "primary");
 }
 
+/// Runs `sql` on the primary (for the test proxy's cluster) and waits
+/// until both replicas have it.
+fn on_every_server(sql: &str) {
+    let _ = proxy();
+    cluster().psql_db(cluster().primary_port(), APP_DB, sql);
+    cluster().wait_replicas_caught_up();
+}
+
 /// Messages up to and including the first of tag `last`.
 async fn read_through(client: &mut RawClient, last: u8) -> Vec<raw::RawMessage> {
     let mut answers = Vec::new();
@@ -467,13 +472,7 @@ async fn a_refused_read_prepared_before_a_flush_runs_again_on_the_primary() {
     // Execute (a view hides a nextval), the run on the primary needs the
     // statement there too, and the statement stays usable afterwards.
     let _serial = SERIAL.lock().await;
-    let _ = proxy();
-    cluster().psql_db(
-        cluster().primary_port(),
-        APP_DB,
-        "CREATE OR REPLACE VIEW flush_numbers AS SELECT nextval('route_seq') AS n",
-    );
-    cluster().wait_replicas_caught_up();
+    on_every_server("CREATE OR REPLACE VIEW flush_numbers AS SELECT nextval('route_seq') AS n");
     let mut client = RawClient::login_trusted(proxy().port, "trusted", APP_DB).await;
     let mut prepare = raw::message(
         b'P',
@@ -514,13 +513,7 @@ async fn copy_from_stdin_after_a_flushed_prepare_runs_on_the_primary() {
     // Query with no Sync between. The COPY must run on the primary, and
     // the statement stay usable.
     let _serial = SERIAL.lock().await;
-    let _ = proxy();
-    cluster().psql_db(
-        cluster().primary_port(),
-        APP_DB,
-        "CREATE TABLE IF NOT EXISTS copy_target (n int)",
-    );
-    cluster().wait_replicas_caught_up();
+    on_every_server("CREATE TABLE IF NOT EXISTS copy_target (n int)");
     let mut client = RawClient::login_trusted(proxy().port, "trusted", APP_DB).await;
     let retries_before = read_retries().await;
     for round in 0..3 {

@@ -282,6 +282,14 @@ async fn run_raw(client: &mut RawClient, sql: &[u8]) -> Vec<RawMessage> {
     answer
 }
 
+/// The SQLSTATE of the first error in an answer.
+fn error_code(answer: &[RawMessage]) -> Option<String> {
+    answer
+        .iter()
+        .find(|m| m.tag == b'E')
+        .and_then(|e| e.field(b'C'))
+}
+
 fn assert_no_error(answer: &[RawMessage], what: &str) {
     let errors: Vec<_> = answer
         .iter()
@@ -726,9 +734,8 @@ async fn a_statement_another_client_left_is_not_found() {
         batch.extend(raw::message(b'S', &[]));
         y.send(&batch).await;
         let answer = y.read_until_ready().await;
-        let error = answer.iter().find(|m| m.tag == b'E');
         assert_eq!(
-            error.and_then(|e| e.field(b'C')).as_deref(),
+            error_code(&answer).as_deref(),
             Some("26000"),
             "round {round}: {answer:?}"
         );
@@ -764,20 +771,20 @@ async fn preparing_a_name_twice_fails_and_keeps_the_first() {
         values(&other, "SELECT 1").await;
         client.send(&parse("SELECT 'second'")).await;
         let answer = client.read_until_ready().await;
-        let code = answer
-            .iter()
-            .find(|m| m.tag == b'E')
-            .and_then(|e| e.field(b'C'));
-        assert_eq!(code.as_deref(), Some("42P05"), "round {round}: {answer:?}");
+        assert_eq!(
+            error_code(&answer).as_deref(),
+            Some("42P05"),
+            "round {round}: {answer:?}"
+        );
         client
             .send(&raw::query("PREPARE sdup AS SELECT 'second'"))
             .await;
         let answer = client.read_until_ready().await;
-        let code = answer
-            .iter()
-            .find(|m| m.tag == b'E')
-            .and_then(|e| e.field(b'C'));
-        assert_eq!(code.as_deref(), Some("42P05"), "round {round}: {answer:?}");
+        assert_eq!(
+            error_code(&answer).as_deref(),
+            Some("42P05"),
+            "round {round}: {answer:?}"
+        );
         let mut run = raw::message(b'B', b"\0dup\0\0\0\0\0\0\0");
         run.extend(raw::message(b'E', b"\0\0\0\0\0"));
         run.extend(raw::message(b'S', &[]));
