@@ -200,6 +200,25 @@ impl Pool {
             },
             Err(_) => None,
         };
+        self.checkout_waiting(preferred, free).await
+    }
+
+    /// Lends an idle connection, `preferred` if it is idle, when a place
+    /// and an idle connection are free at once; `None` (and nothing taken)
+    /// when lending would mean waiting or connecting.
+    pub fn checkout_now(self: &Arc<Self>, preferred: Option<u64>) -> Option<Lease> {
+        let permit = self.lent.clone().try_acquire_owned().ok()?;
+        let conn = self.take_idle(preferred)?;
+        Some(self.lease(conn, permit))
+    }
+
+    /// The rest of [`Pool::checkout_preferring`]: waits for a place unless
+    /// `free` holds one, then lends an idle connection or opens one.
+    async fn checkout_waiting(
+        self: &Arc<Self>,
+        preferred: Option<u64>,
+        free: Option<OwnedSemaphorePermit>,
+    ) -> (Result<Lease, BackendError>, Duration) {
         let asked = std::time::Instant::now();
         let leased = async {
             let permit = match free {

@@ -79,16 +79,19 @@ impl Session {
         (pool, counters)
     }
 
-    /// Makes `server` the current connection, keeping the one in use if it
-    /// is the same. A replica that cannot be reached is reported and the
-    /// primary used instead. Returns the server attached.
-    pub(super) async fn attach(&mut self, server: Server) -> Result<Server, End> {
+    /// The primary's target when `server` is the primary (its epoch
+    /// noted), after letting go of connections to a primary that has been
+    /// demoted since. The same before every attach, waiting or not.
+    fn forget_moved<'p>(
+        &mut self,
+        proxy: &'p crate::server::Proxy,
+        server: Server,
+    ) -> Result<Option<&'p crate::backend::ServerTarget>, End> {
         // The primary is whichever server says it is one now. The targets
         // are read in place, from the session's own handle on the proxy.
-        let proxy = self.proxy.clone();
         let primary = match server {
             Server::Primary => {
-                let (target, epoch) = Self::primary_target(&proxy)?;
+                let (target, epoch) = Self::primary_target(proxy)?;
                 self.primary_epoch = epoch;
                 Some(target)
             }
@@ -106,6 +109,83 @@ impl Session {
             self.current = None;
         }
         self.stash.retain(|a| !(a.server == server && moved(a)));
+        Ok(primary)
+    }
+
+    /// The target of `server`; `None` for a replica no longer configured.
+    fn target_of<'p>(
+        proxy: &'p crate::server::Proxy,
+        server: Server,
+        primary: Option<&'p crate::backend::ServerTarget>,
+    ) -> Option<&'p crate::backend::ServerTarget> {
+        match (server, primary) {
+            (_, Some(primary)) => Some(primary),
+            (Server::Primary, None) => Some(&proxy.primary),
+            (Server::Replica(i), None) => proxy.replicas.get(i),
+        }
+    }
+
+    /// The connection this session last had on `server`, to ask its pool
+    /// for first.
+    fn preferred(&self, server: Server) -> Option<u64> {
+        self.last_conn
+            .iter()
+            .find(|(s, _)| *s == server)
+            .map(|(_, id)| *id)
+    }
+
+    /// Makes a connection just lent on `server` the current one.
+    fn adopt(
+        &mut self,
+        server: Server,
+        lease: crate::backend::pool::Lease,
+        counters: std::sync::Arc<crate::stats::ServerCounters>,
+    ) {
+        match self.last_conn.iter_mut().find(|(s, _)| *s == server) {
+            Some(slot) => slot.1 = lease.conn.id,
+            None => self.last_conn.push((server, lease.conn.id)),
+        }
+        self.current = Some(Attached {
+            server,
+            lease,
+            counters,
+        });
+        self.set_cancel_target();
+    }
+
+    /// [`Session::attach`] when it can finish without waiting: the current
+    /// connection is on `server` and in use (a transaction), or none is
+    /// current and the pool has a place and an idle connection at once
+    /// (transaction pooling, between transactions). `None` otherwise,
+    /// having changed nothing that `attach` would not change first. Every
+    /// unit passes here: no future to build, move and poll.
+    pub(super) fn attach_now(&mut self, server: Server) -> Option<Result<Server, End>> {
+        let proxy = self.proxy.clone();
+        let primary = match self.forget_moved(&proxy, server) {
+            Ok(primary) => primary,
+            Err(end) => return Some(Err(end)),
+        };
+        if let Some(current) = self.current.as_ref() {
+            let same = current.server == server && !self.idle_between_units();
+            return same.then_some(Ok(server));
+        }
+        if !self.stash.is_empty() {
+            return None;
+        }
+        let target = Self::target_of(&proxy, server, primary)?;
+        let (pool, counters) = self.known_server(target);
+        let lease = pool.checkout_now(self.preferred(server))?;
+        counters.pool_wait(std::time::Duration::ZERO);
+        self.adopt(server, lease, counters);
+        Some(Ok(server))
+    }
+
+    /// Makes `server` the current connection, keeping the one in use if it
+    /// is the same. A replica that cannot be reached is reported and the
+    /// primary used instead. Returns the server attached.
+    pub(super) async fn attach(&mut self, server: Server) -> Result<Server, End> {
+        let proxy = self.proxy.clone();
+        let primary = self.forget_moved(&proxy, server)?;
         if self.current.as_ref().map(|a| a.server) == Some(server) {
             // A connection kept between units (session pooling) may have
             // been closed by the server meanwhile: replace it unseen.
@@ -142,34 +222,15 @@ impl Session {
                 "kept server connection was closed; using a new one"
             );
         }
-        let target = match (server, primary) {
-            (_, Some(primary)) => primary,
-            (Server::Primary, None) => &proxy.primary,
-            (Server::Replica(i), None) => match proxy.replicas.get(i) {
-                Some(t) => t,
-                None => return Box::pin(self.attach(Server::Primary)).await,
-            },
+        let Some(target) = Self::target_of(&proxy, server, primary) else {
+            return Box::pin(self.attach(Server::Primary)).await;
         };
         let (pool, counters) = self.known_server(target);
-        let preferred = self
-            .last_conn
-            .iter()
-            .find(|(s, _)| *s == server)
-            .map(|(_, id)| *id);
-        let (checked_out, waited) = pool.checkout_preferring(preferred).await;
+        let (checked_out, waited) = pool.checkout_preferring(self.preferred(server)).await;
         counters.pool_wait(waited);
         match checked_out {
             Ok(lease) => {
-                match self.last_conn.iter_mut().find(|(s, _)| *s == server) {
-                    Some(slot) => slot.1 = lease.conn.id,
-                    None => self.last_conn.push((server, lease.conn.id)),
-                }
-                self.current = Some(Attached {
-                    server,
-                    lease,
-                    counters,
-                });
-                self.set_cancel_target();
+                self.adopt(server, lease, counters);
                 Ok(server)
             }
             Err(e) if server != Server::Primary => {

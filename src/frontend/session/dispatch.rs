@@ -76,7 +76,9 @@ impl Session {
                                 block.record(&unit);
                             }
                         }
-                        self.send(unit, server, reason).await?;
+                        if let Some(unit) = self.send_now(unit, server, reason)? {
+                            self.send(unit, server, reason).await?;
+                        }
                         continue;
                     }
                 }
@@ -177,7 +179,9 @@ impl Session {
             for database in &unit.facts.frees_database {
                 self.proxy.pools.drop_idle_database(database);
             }
-            self.send(unit, server, reason).await?;
+            if let Some(unit) = self.send_now(unit, server, reason)? {
+                self.send(unit, server, reason).await?;
+            }
         }
         Ok(())
     }
@@ -478,9 +482,38 @@ impl Session {
         }
     }
 
-    /// Attaches to `server`, replays what it lacks, and sends the unit.
+    /// Sends `unit` at once when attaching to `server` need not wait (see
+    /// [`Session::attach_now`]): every unit of a transaction, and most
+    /// between them. Gives the unit back otherwise, for [`Session::send`].
+    /// The caller builds the future of `send`, and copies it into its own,
+    /// only for the units that may wait.
+    fn send_now(
+        &mut self,
+        unit: Unit,
+        server: Server,
+        reason: Reason,
+    ) -> Result<Option<Unit>, End> {
+        match self.attach_now(server) {
+            Some(Ok(server)) => self.send_attached(unit, Ok(server), reason).map(|()| None),
+            _ => Ok(Some(unit)),
+        }
+    }
+
+    /// Attaches to `server`, waiting if need be, then sends the unit.
     async fn send(&mut self, unit: Unit, server: Server, reason: Reason) -> Result<(), End> {
-        let server = match self.attach_for(&unit, server, reason).await {
+        let attached = self.attach_for(&unit, server, reason).await;
+        self.send_attached(unit, attached, reason)
+    }
+
+    /// Replays what the server attached lacks and sends the unit; or, when
+    /// attaching failed, answers the client as the failure allows.
+    fn send_attached(
+        &mut self,
+        unit: Unit,
+        attached: Result<Server, End>,
+        reason: Reason,
+    ) -> Result<(), End> {
+        let server = match attached {
             Ok(server) => server,
             // No primary: a unit that opened nothing on any server gets an
             // ERROR, and the session goes on (its reads still reach the
