@@ -6,6 +6,7 @@
 
 use bytes::BytesMut;
 
+use super::units::Unit;
 use crate::lsn::Lsn;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::{self};
@@ -173,6 +174,94 @@ pub fn respond(out: &mut BytesMut, unit_bytes: &[u8], answer: &Answer, tx_status
             messages::ready_for_query(out, tx_status);
             failed = false;
         }
+    }
+}
+
+impl super::Session {
+    /// Answers a `causeway.*` statement without any server.
+    pub(super) fn answer_local(&mut self, unit: &Unit) {
+        let Some(local) = &unit.local else { return };
+        // Named for later Binds (asyncpg, and psycopg from the sixth run).
+        for (name, _) in unit.parses.named() {
+            self.state
+                .local_prepared
+                .insert(name.clone(), local.clone());
+        }
+        for name in &unit.closes {
+            self.state.local_prepared.remove(name);
+        }
+        // Only a batch that executes the command changes anything; one
+        // that only prepares or describes it does not.
+        if !super::units::executes(&unit.bytes) {
+            let answer = match local {
+                Local::Show(name) => Answer::Show {
+                    name: format!("causeway.{name}"),
+                    value: String::new(),
+                },
+                _ => Answer::Set,
+            };
+            respond(&mut self.to_client, &unit.bytes, &answer, self.tx_status);
+            return;
+        }
+        if self.tx_status == b'E' {
+            // As the server answers any command in a failed block.
+            let answer = Answer::Error {
+                code: "25P02",
+                message: "current transaction is aborted, commands ignored until end of transaction block".into(),
+            };
+            respond(&mut self.to_client, &unit.bytes, &answer, self.tx_status);
+            return;
+        }
+        let answer = match local {
+            Local::ClientId(id) => {
+                // A connection that now acts for another client (a pooled
+                // connection handed to the next user) stops carrying the
+                // previous client's writes; those stay with that client's id.
+                if id.is_some() && *id != self.client_id {
+                    self.causal = None;
+                }
+                self.client_id = id.clone();
+                self.shown = None;
+                Answer::Set
+            }
+            Local::MinLsn(None) => Answer::Set,
+            Local::MinLsn(Some(Ok(lsn))) => {
+                // A token names no timeline: taken as one of the current.
+                let mark = self.proxy.monitor.mark(*lsn);
+                self.causal = Some(self.causal.map_or(mark, |c| c.max(mark)));
+                if let Some(key) = self.causal_key() {
+                    self.proxy.causal.advance(&key, mark);
+                }
+                Answer::Set
+            }
+            Local::MinLsn(Some(Err(e))) => Answer::Error {
+                code: "22023",
+                message: format!("invalid value for parameter \"causeway.min_lsn\": {e}"),
+            },
+            Local::Show(name) => match name.as_str() {
+                "lsn" => Answer::Show {
+                    name: "causeway.lsn".into(),
+                    value: self.effective_causal().unwrap_or_default().to_string(),
+                },
+                "client_id" => Answer::Show {
+                    name: "causeway.client_id".into(),
+                    value: self.client_id.clone().unwrap_or_default(),
+                },
+                "min_lsn" => Answer::Show {
+                    name: "causeway.min_lsn".into(),
+                    value: self.causal.unwrap_or_default().lsn.to_string(),
+                },
+                other => Answer::Error {
+                    code: "42704",
+                    message: format!("unrecognized configuration parameter \"causeway.{other}\""),
+                },
+            },
+            Local::Unknown(name) => Answer::Error {
+                code: "42704",
+                message: format!("unrecognized configuration parameter \"{name}\""),
+            },
+        };
+        respond(&mut self.to_client, &unit.bytes, &answer, self.tx_status);
     }
 }
 
