@@ -246,6 +246,41 @@ async fn a_pipelined_transaction_is_read_after_commit() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_the_server_role_are_answered_by_the_primary() {
+    // pgjdbc's targetServerType=primary asks `SHOW transaction_read_only`
+    // at connect and refuses a server that says `on`, as a replica does.
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    for sql in [
+        "SHOW transaction_read_only",
+        "show in_hot_standby",
+        "SELECT current_setting('transaction_read_only')",
+    ] {
+        let row = client
+            .simple_query(sql)
+            .await
+            .expect(sql)
+            .into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            });
+        assert_eq!(row.as_deref(), Some("off"), "{sql}");
+    }
+    let row = client
+        .query_one(
+            "SELECT current_setting('in_hot_standby'), inet_server_port()",
+            &[],
+        )
+        .await
+        .expect("role and port");
+    assert_eq!(row.get::<_, String>(0), "off");
+    assert_eq!(server_of(row.get(1)), "primary");
+    // Any other read still goes to a replica.
+    assert!(server_of_read(&client).await.starts_with("replica"));
+}
+
 /// Column `n` of a DataRow body, as text.
 fn text_column(body: &[u8], n: usize) -> String {
     let mut at = 2;
