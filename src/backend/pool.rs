@@ -193,14 +193,10 @@ impl Pool {
         self: &Arc<Self>,
         preferred: Option<u64>,
     ) -> (Result<Lease, BackendError>, Duration) {
-        let free = match self.lent.clone().try_acquire_owned() {
-            Ok(permit) => match self.take_idle(preferred) {
-                Some(conn) => return (Ok(self.lease(conn, permit)), Duration::ZERO),
-                None => Some(permit),
-            },
-            Err(_) => None,
-        };
-        self.checkout_waiting(preferred, free).await
+        if let Some(lease) = self.checkout_now(preferred) {
+            return (Ok(lease), Duration::ZERO);
+        }
+        self.checkout_waiting(preferred).await
     }
 
     /// Lends an idle connection, `preferred` if it is idle, when a place
@@ -212,19 +208,15 @@ impl Pool {
         Some(self.lease(conn, permit))
     }
 
-    /// The rest of [`Pool::checkout_preferring`]: waits for a place unless
-    /// `free` holds one, then lends an idle connection or opens one.
+    /// The rest of [`Pool::checkout_preferring`]: waits for a place, then
+    /// lends an idle connection or opens one.
     async fn checkout_waiting(
         self: &Arc<Self>,
         preferred: Option<u64>,
-        free: Option<OwnedSemaphorePermit>,
     ) -> (Result<Lease, BackendError>, Duration) {
         let asked = std::time::Instant::now();
         let leased = async {
-            let permit = match free {
-                Some(permit) => permit,
-                None => self.permit().await?,
-            };
+            let permit = self.permit().await?;
             let conn = match self.take_idle(preferred) {
                 Some(conn) => conn,
                 None => Box::new(self.open().await?),
