@@ -198,6 +198,119 @@ async fn a_transaction_begun_with_its_first_write_is_read_after_commit() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_the_proxy_cannot_see_are_read_after_they_commit() {
+    // A view over a function that writes, made on the primary behind the
+    // proxy's back: a SELECT from it is a write nothing in its text shows.
+    // Inside a block, or outside one on the primary, it runs there and
+    // commits; the read after the commit must still see what it wrote.
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let id = insert_ride(&client, 1).await;
+    cluster().psql_db(
+        cluster().primary_port(),
+        APP_DB,
+        &format!(
+            "CREATE FUNCTION hidden_distance_{id}(d int) RETURNS int LANGUAGE sql AS \
+             $$ UPDATE rides SET distance = d WHERE id = {id} RETURNING distance $$; \
+             CREATE VIEW hidden_five_{id} AS SELECT hidden_distance_{id}(5); \
+             CREATE VIEW hidden_six_{id} AS SELECT hidden_distance_{id}(6); \
+             CREATE VIEW hidden_seven_{id} AS SELECT hidden_distance_{id}(7); \
+             CREATE VIEW hidden_eight_{id} AS SELECT hidden_distance_{id}(8)"
+        ),
+    );
+    // Each case with the replicas caught up, then paused: what a case
+    // before it wrote keeps no replica fresh enough by itself.
+    cluster().wait_replicas_caught_up();
+    let paused = cluster().pause_all_replay();
+
+    // A lone COMMIT: the proxy asks the server whether the block wrote.
+    client.batch_execute("BEGIN").await.expect("begin");
+    client
+        .batch_execute(&format!("SELECT * FROM hidden_five_{id}"))
+        .await
+        .expect("hidden write");
+    client.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(
+        read_ride(&client, id).await,
+        (Some(5), "primary".to_string()),
+        "after a lone COMMIT"
+    );
+    drop(paused);
+    cluster().wait_replicas_caught_up();
+    let paused = cluster().pause_all_replay();
+
+    // The COMMIT behind the hidden write in one query: asked as a write.
+    client.batch_execute("BEGIN").await.expect("begin");
+    client
+        .batch_execute(&format!("SELECT * FROM hidden_six_{id}; COMMIT"))
+        .await
+        .expect("hidden write and commit");
+    assert_eq!(
+        read_ride(&client, id).await,
+        (Some(6), "primary".to_string()),
+        "after a COMMIT in the same query"
+    );
+    drop(paused);
+    cluster().wait_replicas_caught_up();
+    let paused = cluster().pause_all_replay();
+
+    // The extended protocol's COMMIT (pgjdbc's): asked as a write too.
+    let mut jdbc = RawClient::login_trusted(proxy().port, "trusted", APP_DB).await;
+    let mut batch = extended("BEGIN");
+    batch.extend(extended(&format!("SELECT * FROM hidden_seven_{id}")));
+    batch.extend(raw::message(b'S', &[]));
+    jdbc.send(&batch).await;
+    let answers = jdbc.read_until_ready().await;
+    assert!(answers.iter().all(|m| m.tag != b'E'), "{answers:?}");
+    let mut commit = extended("COMMIT");
+    commit.extend(raw::message(b'S', &[]));
+    jdbc.send(&commit).await;
+    jdbc.read_until_ready().await;
+    assert_eq!(
+        raw_read_ride(&mut jdbc, id).await,
+        ("7".to_string(), "primary".to_string()),
+        "after an extended COMMIT"
+    );
+    drop(paused);
+    cluster().wait_replicas_caught_up();
+    let _paused = cluster().pause_all_replay();
+
+    // Outside a block, a read sent to the primary (here by a hint) commits
+    // what it writes at once: asked as a write as well.
+    client
+        .batch_execute(&format!(
+            "/* causeway: primary */ SELECT * FROM hidden_eight_{id}"
+        ))
+        .await
+        .expect("hinted hidden write");
+    assert_eq!(
+        read_ride(&client, id).await,
+        (Some(8), "primary".to_string()),
+        "after a read the primary served outside a block"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_that_only_read_leaves_reads_on_the_replicas() {
+    // The question whether a block wrote costs a block that did not write
+    // nothing in routing: the read after it still goes to a replica.
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let id = insert_ride(&client, 1).await;
+    cluster().wait_replicas_caught_up();
+    let _paused = cluster().pause_all_replay();
+    client.batch_execute("BEGIN").await.expect("begin");
+    client
+        .batch_execute(&format!("SELECT distance FROM rides WHERE id = {id}"))
+        .await
+        .expect("read in the block");
+    client.batch_execute("COMMIT").await.expect("commit");
+    let (distance, server) = read_ride(&client, id).await;
+    assert_eq!(distance, Some(1));
+    assert!(server.starts_with("replica"), "read went to {server}");
+}
+
 /// A ride's distance and the server that answered, read by a raw client.
 async fn raw_read_ride(raw: &mut RawClient, id: i64) -> (String, String) {
     raw.send(&raw::query(&format!(

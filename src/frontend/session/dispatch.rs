@@ -16,6 +16,10 @@ use crate::router::{self, Decision, OnStale, Reason, Server};
 /// the commit record.
 pub const LSN_QUERY: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()";
 
+/// Asked inside a block, just before its `COMMIT`: whether the transaction
+/// has a transaction ID, which it gets at its first write of any kind.
+pub const WROTE_QUERY: &str = "SELECT pg_catalog.txid_current_if_assigned() IS NOT NULL";
+
 impl Session {
     /// Sends every queued unit that may go now. A unit that needs a
     /// routing decision waits until the server has answered everything
@@ -563,7 +567,7 @@ impl Session {
             self.tx_wrote = true;
         }
         // Ask for the commit LSN after a unit that may commit a write.
-        let want_lsn = server == Server::Primary
+        let mut want_lsn = server == Server::Primary
             && unit.synced
             && !unit.facts.copy_in
             && if at_rest {
@@ -571,6 +575,51 @@ impl Session {
             } else {
                 unit.facts.ends_tx && (self.tx_wrote || wrote)
             };
+        // The end of a block on the primary in which the proxy saw no
+        // write may still commit one: a view over a function that writes,
+        // a function made behind the proxy's back (the catalog is read
+        // again only every so often). A lone COMMIT is preceded by the
+        // question whether the transaction wrote (the answer asks for the
+        // commit LSN, see `Session::wrote_check_answered`); anything else
+        // that ends such a block asks for the LSN as if it wrote.
+        let unseen_write = server == Server::Primary
+            && unit.synced
+            && status_before == b'T'
+            && unit.facts.ends_tx
+            && !unit.facts.copy_in
+            && !(self.tx_wrote || wrote)
+            && self.open_batch.is_none();
+        let mut assume_wrote = false;
+        // So may a read the primary serves outside a block because of the
+        // session (hinted there, pinned, serializable) or of the replicas
+        // (none healthy), which then commits what it wrote: with replicas
+        // to read from later, it asks for the LSN as a write does. Not a
+        // read that found the replicas behind the session's own LSN (see
+        // docs/consistency.md, "Not promised").
+        if server == Server::Primary
+            && at_rest
+            && unit.synced
+            && unit.facts.is_read()
+            && matches!(
+                reason,
+                Reason::Hint | Reason::Pinned | Reason::Serializable | Reason::NoReplica
+            )
+            && !self.proxy.replicas.is_empty()
+            && !self.causal_unknown
+        {
+            want_lsn = true;
+            assume_wrote = true;
+        }
+        if unseen_write {
+            if super::units::is_lone_commit(&unit.bytes) {
+                self.pending
+                    .push_back(Expect::Internal(Internal::WroteCheck));
+                messages::query(&mut self.to_server, WROTE_QUERY);
+            } else {
+                want_lsn = true;
+                assume_wrote = true;
+            }
+        }
         self.to_server.extend_from_slice(&unit.bytes);
         // DDL that may change functions: the catalog is read again once
         // its transaction is over (a rolled-back DROP must not drop a
@@ -590,7 +639,8 @@ impl Session {
         let mut inflight = InFlight::new(&unit, server, at_rest);
         // The end of a transaction that wrote: its answer must know it
         // even if a later transaction's units were sent before it came.
-        inflight.tx_wrote |= unit.facts.ends_tx && self.tx_wrote;
+        inflight.tx_wrote |= (unit.facts.ends_tx && self.tx_wrote) || assume_wrote;
+        inflight.writes |= assume_wrote && at_rest;
         if let Some(open) = self.open_batch.take() {
             inflight.absorb(open);
         }

@@ -46,6 +46,8 @@ pub enum Internal {
     Begin,
     /// The commit LSN after a write.
     Lsn,
+    /// Whether a block about to commit wrote (see `dispatch::WROTE_QUERY`).
+    WroteCheck,
     /// The function catalog, read again after DDL that may change it.
     Catalog,
     /// The ROLLBACK of an optimistic block's replica transaction.
@@ -351,6 +353,11 @@ impl Session {
                 let kind = *kind;
                 match tag {
                     b'A' => self.to_client.extend_from_slice(message),
+                    b'D' if kind == Internal::WroteCheck
+                        && messages::first_column_text(&message[5..]) == Some("t") =>
+                    {
+                        self.tx_wrote = true;
+                    }
                     b'D' if kind == Internal::Lsn => {
                         self.lsn_answer = messages::first_column_text(&message[5..])
                             .and_then(|t| t.parse::<Lsn>().ok());
@@ -383,6 +390,7 @@ impl Session {
                         self.tx_status = message[5];
                         match kind {
                             Internal::Lsn => self.lsn_arrived(),
+                            Internal::WroteCheck => self.wrote_check_answered(),
                             Internal::Catalog => {
                                 if let Some(rows) = self.catalog_rows.take() {
                                     self.catalog.load(rows);
@@ -576,6 +584,18 @@ impl Session {
         }
         for sql in texts {
             self.proxy.facts_cache.learn_write(&sql, REASON);
+        }
+    }
+
+    /// The server said whether the block about to commit wrote. If it did,
+    /// and its COMMIT is the last thing sent, the commit LSN is asked right
+    /// behind it, so the client hears "ready" only once it is known (see
+    /// [`Session::finish_unit`]); with more units behind the COMMIT, it is
+    /// asked when the COMMIT is answered.
+    fn wrote_check_answered(&mut self) {
+        if self.tx_wrote && self.pending.len() == 1 && self.open_batch.is_none() {
+            self.pending.push_back(Expect::Internal(Internal::Lsn));
+            messages::query(&mut self.to_server, super::dispatch::LSN_QUERY);
         }
     }
 

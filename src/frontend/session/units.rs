@@ -499,6 +499,34 @@ fn text_facts<'a>(
     (sql, facts)
 }
 
+/// A unit that is one simple-protocol `COMMIT` (or `END`), alone: nothing
+/// of it runs before the block ends.
+pub fn is_lone_commit(bytes: &[u8]) -> bool {
+    let Some((&b'Q', rest)) = bytes.split_first() else {
+        return false;
+    };
+    let whole = rest
+        .get(..4)
+        .and_then(|len| <[u8; 4]>::try_from(len).ok())
+        .and_then(|len| usize::try_from(i32::from_be_bytes(len)).ok())
+        .is_some_and(|len| len == rest.len());
+    let Some(sql) = rest.get(4..).map(text_bytes) else {
+        return false;
+    };
+    let sql = String::from_utf8_lossy(sql);
+    let s = sql.trim().trim_end_matches(';').trim().to_ascii_lowercase();
+    whole
+        && matches!(
+            s.as_str(),
+            "commit"
+                | "commit work"
+                | "commit transaction"
+                | "end"
+                | "end work"
+                | "end transaction"
+        )
+}
+
 fn is_lone_begin(sql: &str) -> bool {
     let s = sql.trim().trim_end_matches(';').trim().to_ascii_lowercase();
     matches!(
