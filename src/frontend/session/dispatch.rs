@@ -20,6 +20,26 @@ pub const LSN_QUERY: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()";
 /// has a transaction ID, which it gets at its first write of any kind.
 pub const WROTE_QUERY: &str = "SELECT pg_catalog.txid_current_if_assigned() IS NOT NULL";
 
+/// Whether a read could write where its text does not show it: it calls a
+/// function, or names what may be a view over one (`FROM`, `JOIN`, `TABLE`),
+/// or runs what was prepared or declared earlier (`EXECUTE`, `FETCH`, a
+/// Bind without a Parse). `SELECT 1` and `SHOW x` cannot.
+fn may_hide_a_write(unit: &Unit) -> bool {
+    if !unit.facts.calls.is_empty() || !unit.facts.executes.is_empty() {
+        return true;
+    }
+    let texts = super::units::sql_texts(&unit.bytes);
+    let names_more = |sql: &str| {
+        sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|word| {
+                ["from", "join", "table", "execute", "fetch", "move"]
+                    .iter()
+                    .any(|k| word.eq_ignore_ascii_case(k))
+            })
+    };
+    texts.is_empty() || !unit.uses.is_empty() || texts.iter().any(|t| names_more(t))
+}
+
 impl Session {
     /// Sends every queued unit that may go now. A unit that needs a
     /// routing decision waits until the server has answered everything
@@ -606,6 +626,7 @@ impl Session {
             )
             && !self.proxy.replicas.is_empty()
             && !self.causal_unknown
+            && may_hide_a_write(&unit)
         {
             want_lsn = true;
             assume_wrote = true;
