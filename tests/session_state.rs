@@ -836,6 +836,68 @@ async fn a_setting_rolled_back_to_a_savepoint_is_undone() {
     }
 }
 
+/// The same, with the block in one query: the answer to ROLLBACK TO
+/// SAVEPOINT carries the command tag ROLLBACK, which ends no transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_savepoint_rolled_back_in_one_query_keeps_the_settings_before_it() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    let client = client_on(port, None).await;
+    client
+        .batch_execute(
+            "BEGIN; SET work_mem = '7MB'; SAVEPOINT a; SET work_mem = '9MB'; \
+             ROLLBACK TO a; SET statement_timeout = '3s'; COMMIT",
+        )
+        .await
+        .expect("the block");
+    for round in 0..3 {
+        let other = client_on(port, None).await;
+        values(&other, "SELECT 1").await;
+        assert_eq!(
+            values(
+                &client,
+                "SELECT current_setting('work_mem'), current_setting('statement_timeout')"
+            )
+            .await,
+            ["7MB", "3s"],
+            "round {round}"
+        );
+    }
+}
+
+/// A write in a block that also rolled back to a savepoint, all in one
+/// query, is a committed write: the read after it sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_committed_after_a_rollback_to_savepoint_is_read_back() {
+    let _serial = SERIAL.lock().await;
+    let client = client_on(proxy().port, None).await;
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS savepoint_writes; CREATE TABLE savepoint_writes (n int)",
+        )
+        .await
+        .expect("table");
+    cluster().wait_replicas_caught_up();
+    let _paused = cluster().pause_all_replay();
+    client
+        .batch_execute(
+            "BEGIN; INSERT INTO savepoint_writes VALUES (1); SAVEPOINT a; \
+             INSERT INTO savepoint_writes VALUES (2); ROLLBACK TO a; COMMIT",
+        )
+        .await
+        .expect("the block");
+    assert_eq!(
+        values(
+            &client,
+            "SELECT count(*) FILTER (WHERE n = 1)::text || '/' || count(*) FROM savepoint_writes"
+        )
+        .await
+        .first()
+        .map(String::as_str),
+        Some("1/1")
+    );
+}
+
 /// In session pooling, with a reset query that leaves settings and
 /// statements (`SELECT 1`), the next client of the connection still finds
 /// neither: the proxy undoes and closes them as it does between clients

@@ -76,6 +76,9 @@ pub struct InFlight {
     pub saw_error: bool,
     pub saw_commit: bool,
     pub saw_rollback: bool,
+    /// Its `ROLLBACK TO SAVEPOINT`s not answered yet: their command tag is
+    /// `ROLLBACK` too, and they end no transaction.
+    pub rollbacks_to_savepoint: usize,
     pub parse_completes: usize,
     pub close_completes: usize,
     pub sent_at: std::time::Instant,
@@ -149,6 +152,12 @@ impl InFlight {
             saw_error: false,
             saw_commit: false,
             saw_rollback: false,
+            rollbacks_to_savepoint: unit
+                .facts
+                .effects
+                .iter()
+                .filter(|e| matches!(e, Effect::RollbackTo(_)))
+                .count(),
             parse_completes: 0,
             close_completes: 0,
             sent_at: std::time::Instant::now(),
@@ -178,6 +187,9 @@ impl InFlight {
         self.opens_tx |= earlier.opens_tx;
         self.tx_wrote |= earlier.tx_wrote;
         self.saw_error |= earlier.saw_error;
+        self.saw_commit |= earlier.saw_commit;
+        self.saw_rollback |= earlier.saw_rollback;
+        self.rollbacks_to_savepoint += earlier.rollbacks_to_savepoint;
         self.parse_completes += earlier.parse_completes;
         self.close_completes += earlier.close_completes;
         self.started_at_rest = earlier.started_at_rest;
@@ -190,6 +202,8 @@ impl InFlight {
             b'3' => self.close_completes += 1,
             b'E' => {
                 self.saw_error = true;
+                // Nothing more of the unit runs: no ROLLBACK TO answers.
+                self.rollbacks_to_savepoint = 0;
                 let fields = messages::parse_error_fields(&message[5..]);
                 if self.retry.is_some() && !self.refused && self.server != Server::Primary {
                     self.refused = REPLICA_REFUSALS.contains(&fields.code.as_str());
@@ -211,7 +225,15 @@ impl InFlight {
                 if tag.starts_with(b"COMMIT") {
                     self.saw_commit = true;
                 } else if tag.starts_with(b"ROLLBACK") {
-                    self.saw_rollback = true;
+                    // Taken in order: a unit's ROLLBACK TOs are answered
+                    // before anything after them (a ROLLBACK sent ahead of
+                    // a ROLLBACK TO would be taken for it, and the ROLLBACK
+                    // TO then fails with no block to roll back in).
+                    if self.rollbacks_to_savepoint > 0 && tag.starts_with(b"ROLLBACK\0") {
+                        self.rollbacks_to_savepoint -= 1;
+                    } else {
+                        self.saw_rollback = true;
+                    }
                 }
             }
             _ => {}
