@@ -216,7 +216,8 @@ async fn writes_the_proxy_cannot_see_are_read_after_they_commit() {
              CREATE VIEW hidden_five_{id} AS SELECT hidden_distance_{id}(5); \
              CREATE VIEW hidden_six_{id} AS SELECT hidden_distance_{id}(6); \
              CREATE VIEW hidden_seven_{id} AS SELECT hidden_distance_{id}(7); \
-             CREATE VIEW hidden_eight_{id} AS SELECT hidden_distance_{id}(8)"
+             CREATE VIEW hidden_eight_{id} AS SELECT hidden_distance_{id}(8); \
+             CREATE VIEW hidden_nine_{id} AS SELECT hidden_distance_{id}(9)"
         ),
     );
     // Each case with the replicas caught up, then paused: what a case
@@ -274,7 +275,7 @@ async fn writes_the_proxy_cannot_see_are_read_after_they_commit() {
     );
     drop(paused);
     cluster().wait_replicas_caught_up();
-    let _paused = cluster().pause_all_replay();
+    let paused = cluster().pause_all_replay();
 
     // Outside a block, a read sent to the primary (here by a hint) commits
     // what it writes at once: asked as a write as well.
@@ -288,6 +289,20 @@ async fn writes_the_proxy_cannot_see_are_read_after_they_commit() {
         read_ride(&client, id).await,
         (Some(8), "primary".to_string()),
         "after a read the primary served outside a block"
+    );
+    drop(paused);
+    cluster().wait_replicas_caught_up();
+    let _paused = cluster().pause_all_replay();
+
+    // A whole block in one query.
+    client
+        .batch_execute(&format!("BEGIN; SELECT * FROM hidden_nine_{id}; COMMIT"))
+        .await
+        .expect("a block in one query");
+    assert_eq!(
+        read_ride(&client, id).await,
+        (Some(9), "primary".to_string()),
+        "after a block in one query"
     );
 }
 

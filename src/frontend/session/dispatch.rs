@@ -602,13 +602,14 @@ impl Session {
         // question whether the transaction wrote (the answer asks for the
         // commit LSN, see `Session::wrote_check_answered`); anything else
         // that ends such a block asks for the LSN as if it wrote.
+        // So may a whole block in one unit (`BEGIN; SELECT ...; COMMIT`).
         let unseen_write = server == Server::Primary
             && unit.synced
-            && status_before == b'T'
             && unit.facts.ends_tx
             && !unit.facts.copy_in
             && !(self.tx_wrote || wrote)
-            && self.open_batch.is_none();
+            && (status_before == b'T'
+                || (at_rest && unit.facts.begin.is_some() && may_hide_a_write(&unit)));
         let mut assume_wrote = false;
         // So may a read the primary serves outside a block because of the
         // session (hinted there, pinned, serializable) or of the replicas
@@ -632,7 +633,9 @@ impl Session {
             assume_wrote = true;
         }
         if unseen_write {
-            if super::units::is_lone_commit(&unit.bytes) {
+            // (Not behind a batch cut at Flush: a query of the proxy's own
+            // cannot go between its messages and their Sync.)
+            if self.open_batch.is_none() && super::units::is_lone_commit(&unit.bytes) {
                 self.pending
                     .push_back(Expect::Internal(Internal::WroteCheck));
                 messages::query(&mut self.to_server, WROTE_QUERY);

@@ -394,7 +394,15 @@ impl Session {
                     }
                     b'E' => {
                         let fields = messages::parse_error_fields(&message[5..]);
-                        tracing::warn!(?kind, code = %fields.code, message = %fields.message, "proxy statement failed on server");
+                        if kind == Internal::WroteCheck && fields.code == "25P02" {
+                            // A unit sent ahead of it failed the block,
+                            // whose COMMIT will roll it back: nothing to know.
+                            tracing::debug!(
+                                "block failed before its commit; no write to ask about"
+                            );
+                        } else {
+                            tracing::warn!(?kind, code = %fields.code, message = %fields.message, "proxy statement failed on server");
+                        }
                         match kind {
                             // What the connection holds is no longer what
                             // its mirror says: never lend it again.
