@@ -199,6 +199,52 @@ async fn a_transaction_begun_with_its_first_write_is_read_after_commit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_prepared_before_its_table_changed_shape_fails_as_on_postgres() {
+    // A replica's "cached plan must not change result type" is Postgres's
+    // answer, not a replica's refusal: re-run on the primary, the statement
+    // would be prepared afresh and its rows, of the new shape, read by a
+    // client that keeps the old column list (tokio-postgres, sqlx, pgx).
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS reshaped; CREATE TABLE reshaped (a int, b text); \
+             INSERT INTO reshaped VALUES (1, 'hello')",
+        )
+        .await
+        .expect("table");
+    cluster().wait_replicas_caught_up();
+    let statement = client
+        .prepare("SELECT a, b, inet_server_port() FROM reshaped")
+        .await
+        .expect("prepare");
+    let row = client.query_one(&statement, &[]).await.expect("first run");
+    assert_eq!(row.get::<_, &str>(1), "hello");
+    let port: i32 = row.get(2);
+    assert_ne!(server_of(port), "primary", "the first run reads a replica");
+    client
+        .batch_execute("ALTER TABLE reshaped DROP COLUMN b, ADD COLUMN b int DEFAULT 7")
+        .await
+        .expect("alter");
+    cluster().wait_replicas_caught_up();
+    let err = client
+        .query_one(&statement, &[])
+        .await
+        .expect_err("the statement's result type changed");
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("0A000"),
+        "as on Postgres: {err}"
+    );
+}
+
+/// Waits for the replicas to replay everything, then pauses their replay.
+fn caught_up_then_paused() -> support::PausedReplay<'static> {
+    cluster().wait_replicas_caught_up();
+    cluster().pause_all_replay()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_the_proxy_cannot_see_are_read_after_they_commit() {
     // A view over a function that writes, made on the primary behind the
     // proxy's back: a SELECT from it is a write nothing in its text shows.
@@ -222,8 +268,7 @@ async fn writes_the_proxy_cannot_see_are_read_after_they_commit() {
     );
     // Each case with the replicas caught up, then paused: what a case
     // before it wrote keeps no replica fresh enough by itself.
-    cluster().wait_replicas_caught_up();
-    let paused = cluster().pause_all_replay();
+    let paused = caught_up_then_paused();
 
     // A lone COMMIT: the proxy asks the server whether the block wrote.
     client.batch_execute("BEGIN").await.expect("begin");
@@ -238,8 +283,7 @@ async fn writes_the_proxy_cannot_see_are_read_after_they_commit() {
         "after a lone COMMIT"
     );
     drop(paused);
-    cluster().wait_replicas_caught_up();
-    let paused = cluster().pause_all_replay();
+    let paused = caught_up_then_paused();
 
     // The COMMIT behind the hidden write in one query: asked as a write.
     client.batch_execute("BEGIN").await.expect("begin");
@@ -253,8 +297,7 @@ async fn writes_the_proxy_cannot_see_are_read_after_they_commit() {
         "after a COMMIT in the same query"
     );
     drop(paused);
-    cluster().wait_replicas_caught_up();
-    let paused = cluster().pause_all_replay();
+    let paused = caught_up_then_paused();
 
     // The extended protocol's COMMIT (pgjdbc's): asked as a write too.
     let mut jdbc = RawClient::login_trusted(proxy().port, "trusted", APP_DB).await;
@@ -274,8 +317,7 @@ async fn writes_the_proxy_cannot_see_are_read_after_they_commit() {
         "after an extended COMMIT"
     );
     drop(paused);
-    cluster().wait_replicas_caught_up();
-    let paused = cluster().pause_all_replay();
+    let paused = caught_up_then_paused();
 
     // Outside a block, a read sent to the primary (here by a hint) commits
     // what it writes at once: asked as a write as well.
@@ -291,8 +333,7 @@ async fn writes_the_proxy_cannot_see_are_read_after_they_commit() {
         "after a read the primary served outside a block"
     );
     drop(paused);
-    cluster().wait_replicas_caught_up();
-    let _paused = cluster().pause_all_replay();
+    let _paused = caught_up_then_paused();
 
     // A whole block in one query.
     client

@@ -57,6 +57,7 @@ pub use lsn::Lsn;
 pub use ports::free_port;
 pub use proxy::{config_text, TestProxy};
 pub use redis::redis_ping;
+pub use replication::PausedReplay;
 pub use server::PgServer;
 pub use wait::wait_for;
 

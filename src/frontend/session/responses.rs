@@ -30,6 +30,20 @@ const REPLICA_REFUSALS: [&str; 5] = ["25006", "40001", "40P01", "0A000", "55000"
 /// or calls a function that does. It counts as a write from then on.
 const STATEMENT_NEEDS_PRIMARY: [&str; 2] = ["25006", "55000"];
 
+/// Whether an error with one of the [`REPLICA_REFUSALS`] codes is the
+/// replica's refusal, not an answer any server would give. Some are not:
+/// a statement prepared before its table changed shape (0A000 "cached plan
+/// must not change result type", which a client that kept the old column
+/// list must hear rather than get rows of the new shape from a re-run), or
+/// currval/lastval before nextval (55000). Told apart by the message, as
+/// the code is shared: a server whose `lc_messages` is not English re-runs
+/// these as before.
+fn is_replica_refusal(code: &str, message: &str) -> bool {
+    REPLICA_REFUSALS.contains(&code)
+        && !(code == "0A000" && message.starts_with("cached plan must not change result type"))
+        && !(code == "55000" && message.contains("not yet defined in this session"))
+}
+
 /// A ReadyForQuery the session waits for, and whose request it ends.
 #[derive(Debug)]
 pub enum Expect {
@@ -206,7 +220,7 @@ impl InFlight {
                 self.rollbacks_to_savepoint = 0;
                 let fields = messages::parse_error_fields(&message[5..]);
                 if self.retry.is_some() && !self.refused && self.server != Server::Primary {
-                    self.refused = REPLICA_REFUSALS.contains(&fields.code.as_str());
+                    self.refused = is_replica_refusal(&fields.code, &fields.message);
                     if self.refused {
                         self.refusal = Some((fields.code.clone(), fields.message.clone()));
                     }
