@@ -898,6 +898,44 @@ async fn a_write_committed_after_a_rollback_to_savepoint_is_read_back() {
     );
 }
 
+/// `currval` and `lastval` never answer with another client's sequence
+/// state, which stays on the server connection they shared: a client that
+/// called no nextval there gets Postgres's "not yet defined" (55000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn currval_never_answers_with_another_clients_nextval() {
+    let proxy = TestProxy::start_with(cluster(), |c| {
+        c.pool.max_server_connections = 1;
+    });
+    let a = client_on(proxy.port, None).await;
+    let b = client_on(proxy.port, None).await;
+    a.batch_execute("DROP SEQUENCE IF EXISTS shared_seq; CREATE SEQUENCE shared_seq START 100")
+        .await
+        .expect("sequence");
+    let code = |result: Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>| match result {
+        Ok(messages) => format!("{messages:?}"),
+        Err(e) => e
+            .code()
+            .map_or_else(|| e.to_string(), |c| c.code().to_string()),
+    };
+    assert_eq!(values(&a, "SELECT nextval('shared_seq')").await, ["100"]);
+    // The same client, on the same connection: its own value.
+    assert_eq!(values(&a, "SELECT currval('shared_seq')").await, ["100"]);
+    assert_eq!(
+        code(b.simple_query("SELECT currval('shared_seq')").await),
+        "55000"
+    );
+    assert_eq!(code(b.simple_query("SELECT lastval()").await), "55000");
+    assert_eq!(values(&b, "SELECT nextval('shared_seq')").await, ["101"]);
+    assert_eq!(values(&b, "SELECT currval('shared_seq')").await, ["101"]);
+    // A's own value went with the connection to B: an error, never 101.
+    assert_eq!(
+        code(a.simple_query("SELECT currval('shared_seq')").await),
+        "55000"
+    );
+    assert_eq!(values(&b, "SELECT nextval('shared_seq')").await, ["102"]);
+    assert_eq!(values(&b, "SELECT lastval()").await, ["102"]);
+}
+
 /// In session pooling, with a reset query that leaves settings and
 /// statements (`SELECT 1`), the next client of the connection still finds
 /// neither: the proxy undoes and closes them as it does between clients

@@ -102,6 +102,10 @@ pub struct ServerConn {
     /// Something the proxy sent to bring it up to date failed, so what it
     /// holds is not what `settings` says: it is closed, never lent again.
     pub unclean: bool,
+    /// The client (its process ID as the proxy gave it) that last wrote on
+    /// it: its `nextval`s, explicit or in a column default, are what
+    /// `currval` and `lastval` answer here.
+    pub sequences_of: Option<i32>,
     /// `default_transaction_isolation` as the connection started (the
     /// role's or database's default), read once after login: a hot standby
     /// refuses reads of sessions whose default is serializable.
@@ -201,6 +205,7 @@ impl ServerConn {
             idle_since: None,
             read_armed: false,
             unclean: false,
+            sequences_of: None,
             default_isolation: String::new(),
         };
         conn.login(login).await?;

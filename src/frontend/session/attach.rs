@@ -51,6 +51,35 @@ impl Session {
             self.pending.push_back(Expect::Internal(Internal::Setup));
             messages::query(&mut self.to_server, &sql);
         }
+        // Sequence state (`currval`, `lastval`) is the connection's, and the
+        // session cannot have it replayed: on a connection another client
+        // last wrote on, it is that client's. A unit asking for it there
+        // has it forgotten first, and gets Postgres's answer for a session
+        // that called no nextval ("not yet defined"), not another's value.
+        let me = self.entry.info.pid;
+        let conn = &mut attached.lease.conn;
+        if conn.sequences_of.is_some_and(|owner| owner != me)
+            && self.tx_status != b'E'
+            && unit
+                .facts
+                .calls
+                .iter()
+                .any(|c| c == "currval" || c == "lastval")
+        {
+            self.pending.push_back(Expect::Internal(Internal::Setup));
+            messages::query(&mut self.to_server, "DISCARD SEQUENCES");
+            conn.sequences_of = None;
+        }
+        // What may call nextval (a write: a column default may), not what
+        // only reads currval or lastval, makes the state the session's.
+        if unit.facts.writes()
+            && !matches!(
+                unit.facts.write_reason,
+                Some("writing function currval" | "writing function lastval")
+            )
+        {
+            conn.sequences_of = Some(me);
+        }
         Ok(())
     }
 
