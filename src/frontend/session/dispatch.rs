@@ -632,10 +632,13 @@ impl Session {
             want_lsn = true;
             assume_wrote = true;
         }
-        if unseen_write {
+        let lone_end = super::units::lone_end(&unit.bytes);
+        // A lone ROLLBACK commits nothing (SQLAlchemy's pool sends one at
+        // every return): nothing to ask.
+        if unseen_write && lone_end != Some(false) {
             // (Not behind a batch cut at Flush: a query of the proxy's own
             // cannot go between its messages and their Sync.)
-            if self.open_batch.is_none() && super::units::is_lone_commit(&unit.bytes) {
+            if self.open_batch.is_none() && lone_end == Some(true) {
                 self.pending
                     .push_back(Expect::Internal(Internal::WroteCheck));
                 messages::query(&mut self.to_server, WROTE_QUERY);

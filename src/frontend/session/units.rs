@@ -499,32 +499,27 @@ fn text_facts<'a>(
     (sql, facts)
 }
 
-/// A unit that is one simple-protocol `COMMIT` (or `END`), alone: nothing
-/// of it runs before the block ends.
-pub fn is_lone_commit(bytes: &[u8]) -> bool {
-    let Some((&b'Q', rest)) = bytes.split_first() else {
-        return false;
-    };
+/// A unit that is one simple-protocol statement ending a block, alone:
+/// `Some(true)` for `COMMIT` (or `END`), `Some(false)` for `ROLLBACK` (or
+/// `ABORT`); nothing of it runs before the block ends.
+pub fn lone_end(bytes: &[u8]) -> Option<bool> {
+    let rest = bytes.strip_prefix(b"Q")?;
     let whole = rest
         .get(..4)
         .and_then(|len| <[u8; 4]>::try_from(len).ok())
         .and_then(|len| usize::try_from(i32::from_be_bytes(len)).ok())
         .is_some_and(|len| len == rest.len());
-    let Some(sql) = rest.get(4..).map(text_bytes) else {
-        return false;
-    };
-    let sql = String::from_utf8_lossy(sql);
+    let sql = String::from_utf8_lossy(text_bytes(rest.get(4..)?));
     let s = sql.trim().trim_end_matches(';').trim().to_ascii_lowercase();
-    whole
-        && matches!(
-            s.as_str(),
-            "commit"
-                | "commit work"
-                | "commit transaction"
-                | "end"
-                | "end work"
-                | "end transaction"
-        )
+    let (verb, tail) = s.split_once(' ').unwrap_or((s.as_str(), ""));
+    if !whole || !matches!(tail.trim(), "" | "work" | "transaction") {
+        return None;
+    }
+    match verb {
+        "commit" | "end" => Some(true),
+        "rollback" | "abort" => Some(false),
+        _ => None,
+    }
 }
 
 fn is_lone_begin(sql: &str) -> bool {
@@ -564,4 +559,32 @@ impl FactsSource for CachedFacts<'_> {
 
 pub fn shared(facts: UnitFacts) -> SharedFacts {
     Arc::new(facts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lone_end;
+    use crate::protocol::messages;
+
+    fn query(sql: &str) -> Vec<u8> {
+        let mut out = bytes::BytesMut::new();
+        messages::query(&mut out, sql);
+        out.to_vec()
+    }
+
+    #[test]
+    fn tells_a_lone_end_of_a_block() {
+        assert_eq!(lone_end(&query("COMMIT")), Some(true));
+        assert_eq!(lone_end(&query(" end work ;")), Some(true));
+        assert_eq!(lone_end(&query("Commit Transaction")), Some(true));
+        assert_eq!(lone_end(&query("ROLLBACK")), Some(false));
+        assert_eq!(lone_end(&query("abort;")), Some(false));
+        assert_eq!(lone_end(&query("ROLLBACK TO a")), None);
+        assert_eq!(lone_end(&query("COMMIT AND CHAIN")), None);
+        assert_eq!(lone_end(&query("SELECT 1; COMMIT")), None);
+        assert_eq!(lone_end(&query("COMMIT PREPARED 'x'")), None);
+        let mut two = query("COMMIT");
+        two.extend(query("SELECT 1"));
+        assert_eq!(lone_end(&two), None, "a second message");
+    }
 }
