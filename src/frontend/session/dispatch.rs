@@ -632,9 +632,13 @@ impl Session {
             want_lsn = true;
             assume_wrote = true;
         }
-        let lone_end = super::units::lone_end(&unit.bytes);
         // A lone ROLLBACK commits nothing (SQLAlchemy's pool sends one at
         // every return): nothing to ask.
+        let lone_end = if unseen_write {
+            super::units::lone_end(&unit.bytes)
+        } else {
+            None
+        };
         if unseen_write && lone_end != Some(false) {
             // (Not behind a batch cut at Flush: a query of the proxy's own
             // cannot go between its messages and their Sync.)
