@@ -218,9 +218,13 @@ pub struct ErrorFields {
     pub severity: String,
     pub code: String,
     pub message: String,
+    /// The server function that raised it (`R`), which, unlike the
+    /// message, `lc_messages` does not translate.
+    pub routine: String,
 }
 
-/// Reads the severity, SQLSTATE and message out of an ErrorResponse body.
+/// Reads the severity, SQLSTATE, message and routine out of an
+/// ErrorResponse body.
 pub fn parse_error_fields(body: &[u8]) -> ErrorFields {
     let mut fields = ErrorFields::default();
     let mut rest = body;
@@ -237,6 +241,7 @@ pub fn parse_error_fields(body: &[u8]) -> ErrorFields {
             b'S' if fields.severity.is_empty() => fields.severity = value,
             b'C' => fields.code = value,
             b'M' => fields.message = value,
+            b'R' => fields.routine = value,
             _ => {}
         }
         rest = &tail[end + 1..];
@@ -326,6 +331,16 @@ pub fn bind_text_parameters(body: &[u8]) -> Option<Vec<Option<String>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_fields_keep_the_routine() {
+        let body = b"SFEHLER\0VERROR\0C0A000\0Mgecachter Plan\0Fplancache.c\0L722\0RRevalidateCachedQuery\0\0";
+        let fields = parse_error_fields(body);
+        assert_eq!(fields.severity, "ERROR");
+        assert_eq!(fields.code, "0A000");
+        assert_eq!(fields.message, "gecachter Plan");
+        assert_eq!(fields.routine, "RevalidateCachedQuery");
+    }
 
     #[test]
     fn bind_parameters_are_read_as_text() {

@@ -35,13 +35,22 @@ const STATEMENT_NEEDS_PRIMARY: [&str; 2] = ["25006", "55000"];
 /// a statement prepared before its table changed shape (0A000 "cached plan
 /// must not change result type", which a client that kept the old column
 /// list must hear rather than get rows of the new shape from a re-run), or
-/// currval/lastval before nextval (55000). Told apart by the message, as
-/// the code is shared: a server whose `lc_messages` is not English re-runs
-/// these as before.
-fn is_replica_refusal(code: &str, message: &str) -> bool {
+/// currval/lastval before nextval (55000). Told apart by the server
+/// routine that raised them (not translated, unlike the message), or by the
+/// English message when a server sends no routine.
+fn is_replica_refusal(fields: &messages::ErrorFields) -> bool {
+    let (code, message, routine) = (
+        fields.code.as_str(),
+        fields.message.as_str(),
+        fields.routine.as_str(),
+    );
     REPLICA_REFUSALS.contains(&code)
-        && !(code == "0A000" && message.starts_with("cached plan must not change result type"))
-        && !(code == "55000" && message.contains("not yet defined in this session"))
+        && !(code == "0A000"
+            && (routine == "RevalidateCachedQuery"
+                || message.starts_with("cached plan must not change result type")))
+        && !(code == "55000"
+            && (matches!(routine, "currval_oid" | "lastval")
+                || message.contains("not yet defined in this session")))
 }
 
 /// A ReadyForQuery the session waits for, and whose request it ends.
@@ -220,7 +229,7 @@ impl InFlight {
                 self.rollbacks_to_savepoint = 0;
                 let fields = messages::parse_error_fields(&message[5..]);
                 if self.retry.is_some() && !self.refused && self.server != Server::Primary {
-                    self.refused = is_replica_refusal(&fields.code, &fields.message);
+                    self.refused = is_replica_refusal(&fields);
                     if self.refused {
                         self.refusal = Some((fields.code.clone(), fields.message.clone()));
                     }
@@ -793,5 +802,74 @@ impl Session {
             }
         }
         self.serializable_default = self.state.serializable(&self.role_isolation);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_replica_refusal;
+    use crate::protocol::messages::ErrorFields;
+
+    fn error(code: &str, message: &str, routine: &str) -> ErrorFields {
+        ErrorFields {
+            severity: "ERROR".into(),
+            code: code.into(),
+            message: message.into(),
+            routine: routine.into(),
+        }
+    }
+
+    #[test]
+    fn tells_a_replicas_refusal_from_postgres_own_answer() {
+        let refused = [
+            error(
+                "25006",
+                "cannot execute UPDATE in a read-only transaction",
+                "PreventCommandIfReadOnly",
+            ),
+            error(
+                "0A000",
+                "cannot use serializable mode in a hot standby",
+                "check_XactIsoLevel",
+            ),
+            error("55000", "recovery is in progress", "pg_current_wal_lsn"),
+            error(
+                "40001",
+                "canceling statement due to conflict with recovery",
+                "ProcessInterrupts",
+            ),
+        ];
+        for e in &refused {
+            assert!(is_replica_refusal(e), "{e:?}");
+        }
+        let answers = [
+            error(
+                "0A000",
+                "cached plan must not change result type",
+                "RevalidateCachedQuery",
+            ),
+            // Translated (lc_messages = 'de_DE'): the routine still tells.
+            error(
+                "0A000",
+                "gecachter Plan darf den Ergebnistyp nicht ändern",
+                "RevalidateCachedQuery",
+            ),
+            error(
+                "55000",
+                "currval of sequence \"s\" is not yet defined in this session",
+                "currval_oid",
+            ),
+            error(
+                "55000",
+                "lastval ist in dieser Sitzung noch nicht definiert",
+                "lastval",
+            ),
+            // No routine sent: the English message still tells.
+            error("0A000", "cached plan must not change result type", ""),
+            error("42P01", "relation \"x\" does not exist", "parserOpenTable"),
+        ];
+        for e in &answers {
+            assert!(!is_replica_refusal(e), "{e:?}");
+        }
     }
 }
