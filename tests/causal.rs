@@ -273,3 +273,31 @@ async fn causeway_commands_in_a_failed_block_are_refused() {
     client.batch_execute("ROLLBACK").await.expect("rollback");
     assert_eq!(show(&client, "causeway.client_id").await, "");
 }
+
+/// `SET causeway.client_id` in a block is undone by its ROLLBACK and kept
+/// by its COMMIT, as the server treats any SET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_set_in_a_rolled_back_block_is_undone() {
+    let client = client_on(proxy().port, Some("-c causeway.client_id=before")).await;
+    client
+        .batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("begin");
+    client
+        .batch_execute("SET causeway.client_id = 'inside'")
+        .await
+        .expect("set in the block");
+    assert_eq!(show(&client, "causeway.client_id").await, "inside");
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(show(&client, "causeway.client_id").await, "before");
+    client
+        .batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("begin");
+    client
+        .batch_execute("SET causeway.client_id = 'kept'")
+        .await
+        .expect("set in the block");
+    client.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(show(&client, "causeway.client_id").await, "kept");
+}

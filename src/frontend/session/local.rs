@@ -214,6 +214,9 @@ impl super::Session {
         }
         let answer = match local {
             Local::ClientId(id) => {
+                if self.tx_status == b'T' && self.client_id_before_block.is_none() {
+                    self.client_id_before_block = Some((self.client_id.clone(), self.causal));
+                }
                 // A connection that now acts for another client (a pooled
                 // connection handed to the next user) stops carrying the
                 // previous client's writes; those stay with that client's id.

@@ -209,6 +209,10 @@ struct Session {
     user: String,
     /// `causeway.client_id`, naming the client across connections.
     client_id: Option<String>,
+    /// The client id, and the causal LSN a change of it drops, as they were
+    /// before the open block set it: put back if the block rolls back, as
+    /// the server undoes a SET.
+    client_id_before_block: Option<(Option<String>, Option<crate::replicas::Mark>)>,
     cancel: CancelKey,
     draining: bool,
     bytes_received: metrics::Counter,

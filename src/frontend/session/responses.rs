@@ -565,6 +565,15 @@ impl Session {
         );
         self.tx_status = status;
         self.apply_effects(&inflight, status);
+        if status == b'I' {
+            if let Some((id, causal)) = self.client_id_before_block.take() {
+                if inflight.saw_rollback || (inflight.saw_error && inflight.started_at_rest) {
+                    self.client_id = id;
+                    self.causal = causal;
+                    self.shown = None;
+                }
+            }
+        }
         if let (Some(digest), Some(block)) = (inflight.digest, self.optimistic.as_mut()) {
             block.answered(digest);
             if status == b'I' {

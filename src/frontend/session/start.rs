@@ -227,6 +227,7 @@ pub async fn run(
         login: ready.login.clone(),
         user: ready.params.user().unwrap_or_default().to_string(),
         client_id,
+        client_id_before_block: None,
         pinned: Vec::new(),
         pause: pause_rx,
         held_by_pause: false,
