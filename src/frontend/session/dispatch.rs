@@ -598,11 +598,8 @@ impl Session {
         // The end of a block on the primary in which the proxy saw no
         // write may still commit one: a view over a function that writes,
         // a function made behind the proxy's back (the catalog is read
-        // again only every so often). A lone COMMIT is preceded by the
-        // question whether the transaction wrote (the answer asks for the
-        // commit LSN, see `Session::wrote_check_answered`); anything else
-        // that ends such a block asks for the LSN as if it wrote.
-        // So may a whole block in one unit (`BEGIN; SELECT ...; COMMIT`).
+        // again only every so often); so may a whole block in one unit
+        // (`BEGIN; SELECT ...; COMMIT`).
         let unseen_write = server == Server::Primary
             && unit.synced
             && unit.facts.ends_tx
@@ -610,47 +607,43 @@ impl Session {
             && !(self.tx_wrote || wrote)
             && (status_before == b'T'
                 || (at_rest && unit.facts.begin.is_some() && may_hide_a_write(&unit)));
-        let mut assume_wrote = false;
         // So may a read the primary serves outside a block because of the
         // session (hinted there, pinned, serializable) or of the replicas
         // (none healthy), which then commits what it wrote: with replicas
         // to read from later, it asks for the LSN as a write does. Not a
         // read that found the replicas behind the session's own LSN (see
         // docs/consistency.md, "Not promised").
-        if server == Server::Primary
+        let unseen_autocommit_write = server == Server::Primary
             && at_rest
             && unit.synced
-            && unit.facts.is_read()
             && matches!(
                 reason,
                 Reason::Hint | Reason::Pinned | Reason::Serializable | Reason::NoReplica
             )
+            && unit.facts.is_read()
             && !self.proxy.replicas.is_empty()
             && !self.causal_unknown
-            && may_hide_a_write(&unit)
-        {
-            want_lsn = true;
-            assume_wrote = true;
-        }
+            && may_hide_a_write(&unit);
         // A lone ROLLBACK commits nothing (SQLAlchemy's pool sends one at
-        // every return): nothing to ask.
+        // every return): nothing to ask. A lone COMMIT (not behind a batch
+        // cut at Flush, whose messages and Sync nothing of the proxy's may
+        // come between) is preceded by the question whether the block
+        // wrote (see `Session::wrote_check_answered`); anything else is
+        // taken as a write.
         let lone_end = if unseen_write {
             super::units::lone_end(&unit.bytes)
         } else {
             None
         };
-        if unseen_write && lone_end != Some(false) {
-            // (Not behind a batch cut at Flush: a query of the proxy's own
-            // cannot go between its messages and their Sync.)
-            if self.open_batch.is_none() && lone_end == Some(true) {
-                self.pending
-                    .push_back(Expect::Internal(Internal::WroteCheck));
-                messages::query(&mut self.to_server, WROTE_QUERY);
-            } else {
-                want_lsn = true;
-                assume_wrote = true;
-            }
+        let ask_first = unseen_write && lone_end == Some(true) && self.open_batch.is_none();
+        if ask_first {
+            self.pending
+                .push_back(Expect::Internal(Internal::WroteCheck));
+            messages::query(&mut self.to_server, WROTE_QUERY);
         }
+        let assume_wrote =
+            unseen_autocommit_write || (unseen_write && lone_end != Some(false) && !ask_first);
+        want_lsn |= assume_wrote;
         self.to_server.extend_from_slice(&unit.bytes);
         // DDL that may change functions: the catalog is read again once
         // its transaction is over (a rolled-back DROP must not drop a

@@ -503,29 +503,36 @@ fn text_facts<'a>(
 /// `Some(true)` for `COMMIT` (or `END`), `Some(false)` for `ROLLBACK` (or
 /// `ABORT`); nothing of it runs before the block ends.
 pub fn lone_end(bytes: &[u8]) -> Option<bool> {
-    let rest = bytes.strip_prefix(b"Q")?;
-    let whole = rest
-        .get(..4)
-        .and_then(|len| <[u8; 4]>::try_from(len).ok())
-        .and_then(|len| usize::try_from(i32::from_be_bytes(len)).ok())
-        .is_some_and(|len| len == rest.len());
-    let sql = String::from_utf8_lossy(text_bytes(rest.get(4..)?));
-    let s = sql.trim().trim_end_matches(';').trim().to_ascii_lowercase();
-    let (verb, tail) = s.split_once(' ').unwrap_or((s.as_str(), ""));
-    if !whole || !matches!(tail.trim(), "" | "work" | "transaction") {
+    // A simple-protocol unit is one Query message.
+    if bytes.first() != Some(&b'Q') {
         return None;
     }
-    match verb {
-        "commit" | "end" => Some(true),
-        "rollback" | "abort" => Some(false),
+    let texts = sql_texts(bytes);
+    let [sql] = texts.as_slice() else {
+        return None;
+    };
+    match bare(sql).as_str() {
+        "commit" | "commit work" | "commit transaction" | "end" | "end work"
+        | "end transaction" => Some(true),
+        "rollback"
+        | "rollback work"
+        | "rollback transaction"
+        | "abort"
+        | "abort work"
+        | "abort transaction" => Some(false),
         _ => None,
     }
 }
 
+/// A statement's text without its surrounding space and `;`, lowercased,
+/// to be compared whole with a short statement.
+fn bare(sql: &str) -> String {
+    sql.trim().trim_end_matches(';').trim().to_ascii_lowercase()
+}
+
 fn is_lone_begin(sql: &str) -> bool {
-    let s = sql.trim().trim_end_matches(';').trim().to_ascii_lowercase();
     matches!(
-        s.as_str(),
+        bare(sql).as_str(),
         "begin" | "begin transaction" | "begin work" | "start transaction"
     )
 }
