@@ -58,26 +58,16 @@ impl Session {
         // that called no nextval ("not yet defined"), not another's value.
         let me = self.entry.info.pid;
         let conn = &mut attached.lease.conn;
-        if conn.sequences_of.is_some_and(|owner| owner != me)
-            && self.tx_status != b'E'
-            && unit
-                .facts
-                .calls
-                .iter()
-                .any(|c| c == "currval" || c == "lastval")
-        {
+        let calls = |names: [&str; 2]| unit.facts.calls.iter().any(|c| names.contains(&c.as_str()));
+        let asks = calls(["currval", "lastval"]);
+        if asks && conn.sequences_of.is_some_and(|owner| owner != me) && self.tx_status != b'E' {
             self.pending.push_back(Expect::Internal(Internal::Setup));
             messages::query(&mut self.to_server, "DISCARD SEQUENCES");
             conn.sequences_of = None;
         }
         // What may call nextval (a write: a column default may), not what
-        // only reads currval or lastval, makes the state the session's.
-        if unit.facts.writes()
-            && !matches!(
-                unit.facts.write_reason,
-                Some("writing function currval" | "writing function lastval")
-            )
-        {
+        // only asks for currval or lastval, makes the state the session's.
+        if unit.facts.writes() && (!asks || calls(["nextval", "setval"])) {
             conn.sequences_of = Some(me);
         }
         Ok(())

@@ -219,6 +219,12 @@ impl InFlight {
         self.sent_at = earlier.sent_at;
     }
 
+    /// Its transaction ended without committing: a ROLLBACK, or an error
+    /// in a unit that began and ended it.
+    fn rolled_back(&self) -> bool {
+        self.saw_rollback || (self.saw_error && self.started_at_rest)
+    }
+
     fn note(&mut self, tag: u8, message: &[u8]) {
         match tag {
             b'1' => self.parse_completes += 1,
@@ -567,7 +573,7 @@ impl Session {
         self.apply_effects(&inflight, status);
         if status == b'I' {
             if let Some((id, causal)) = self.client_id_before_block.take() {
-                if inflight.saw_rollback || (inflight.saw_error && inflight.started_at_rest) {
+                if inflight.rolled_back() {
                     self.client_id = id;
                     self.causal = causal;
                     self.shown = None;
@@ -782,10 +788,7 @@ impl Session {
         }
         // Settings are transactional: kept on commit, dropped on rollback.
         let effects = std::mem::take(&mut self.tx_effects);
-        if effects.is_empty()
-            || inflight.saw_rollback
-            || (inflight.saw_error && inflight.started_at_rest)
-        {
+        if effects.is_empty() || inflight.rolled_back() {
             return;
         }
         for effect in crate::router::facts::settle_savepoints(effects) {
