@@ -818,21 +818,24 @@ async fn a_setting_rolled_back_to_a_savepoint_is_undone() {
     ] {
         client.batch_execute(sql).await.expect(sql);
     }
+    settings_stay(
+        port,
+        &client,
+        "SELECT current_setting('work_mem'), current_setting('statement_timeout'), \
+         current_setting('application_name')",
+        &["14MB", "0", "kept"],
+    )
+    .await;
+}
+
+/// Reads `sql` three times on `client`, each after another client took a
+/// connection (reads go to replicas, where the session's settings are
+/// replayed), and expects `expected` each time.
+async fn settings_stay(port: u16, client: &Client, sql: &str, expected: &[&str]) {
     for round in 0..3 {
-        // Other clients take the connections; reads go to replicas, where
-        // the session's settings are replayed.
         let other = client_on(port, None).await;
         values(&other, "SELECT 1").await;
-        assert_eq!(
-            values(
-                &client,
-                "SELECT current_setting('work_mem'), current_setting('statement_timeout'), \
-                 current_setting('application_name')"
-            )
-            .await,
-            ["14MB", "0", "kept"],
-            "round {round}"
-        );
+        assert_eq!(values(client, sql).await, expected, "round {round}");
     }
 }
 
@@ -850,19 +853,13 @@ async fn a_savepoint_rolled_back_in_one_query_keeps_the_settings_before_it() {
         )
         .await
         .expect("the block");
-    for round in 0..3 {
-        let other = client_on(port, None).await;
-        values(&other, "SELECT 1").await;
-        assert_eq!(
-            values(
-                &client,
-                "SELECT current_setting('work_mem'), current_setting('statement_timeout')"
-            )
-            .await,
-            ["7MB", "3s"],
-            "round {round}"
-        );
-    }
+    settings_stay(
+        port,
+        &client,
+        "SELECT current_setting('work_mem'), current_setting('statement_timeout')",
+        &["7MB", "3s"],
+    )
+    .await;
 }
 
 /// A write in a block that also rolled back to a savepoint, all in one
