@@ -130,7 +130,11 @@ impl<T: TlsOverTcp> Socket<T> {
             }
         }
         let polled = tokio_util::io::poll_read_buf(Pin::new(self), cx, buf);
-        *armed = polled.is_pending();
+        // A task out of its cooperative budget hears `Pending` from tokio
+        // before the socket is asked: its waker was scheduled to run again,
+        // not left with the socket. Armed then, the next turn would trust a
+        // waker that is not there, and wait for this socket forever.
+        *armed = polled.is_pending() && tokio::task::coop::has_budget_remaining();
         polled
     }
 
@@ -189,5 +193,72 @@ impl<T: TlsOverTcp> AsyncWrite for Socket<T> {
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Socket::Gone => Poll::Ready(Ok(())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    type Plain = Socket<tokio_rustls::server::TlsStream<TcpStream>>;
+
+    async fn pair() -> (Plain, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (peer, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (accepted, _) = accepted.expect("accept");
+        (Socket::Plain(accepted), peer.expect("connect"))
+    }
+
+    /// A read polled when the task has spent its cooperative budget is
+    /// `Pending` with no waker left at the socket: the next poll must leave
+    /// one, or bytes that come later never wake the task.
+    #[tokio::test]
+    async fn a_read_polled_out_of_budget_still_wakes_the_task() {
+        let (mut socket, mut peer) = pair().await;
+        let reader = tokio::spawn(async move {
+            let mut buf = bytes::BytesMut::with_capacity(64);
+            let mut armed = false;
+            // 0: read the first byte (which leaves the socket drained, its
+            // readiness cleared); 1: spend the budget, as a busy turn of a
+            // session can, and poll; 2: wait for the rest.
+            let mut phase = 0;
+            poll_fn(|cx| loop {
+                match phase {
+                    0 => match socket.poll_read_armed(cx, &mut buf, &mut armed) {
+                        Poll::Ready(read) => {
+                            read?;
+                            phase = 1;
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    },
+                    1 => {
+                        while let Poll::Ready(spent) = tokio::task::coop::poll_proceed(cx) {
+                            spent.made_progress();
+                        }
+                        let polled = socket.poll_read_armed(cx, &mut buf, &mut armed);
+                        assert!(polled.is_pending(), "a read without budget: {polled:?}");
+                        phase = 2;
+                        return Poll::Pending;
+                    }
+                    _ => return socket.poll_read_armed(cx, &mut buf, &mut armed),
+                }
+            })
+            .await
+            .map(|_| buf.to_vec())
+        });
+        peer.write_all(b"x").await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        peer.write_all(b"hello").await.expect("write");
+        let read = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("the reader was never woken by the bytes")
+            .expect("reader task");
+        assert_eq!(read.expect("read"), b"xhello");
     }
 }
