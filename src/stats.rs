@@ -26,8 +26,67 @@ pub struct ClientInfo {
     pub live: Mutex<ClientLive>,
     /// Units sent to a server so far.
     pub units: AtomicU64,
+    /// What the session is doing now (a [`ClientState`]).
+    pub state: std::sync::atomic::AtomicU8,
     /// The console's `KILL` and the shutdown's drain, for the session.
     pub signal: SessionSignal,
+}
+
+/// What a session is doing, as `SHOW CLIENTS` says it: enough to tell a
+/// client waiting for its server from one its server waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientState {
+    /// Nothing open on a server, nothing asked: the proxy waits for the
+    /// client.
+    Idle,
+    /// Inside a transaction on a server, everything answered: the proxy
+    /// waits for the client.
+    IdleInTransaction,
+    /// Waiting for a server's answers.
+    Active,
+    /// Units held back by `PAUSE`.
+    Paused,
+    /// Waiting for a server connection from the pool, or for a replica to
+    /// catch up with the session.
+    Waiting,
+}
+
+impl ClientState {
+    const ALL: [ClientState; 5] = [
+        ClientState::Idle,
+        ClientState::IdleInTransaction,
+        ClientState::Active,
+        ClientState::Paused,
+        ClientState::Waiting,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientState::Idle => "idle",
+            ClientState::IdleInTransaction => "idle in transaction",
+            ClientState::Active => "active",
+            ClientState::Paused => "paused",
+            ClientState::Waiting => "waiting",
+        }
+    }
+
+    pub fn from_u8(code: u8) -> ClientState {
+        Self::ALL
+            .get(usize::from(code))
+            .copied()
+            .unwrap_or(ClientState::Idle)
+    }
+}
+
+impl ClientInfo {
+    pub fn state(&self) -> ClientState {
+        ClientState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub fn set_state(&self, state: ClientState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
 }
 
 /// What a running session is told from outside: flags that stay raised

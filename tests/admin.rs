@@ -333,6 +333,83 @@ async fn sigterm_lets_open_transactions_finish_then_closes() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A client connected with `application_name` `name`.
+async fn named_client(port: u16, name: &str) -> Client {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user(APP_USER)
+        .password(APP_PASSWORD)
+        .dbname(APP_DB)
+        .application_name(name)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{name} connects: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// Waits until `SHOW CLIENTS` shows the client named `name` in `state`.
+async fn wait_state(port: u16, name: &str, state: &str) {
+    let started = Instant::now();
+    loop {
+        let clients = console(port, "SHOW CLIENTS").await;
+        let row = clients
+            .iter()
+            .find(|c| c[4].as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{name} in SHOW CLIENTS: {clients:?}"));
+        if row[10].as_deref() == Some(state) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{name} never showed {state:?}: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_clients_says_what_each_client_is_doing() {
+    let (_dir, _path, proxy) = start_on_shared(0);
+    let port = proxy.port;
+    let (columns, _) = simple(
+        &connect(port, APP_USER, APP_PASSWORD, "causeway").await,
+        "SHOW CLIENTS",
+    )
+    .await;
+    assert_eq!(columns[10], "state", "{columns:?}");
+    let idle = named_client(port, "idle").await;
+    idle.simple_query("SELECT 1").await.expect("a read");
+    wait_state(port, "idle", "idle").await;
+    let in_block = named_client(port, "in_block").await;
+    in_block.simple_query("BEGIN").await.expect("BEGIN");
+    in_block
+        .simple_query("SELECT 1")
+        .await
+        .expect("a read in the block");
+    wait_state(port, "in_block", "idle in transaction").await;
+    let busy = named_client(port, "busy").await;
+    let sleeping =
+        tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(1)").await.map(|_| busy) });
+    wait_state(port, "busy", "active").await;
+    in_block.simple_query("COMMIT").await.expect("COMMIT");
+    wait_state(port, "in_block", "idle").await;
+    let _busy = sleeping.await.expect("task").expect("the sleep ends");
+    wait_state(port, "busy", "idle").await;
+    // Held by PAUSE, then let go by RESUME.
+    let admin = connect(port, APP_USER, APP_PASSWORD, "causeway").await;
+    rows(&admin, "PAUSE").await;
+    let held = tokio::spawn(async move { idle.simple_query("SELECT 2").await.map(|_| idle) });
+    wait_state(port, "idle", "paused").await;
+    rows(&admin, "RESUME").await;
+    let _idle = held
+        .await
+        .expect("task")
+        .expect("the held read runs after RESUME");
+    wait_state(port, "idle", "idle").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_ends_one_client_and_shutdown_drains_the_proxy() {
     let (_dir, _path, mut proxy) = start_on_shared(2);

@@ -196,7 +196,7 @@ async fn planned_switchover_under_pgbench_fails_no_transaction() {
     cluster.stop_server("primary");
     wait_write_target(&proxy, "writes to go to replica0", WriteTarget::Promoted(0));
     console.simple_query("RESUME").await.expect("RESUME");
-    let out = load.join().expect("pgbench thread");
+    let out = support::finish_load(load, &console).await;
     assert!(
         out.contains("number of failed transactions: 0 (0.000%)"),
         "transactions failed across the switchover:\n{out}"

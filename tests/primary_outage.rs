@@ -128,7 +128,7 @@ async fn pause_restart_the_primary_resume_without_a_failed_transaction() {
     cluster.start_server("primary");
     wait_primary(&proxy, true);
     console.simple_query("RESUME").await.expect("RESUME");
-    let text = load.join().expect("pgbench thread");
+    let text = support::finish_load(load, &console).await;
     assert!(
         text.contains("number of failed transactions: 0 (0.000%)"),
         "transactions failed across the restart:\n{text}"

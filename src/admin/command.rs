@@ -160,6 +160,7 @@ impl Show {
                 "causal_lsn",
                 "units",
                 "connected_seconds",
+                "state",
             ],
             Show::Servers => &["server", "database", "user", "in_use", "idle"],
             Show::Replicas => &[

@@ -62,6 +62,7 @@ fn clients(proxy: &Proxy) -> Vec<Row> {
                         .map(|d| d.as_secs())
                         .unwrap_or(0),
                 ),
+                text(c.state().as_str()),
             ]
         })
         .collect();

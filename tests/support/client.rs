@@ -48,21 +48,85 @@ pub async fn connect_app(port: u16, db: &str, options: Option<&str>) -> Client {
 /// Runs pgbench against `port` as the application role on its database
 /// with `args`; panics unless it succeeds, and returns stdout + stderr.
 pub fn pgbench(port: u16, args: &[&str]) -> String {
-    let out = std::process::Command::new("pgbench")
+    use std::io::Read;
+    // A run that outlives its `-T` by two minutes (ten without `-T`) is
+    // killed: a session that stops answering fails its test instead of
+    // hanging the suite.
+    let limit = std::time::Duration::from_secs(
+        args.windows(2)
+            .find(|w| w[0] == "-T")
+            .and_then(|w| w[1].parse::<u64>().ok())
+            .map_or(600, |seconds| seconds + 120),
+    );
+    let mut child = std::process::Command::new("pgbench")
         .args(["-h", "127.0.0.1", "-U", super::APP_USER, "-p"])
         .arg(port.to_string())
         .args(args)
         .arg(super::APP_DB)
         .env("PGPASSWORD", super::APP_PASSWORD)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("pgbench runs");
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if started.elapsed() < limit => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
     let text = format!(
         "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default()
     );
-    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+    let Some(status) = status else {
+        panic!("pgbench {args:?} did not finish within {limit:?}; killed:\n{text}");
+    };
+    assert!(status.success(), "pgbench {args:?} failed:\n{text}");
     text
+}
+
+/// The output of a pgbench run on `load`, started through the proxy
+/// whose console `console` is: if it is still running 60 s after this is
+/// called (its `-T` is shorter), a client is stuck, and the test fails
+/// with what `SHOW CLIENTS` and `SHOW SERVERS` say each was doing.
+pub async fn finish_load(load: std::thread::JoinHandle<String>, console: &Client) -> String {
+    let started = std::time::Instant::now();
+    while !load.is_finished() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            let mut seen = String::new();
+            for show in ["SHOW CLIENTS", "SHOW SERVERS"] {
+                for message in console.simple_query(show).await.unwrap_or_default() {
+                    if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+                        let values: Vec<_> = (0..row.len()).map(|i| row.get(i)).collect();
+                        seen.push_str(&format!("{values:?}\n"));
+                    }
+                }
+            }
+            panic!("pgbench still runs after 60 s more:\n{seen}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    load.join().expect("pgbench thread")
 }
 
 /// [`connect`] that returns the error, for tests that expect a refusal

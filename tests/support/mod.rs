@@ -51,7 +51,7 @@ mod tools;
 mod wait;
 mod watchdog;
 
-pub use client::{connect, connect_app, describe_error, pgbench, try_connect};
+pub use client::{connect, connect_app, describe_error, finish_load, pgbench, try_connect};
 pub use cluster::{ClusterOptions, TestCluster, WAIT_TIMEOUT};
 pub use lsn::Lsn;
 pub use ports::free_port;

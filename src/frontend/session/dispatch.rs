@@ -358,12 +358,16 @@ impl Session {
             OnStale::Wait if !worth_waiting => Ok(Some((Server::Primary, Reason::Stale))),
             OnStale::Wait | OnStale::Error => {
                 let started = std::time::Instant::now();
+                self.entry
+                    .info
+                    .set_state(crate::stats::ClientState::Waiting);
                 let found = proxy
                     .monitor
                     .wait_for(policy.max_wait, |p| {
                         router::pick_replica(p, causal, false, &policy, home)
                     })
                     .await;
+                self.entry.info.set_state(self.shown_state);
                 crate::metrics::waited(started.elapsed(), found.is_some());
                 proxy.stats.waits.fetch_add(1, Ordering::Relaxed);
                 if found.is_none() {
@@ -438,6 +442,7 @@ impl Session {
 
     /// Attaches to `server`, waiting if need be, then sends the unit.
     async fn send(&mut self, unit: Unit, server: Server, reason: Reason) -> Result<(), End> {
+        self.show_state(crate::stats::ClientState::Waiting);
         let attached = self.attach_for(&unit, server, reason).await;
         self.send_attached(unit, attached, reason)
     }

@@ -166,6 +166,8 @@ struct Session {
     /// The session has work on a server (a unit in flight, a transaction
     /// open), as `PAUSE` counts it.
     busy: bool,
+    /// What `SHOW CLIENTS` last showed the session doing.
+    shown_state: crate::stats::ClientState,
     /// Function volatility of the session's database.
     catalog: Arc<crate::catalog::Catalog>,
     /// It ran DDL that may change functions; the catalog is read again

@@ -9,7 +9,7 @@ use bytes::{Buf, BytesMut};
 
 use super::{units, End, Session, HIGH_WATER, MAX_QUEUED_UNITS, READ_CHUNK};
 use crate::protocol::FrameError;
-use crate::stats::SessionSignal;
+use crate::stats::{ClientState, SessionSignal};
 
 enum Event {
     ClientRead(io::Result<usize>),
@@ -87,6 +87,15 @@ impl Session {
                 self.proxy.pause.set_busy(self.busy, busy);
                 self.busy = busy;
             }
+            self.show_state(if self.held_by_pause {
+                ClientState::Paused
+            } else if !self.pending.is_empty() || self.open_batch.is_some() {
+                ClientState::Active
+            } else if self.tx_status != b'I' && !self.lost_block {
+                ClientState::IdleInTransaction
+            } else {
+                ClientState::Idle
+            });
             if self.draining && self.at_rest() && self.to_client.is_empty() && self.cbuf.is_empty()
             {
                 return End::Drained;
@@ -219,6 +228,14 @@ impl Session {
                 Event::Killed => return End::Killed,
                 Event::IdleInTransaction => return End::IdleInTransaction,
             }
+        }
+    }
+
+    /// Shows `state` in `SHOW CLIENTS`, if it changed.
+    pub(super) fn show_state(&mut self, state: ClientState) {
+        if state != self.shown_state {
+            self.shown_state = state;
+            self.entry.info.set_state(state);
         }
     }
 

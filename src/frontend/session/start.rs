@@ -64,6 +64,7 @@ pub async fn run(
             .unwrap_or_default()
             .to_string(),
         connected_at: std::time::SystemTime::now(),
+        state: Default::default(),
         live: std::sync::Mutex::new(crate::stats::ClientLive {
             client_id: client_id.clone(),
             ..Default::default()
@@ -232,6 +233,7 @@ pub async fn run(
         pause: pause_rx,
         held_by_pause: false,
         busy: false,
+        shown_state: crate::stats::ClientState::Idle,
         catalog,
         functions_changed: false,
         catalog_rows: None,
