@@ -117,3 +117,93 @@ async fn session_pooling_replaces_a_terminated_connection() {
 async fn transaction_pooling_replaces_a_terminated_connection() {
     survives_terminated_connections(PoolMode::Transaction).await;
 }
+
+/// The replica backend running the statement marked `marker`, as
+/// (replica port, pid), once one is seen.
+async fn replica_backend_of(marker: &str) -> (u16, i32) {
+    for _ in 0..500 {
+        for port in cluster().replica_ports() {
+            let direct = support::connect(port, APP_USER, APP_PASSWORD, APP_DB).await;
+            let found = direct
+                .query_opt(
+                    "SELECT pid FROM pg_stat_activity \
+                     WHERE query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+                    &[&marker],
+                )
+                .await
+                .expect("pg_stat_activity");
+            if let Some(row) = found {
+                return (port, row.get(0));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no replica backend ran {marker}");
+}
+
+/// A `READ ONLY` block on a replica whose connection dies, between its
+/// statements or under one, goes on on the primary: the block is replayed
+/// there, its answers compared with those the client had, and the
+/// statement that was running runs again. The client sees no error. So
+/// does an optimistic block (`optimistic_transactions`), whose replica's
+/// FATAL the client used to get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_block_whose_replica_dies_goes_on_on_the_primary() {
+    let plain = TestProxy::start(cluster());
+    let optimistic = TestProxy::start_with(cluster(), |c| {
+        c.routing.optimistic_transactions = true;
+    });
+    cluster().wait_replicas_caught_up();
+    let in_block = "SELECT pg_is_in_recovery(), current_setting('transaction_read_only')";
+    for (proxy, case, begin, read_only) in [
+        (&plain, "between", "BEGIN READ ONLY", "on"),
+        (&plain, "between", "BEGIN; SET TRANSACTION READ ONLY", "on"),
+        (&plain, "under", "BEGIN TRANSACTION READ ONLY", "on"),
+        (&optimistic, "between", "BEGIN", "off"),
+        (&optimistic, "under", "START TRANSACTION", "off"),
+    ] {
+        let client = support::connect_app(proxy.port, APP_DB, None).await;
+        let marker = format!("ro_block_{}_{}", case, begin.len());
+        client.batch_execute(begin).await.expect(begin);
+        let first: i32 = client
+            .query_one(&format!("SELECT 7 AS {marker}"), &[])
+            .await
+            .expect("the block's first read")
+            .get(0);
+        assert_eq!(first, 7);
+        let (port, pid) = replica_backend_of(&marker).await;
+        let row = if case == "between" {
+            terminate(port, pid).await;
+            client.query_one(in_block, &[]).await
+        } else {
+            let sleeper = format!("SELECT 8 AS {marker}_sleep FROM pg_sleep(2)");
+            let running = {
+                let client = &client;
+                async move { client.query_one(&sleeper, &[]).await }
+            };
+            let kill = async {
+                let (port, pid) = replica_backend_of(&format!("{marker}_sleep")).await;
+                terminate(port, pid).await;
+            };
+            let (slept, ()) = tokio::join!(running, kill);
+            let slept: i32 = slept
+                .unwrap_or_else(|e| panic!("{begin}: {}", support::describe_error(&e)))
+                .get(0);
+            assert_eq!(slept, 8, "{begin}: the statement ran again");
+            client.query_one(in_block, &[]).await
+        };
+        let row = row.unwrap_or_else(|e| panic!("{begin}: {}", support::describe_error(&e)));
+        let (recovery, mode): (bool, String) = (row.get(0), row.get(1));
+        assert!(!recovery, "{begin}: the block went on on the primary");
+        assert_eq!(mode, read_only, "{begin}: transaction_read_only");
+        client.batch_execute("COMMIT").await.expect("COMMIT");
+        let row = client
+            .query_one("SELECT count(*) FROM pg_stat_activity", &[])
+            .await
+            .expect("the session goes on");
+        assert!(row.get::<_, i64>(0) > 0);
+        assert!(!client.is_closed());
+    }
+    plain.stop();
+    optimistic.stop();
+}

@@ -95,8 +95,10 @@ impl Session {
                         let Some(unit) = self.queued.pop_front() else {
                             break;
                         };
-                        if reason == Reason::Optimistic && unit.facts.is_read() {
-                            if let Some(block) = self.optimistic.as_mut() {
+                        if let Some(block) = self.optimistic.as_mut() {
+                            if (reason == Reason::Optimistic && unit.facts.is_read())
+                                || block.read_only
+                            {
                                 block.record(&unit);
                             }
                         }
@@ -194,7 +196,14 @@ impl Session {
             let Some(unit) = self.queued.pop_front() else {
                 break;
             };
-            if reason == Reason::Optimistic {
+            let read_only_block = self.opens_read_only_block(&unit, server, reason);
+            if read_only_block {
+                // Kept, so that the block can move to the primary if its
+                // replica fails under it.
+                let begin = self.deferred_begin.clone().unwrap_or_default();
+                self.optimistic = Some(Box::new(super::optimistic::Optimistic::read_only(begin)));
+            }
+            if reason == Reason::Optimistic || read_only_block {
                 if let Some(block) = self.optimistic.as_mut() {
                     block.record(&unit);
                 }
@@ -208,6 +217,17 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Whether `unit`, sent to `server` for `reason`, opens a `READ ONLY`
+    /// block on a replica (its held-back BEGIN, or a BEGIN of its own,
+    /// that it does not also end).
+    fn opens_read_only_block(&self, unit: &Unit, server: Server, reason: Reason) -> bool {
+        reason == Reason::ReadOnlyTransaction
+            && matches!(server, Server::Replica(_))
+            && unit.synced
+            && (self.deferred_begin.is_some() || unit.facts.begin.is_some())
+            && !unit.facts.ends_tx
     }
 
     /// The session as routing sees it.
@@ -681,7 +701,7 @@ impl Session {
                 .as_ref()
                 .is_some_and(|b| b.phase == super::optimistic::Phase::OnReplica);
         if optimistic {
-            inflight.digest = Some(super::optimistic::DIGEST_START);
+            inflight.digest = Some(super::optimistic::Digest::default());
         }
         if unit.synced {
             // A read outside any transaction may run again elsewhere if the

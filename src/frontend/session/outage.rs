@@ -236,6 +236,18 @@ impl Session {
             })
     }
 
+    /// Whether the open block is one the proxy can move to the primary if
+    /// its replica is lost (optimistic, or READ ONLY kept for replay).
+    pub(super) fn block_moves_on_loss(&self) -> bool {
+        matches!(
+            self.current.as_ref().map(|a| a.server),
+            Some(Server::Replica(_))
+        ) && self
+            .optimistic
+            .as_ref()
+            .is_some_and(|b| b.phase == super::optimistic::Phase::OnReplica)
+    }
+
     /// Whether a unit of the open block can be refused with the block
     /// rolled back: nothing in flight, nothing a new connection lacks.
     pub(super) fn may_abort_block(&self) -> bool {

@@ -108,7 +108,7 @@ pub struct InFlight {
     /// SQLSTATEs of errors in a held-back answer.
     pub held_errors: Vec<String>,
     /// Digest of its answers (units of an optimistic block, and replays).
-    pub digest: Option<u64>,
+    pub digest: Option<super::optimistic::Digest>,
     /// The primary sent a FATAL while running it (SQLSTATE, message): the
     /// session survives, the client gets an ERROR for this unit.
     pub lost: Option<(String, String)>,
@@ -334,7 +334,7 @@ impl Session {
     fn pass_on(&mut self, bytes: &[u8]) {
         if let Some(Expect::Client(inflight)) = self.pending.front_mut() {
             if let Some(digest) = inflight.digest.as_mut() {
-                *digest = super::optimistic::fold(*digest, bytes);
+                digest.update(bytes);
             }
         }
         match self.pending.front_mut() {
@@ -394,10 +394,16 @@ impl Session {
         }
         // A FATAL from the primary under autocommit units: the session
         // survives it (see `Session::answer_lost_unit`).
+        // So does an optimistic or READ ONLY block on a replica, which
+        // moves to the primary, unless the unit in flight has answered
+        // the client already.
         let swallow_fatal = tag == b'E'
             && self.server_fatal
             && self.current.as_ref().is_some_and(|a| {
-                self.units_survive_loss_of(a.server) || self.block_survives_loss()
+                self.units_survive_loss_of(a.server)
+                    || self.block_survives_loss()
+                    || (self.block_moves_on_loss()
+                        && matches!(self.pending.front(), Some(Expect::Client(f)) if f.retry.is_some()))
             });
         match self.pending.front_mut() {
             Some(Expect::Internal(kind)) => {
@@ -489,7 +495,10 @@ impl Session {
                     // another, and the client need not hear of it.
                     return;
                 }
-                if tag == b'E' && self.server_fatal && self.block_survives_loss() {
+                if tag == b'E'
+                    && self.server_fatal
+                    && (self.block_survives_loss() || self.block_moves_on_loss())
+                {
                     // Closing under a block the client is idle in: the
                     // client hears of it at its next statement (see
                     // `Session::answer_lost_block`).
@@ -519,7 +528,7 @@ impl Session {
             self.tx_status = status;
             self.apply_effects(&inflight, status);
             if let Some(block) = self.optimistic.as_mut() {
-                block.replayed(inflight.digest.unwrap_or_default());
+                block.replayed(inflight.digest.unwrap_or_default().finish());
             }
             return;
         }
@@ -581,13 +590,15 @@ impl Session {
             }
         }
         if let (Some(digest), Some(block)) = (inflight.digest, self.optimistic.as_mut()) {
-            block.answered(digest);
+            block.answered(digest.finish());
             if status == b'I' {
                 // The block ended on its replica: it only read.
                 if let Some(shape) = &block.shape {
                     self.proxy.shapes.record(shape, false);
                 }
-                crate::metrics::optimistic("read_only", "");
+                if !block.read_only {
+                    crate::metrics::optimistic("read_only", "");
+                }
                 self.optimistic = None;
             }
         }
