@@ -265,6 +265,10 @@ pub struct PoolSection {
     pub reset_query: String,
     /// Server connections idle this long are closed (0: never).
     pub server_idle_timeout_ms: u64,
+    /// Most prepared statements kept on one server connection, whichever
+    /// clients made them (PgBouncer's `max_prepared_statements`); past it
+    /// the least recently used are closed (0: no limit).
+    pub max_prepared_statements: usize,
 }
 
 impl Default for PoolSection {
@@ -276,6 +280,7 @@ impl Default for PoolSection {
             connect_timeout_ms: 5_000,
             reset_query: "DISCARD ALL".to_string(),
             server_idle_timeout_ms: 600_000,
+            max_prepared_statements: 200,
         }
     }
 }

@@ -973,3 +973,49 @@ async fn a_reset_query_that_resets_nothing_leaks_nothing() {
         );
     }
 }
+
+/// A server connection keeps at most `max_prepared_statements` prepared
+/// statements, whichever clients made them: past it the least recently
+/// used are closed, and a client whose statement went gets it back,
+/// unseen, when it next runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_keeps_at_most_max_prepared_statements() {
+    let proxy = TestProxy::start_with(cluster(), |c| {
+        c.replicas.clear();
+        c.pool.max_server_connections = 1;
+        c.pool.max_prepared_statements = 10;
+    });
+    let (first, second) = (
+        client_on(proxy.port, None).await,
+        client_on(proxy.port, None).await,
+    );
+    let mut statements = Vec::new();
+    for i in 0..25 {
+        let client = if i % 2 == 0 { &first } else { &second };
+        let statement = client
+            .prepare(&format!("SELECT {i}::int + $1"))
+            .await
+            .expect("prepare");
+        statements.push((client, statement, i));
+    }
+    for round in 0..2 {
+        for (client, statement, i) in &statements {
+            let n: i32 = client
+                .query_one(statement, &[&round])
+                .await
+                .unwrap_or_else(|e| panic!("statement {i}: {}", support::describe_error(&e)))
+                .get(0);
+            assert_eq!(n, i + round, "statement {i}, round {round}");
+        }
+    }
+    let held: i64 = first
+        .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert!(
+        (1..=10).contains(&held),
+        "{held} statements on the one server connection"
+    );
+    proxy.stop();
+}

@@ -297,6 +297,10 @@ fn config(proxy: &Proxy) -> Vec<Row> {
             c.pool.max_server_connections.to_string(),
         ),
         (
+            "pool.max_prepared_statements",
+            c.pool.max_prepared_statements.to_string(),
+        ),
+        (
             "primary",
             format!("{} {}:{}", c.primary.name, c.primary.host, c.primary.port),
         ),

@@ -70,6 +70,15 @@ enum Sasl {
     Keys(scram::KeyedScram),
 }
 
+/// A prepared statement a server connection has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerStatement {
+    /// Hash of how it was prepared (text and parameter types).
+    pub hash: u64,
+    /// When a unit last used or made it, in [`ServerConn::catch_ups`].
+    pub used: u64,
+}
+
 /// One logged-in connection to a server.
 #[derive(Debug)]
 pub struct ServerConn {
@@ -81,9 +90,11 @@ pub struct ServerConn {
     /// Session settings this connection has now (name -> the SQL that set
     /// them), so a session can tell what to replay before using it.
     pub settings: settings::Settings,
-    /// Prepared statements this connection has (name -> hash of how they
-    /// were prepared).
-    pub prepared: HashMap<String, u64, foldhash::fast::RandomState>,
+    /// Prepared statements this connection has, by name.
+    pub prepared: HashMap<String, ServerStatement, foldhash::fast::RandomState>,
+    /// Units this connection has been brought up to date for: the clock
+    /// of [`ServerStatement::used`].
+    pub catch_ups: u64,
     /// The server's BackendKeyData, for cancelling its queries.
     pub backend_pid: i32,
     pub backend_secret: i32,
@@ -197,6 +208,7 @@ impl ServerConn {
             params: HashMap::new(),
             settings: settings::Settings::default(),
             prepared: HashMap::default(),
+            catch_ups: 0,
             backend_pid: 0,
             backend_secret: 0,
             peer,
@@ -455,6 +467,21 @@ impl ServerConn {
         BackendError::Io {
             server: self.server_name.clone(),
             source,
+        }
+    }
+
+    /// Notes that the connection has statement `name`, prepared as `hash`,
+    /// made by the unit being caught up for now.
+    pub fn note_statement(&mut self, name: &str, hash: u64) {
+        let made = ServerStatement {
+            hash,
+            used: self.catch_ups,
+        };
+        match self.prepared.get_mut(name) {
+            Some(have) => *have = made,
+            None => {
+                self.prepared.insert(name.to_string(), made);
+            }
         }
     }
 

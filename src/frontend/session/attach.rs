@@ -38,6 +38,7 @@ impl Session {
             &unit.creates(),
             &creating,
             again,
+            self.proxy.config.pool.max_prepared_statements,
         );
         if let Some(sql) = catchup.settings {
             self.pending.push_back(Expect::Internal(Internal::Setup));

@@ -449,11 +449,7 @@ impl Session {
                     .named()
                     .chain(unit.sql_prepares.iter().map(|(n, p)| (n, p)));
                 for (name, prepared) in made {
-                    attached
-                        .lease
-                        .conn
-                        .prepared
-                        .insert(name.clone(), prepared.hash);
+                    attached.lease.conn.note_statement(name, prepared.hash);
                 }
             }
             self.to_server.extend_from_slice(&unit.bytes);

@@ -736,7 +736,7 @@ impl Session {
         };
         let conn = &mut attached.lease.conn;
         for (name, prepared) in inflight.parses.confirmed(inflight.parse_completes) {
-            conn.prepared.insert(name.clone(), prepared.hash);
+            conn.note_statement(name, prepared.hash);
             if !remade.contains(name) {
                 self.state.prepared.insert(name.clone(), prepared.clone());
             }
@@ -757,7 +757,7 @@ impl Session {
         let conn = &mut attached.lease.conn;
         if !inflight.saw_error {
             for (name, prepared) in &inflight.sql_prepares {
-                conn.prepared.insert(name.clone(), prepared.hash);
+                conn.note_statement(name, prepared.hash);
                 self.state.prepared.insert(name.clone(), prepared.clone());
             }
             for effect in &inflight.effects {

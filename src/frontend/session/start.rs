@@ -93,7 +93,7 @@ pub async fn run(
     let mut attempt = 0;
     loop {
         let used_before = !lease.conn.settings.is_empty();
-        let catchup = state.catch_up(&mut lease.conn, &[], &[], &|_| false, false);
+        let catchup = state.catch_up(&mut lease.conn, &[], &[], &|_| false, false, 0);
         let Some(sql) = catchup.settings else { break };
         match lease.conn.run_internal(&sql).await {
             Ok(None) => break,

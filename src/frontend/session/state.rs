@@ -96,6 +96,12 @@ impl SessionState {
     /// it: it is closed there. A name in `creates` the session has already
     /// is made ready on the server, to be refused there, unless the unit
     /// is sent `again` (a retry or a replay makes it anew).
+    ///
+    /// A connection holding more than `max_statements` prepared statements
+    /// (0: no limit) has its least recently used closed, down to nine
+    /// tenths of it, never one this unit or one in flight needs: a
+    /// session whose statement went is given it again when it next uses
+    /// it, as on any connection that lacks it.
     pub fn catch_up(
         &self,
         conn: &mut ServerConn,
@@ -103,8 +109,10 @@ impl SessionState {
         creates: &[String],
         creating: &dyn Fn(&str) -> bool,
         again: bool,
+        max_statements: usize,
     ) -> Catchup {
         let mut out = Catchup::default();
+        conn.catch_ups += 1;
         if !conn.settings.matches(&self.settings) {
             // Undo what another client left first, privileges before the
             // rest (a RESET may need the role that was replaced); replay
@@ -163,6 +171,11 @@ impl SessionState {
                 }
             }
         }
+        if max_statements != 0 && conn.prepared.len() > max_statements {
+            let needed =
+                |name: &str| uses.iter().chain(creates).any(|n| n == name) || creating(name);
+            close_least_used(conn, &mut batch, max_statements, &needed);
+        }
         if !batch.is_empty() {
             batch.extend_from_slice(b"S\0\0\0\x04");
             out.statements = Some(batch);
@@ -220,8 +233,12 @@ fn have_statement(
     name: &str,
     prepared: &Prepared,
 ) {
-    match conn.prepared.get(name) {
-        Some(hash) if *hash == prepared.hash => return,
+    let now = conn.catch_ups;
+    match conn.prepared.get_mut(name) {
+        Some(have) if have.hash == prepared.hash => {
+            have.used = now;
+            return;
+        }
         Some(_) => close_statement(batch, name),
         None => {}
     }
@@ -232,7 +249,35 @@ fn have_statement(
             prepares.push(';');
         }
     }
-    conn.prepared.insert(name.to_string(), prepared.hash);
+    conn.note_statement(name, prepared.hash);
+}
+
+/// Closes the statements of `conn` used longest ago, down to nine tenths
+/// of `max`, except those `needed`.
+fn close_least_used(
+    conn: &mut ServerConn,
+    batch: &mut BytesMut,
+    max: usize,
+    needed: &dyn Fn(&str) -> bool,
+) {
+    let keep = max - max / 10;
+    let mut by_use: Vec<(u64, &String)> = conn
+        .prepared
+        .iter()
+        .filter(|(name, _)| !needed(name))
+        .map(|(name, s)| (s.used, name))
+        .collect();
+    by_use.sort_unstable();
+    let excess = conn.prepared.len().saturating_sub(keep);
+    let closing: Vec<String> = by_use
+        .into_iter()
+        .take(excess)
+        .map(|(_, name)| name.clone())
+        .collect();
+    for name in closing {
+        conn.prepared.remove(&name);
+        close_statement(batch, &name);
+    }
 }
 
 /// A Close message for a named prepared statement.
