@@ -417,10 +417,25 @@ impl Config {
 
     /// Parses and checks config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        // The demo cluster's replicas and its app/app user are the defaults
+        // of a file that says nothing of its servers. A file that names its
+        // primary gets only the replicas and users it lists: a production
+        // config that leaves them out must not send reads to whatever
+        // listens on 5434, nor let app/app in.
+        if let Ok(table) = toml::from_str::<toml::Table>(text) {
+            if table.contains_key("primary") {
+                if !table.contains_key("replicas") {
+                    config.replicas.clear();
+                }
+                if !table.contains_key("users") {
+                    config.users.clear();
+                }
+            }
+        }
         config
             .check()
             .map_err(|(key, message)| ConfigError::Invalid {
@@ -534,6 +549,12 @@ impl Config {
                     format!("'{runner}' must be a [[users]] entry with a password for the servers"),
                 ));
             }
+        }
+        if self.users.is_empty() {
+            return Err((
+                "users".to_string(),
+                "no [[users]] entry: no client could log in (the demo's app/app is the default only of a file without [primary])".to_string(),
+            ));
         }
         let mut users = HashSet::new();
         for (i, user) in self.users.iter().enumerate() {
@@ -672,6 +693,27 @@ mod tests {
             c.user("app").and_then(|u| u.password.as_deref()),
             Some("app")
         );
+    }
+
+    #[test]
+    fn a_file_naming_its_primary_gets_only_the_replicas_and_users_it_lists() {
+        let primary = "[primary]\nname = \"db\"\nport = 6000\n";
+        let users = "[[users]]\nname = \"shop\"\npassword = \"s\"\n";
+        let c = Config::parse(&format!("{primary}{users}"), "t").expect("valid");
+        assert!(c.replicas.is_empty(), "{:?}", c.replicas);
+        assert!(c.user("app").is_none());
+        assert!(c.user("shop").is_some());
+        let err = Config::parse(primary, "p.toml")
+            .expect_err("nobody could log in")
+            .to_string();
+        assert!(err.contains("key `users`"), "{err}");
+        let replica = "[[replicas]]\nname = \"r\"\nport = 6001\n";
+        let c = Config::parse(&format!("{primary}{replica}{users}"), "t").expect("valid");
+        assert_eq!(c.replicas.len(), 1);
+        // Without [primary], the demo cluster as before.
+        let c = Config::parse("[pool]\nmax_server_connections = 5\n", "t").expect("valid");
+        assert_eq!(c.replicas.len(), 2);
+        assert!(c.user("app").is_some());
     }
 
     #[test]
