@@ -413,17 +413,7 @@ async fn show_clients_says_what_each_client_is_doing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_ends_one_client_and_shutdown_drains_the_proxy() {
     let (_dir, _path, mut proxy) = start_on_shared(2);
-    let (victim, connection) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(proxy.port)
-        .user(APP_USER)
-        .password(APP_PASSWORD)
-        .dbname(APP_DB)
-        .application_name("victim")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("victim connects");
-    tokio::spawn(connection);
+    let victim = named_client(proxy.port, "victim").await;
     let bystander = connect(proxy.port, APP_USER, APP_PASSWORD, APP_DB).await;
     let clients = console(proxy.port, "SHOW CLIENTS").await;
     let pid = clients
