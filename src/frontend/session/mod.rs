@@ -24,6 +24,7 @@ mod outage;
 mod parses;
 mod relay;
 mod responses;
+mod route;
 mod start;
 pub mod state;
 pub mod texts;
