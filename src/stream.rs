@@ -30,6 +30,76 @@ impl TlsOverTcp for tokio_rustls::client::TlsStream<TcpStream> {
     }
 }
 
+/// How a task waits for a socket to be readable without leaving its waker
+/// there at every turn of its loop.
+///
+/// The waker left is the arm's own: it notes that it fired, then wakes the
+/// task. Until it fires it is still with the socket, and a turn that finds
+/// the socket not readable need not leave it again. Once it fired it is
+/// gone, whatever the readiness says: tokio marks a socket readable and
+/// then, in a second step, takes and wakes its waker, and a read between
+/// the two steps consumes the readiness of an event whose wake then takes
+/// the waker. Trusting the readiness alone, the task would sleep through
+/// every later byte.
+#[derive(Debug, Default)]
+pub struct ReadArm {
+    left: Option<(std::sync::Arc<ArmWaker>, std::task::Waker)>,
+    armed: bool,
+}
+
+#[derive(Debug)]
+pub struct ArmWaker {
+    fired: std::sync::atomic::AtomicBool,
+    task: std::task::Waker,
+}
+
+impl std::task::Wake for ArmWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.fired.store(true, std::sync::atomic::Ordering::Release);
+        self.task.wake_by_ref();
+    }
+}
+
+impl ReadArm {
+    /// Forgets the waker left: the socket was read another way (a login,
+    /// a look whether it closed), or is being lent to another task.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Whether the waker left for `task` is still with the socket.
+    fn still_there(&self, task: &std::task::Waker) -> bool {
+        self.armed
+            && self.left.as_ref().is_some_and(|(arm, _)| {
+                !arm.fired.load(std::sync::atomic::Ordering::Acquire) && arm.task.will_wake(task)
+            })
+    }
+
+    /// The waker to leave for `task`, marked not fired.
+    fn leave(&mut self, task: &std::task::Waker) -> &std::task::Waker {
+        if let Some((arm, _)) = &self.left {
+            if arm.task.will_wake(task) {
+                arm.fired.store(false, std::sync::atomic::Ordering::Release);
+            } else {
+                self.left = None;
+            }
+        }
+        let (_, waker) = self.left.get_or_insert_with(|| {
+            let arm = std::sync::Arc::new(ArmWaker {
+                fired: std::sync::atomic::AtomicBool::new(false),
+                task: task.clone(),
+            });
+            let waker = std::task::Waker::from(arm.clone());
+            (arm, waker)
+        });
+        waker
+    }
+}
+
 pub enum Socket<T> {
     Plain(TcpStream),
     Tls(Box<T>),
@@ -107,34 +177,34 @@ impl<T: TlsOverTcp> Socket<T> {
         ran.then_some(read)
     }
 
-    /// Polls for reading into `buf`, leaving this task's waker with the
-    /// socket only when none is there: `armed` says whether an earlier
-    /// poll of this task left one that nothing has spent since. An armed,
-    /// quiet socket costs an atomic load instead of a lock of its waiters.
-    /// `armed` must be false for a socket this task has not polled (a
-    /// connection just lent from a pool).
+    /// Polls for reading into `buf`, leaving a waker with the socket only
+    /// when the one `arm` left there last is gone (see [`ReadArm`]): an
+    /// armed, quiet socket costs two atomic loads instead of a lock of its
+    /// waiters.
     pub fn poll_read_armed(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut bytes::BytesMut,
-        armed: &mut bool,
+        arm: &mut ReadArm,
     ) -> Poll<io::Result<usize>> {
-        if *armed {
+        if arm.still_there(cx.waker()) {
             match self.read_if_ready(buf) {
                 None => return Poll::Pending,
                 Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Some(read) => {
-                    *armed = false;
+                    arm.armed = false;
                     return Poll::Ready(read);
                 }
             }
         }
-        let polled = tokio_util::io::poll_read_buf(Pin::new(self), cx, buf);
+        let polled = {
+            let mut own = Context::from_waker(arm.leave(cx.waker()));
+            tokio_util::io::poll_read_buf(Pin::new(self), &mut own, buf)
+        };
         // A task out of its cooperative budget hears `Pending` from tokio
         // before the socket is asked: its waker was scheduled to run again,
-        // not left with the socket. Armed then, the next turn would trust a
-        // waker that is not there, and wait for this socket forever.
-        *armed = polled.is_pending() && tokio::task::coop::has_budget_remaining();
+        // not left with the socket.
+        arm.armed = polled.is_pending() && tokio::task::coop::has_budget_remaining();
         polled
     }
 
@@ -215,6 +285,34 @@ mod tests {
         (Socket::Plain(accepted), peer.expect("connect"))
     }
 
+    struct Task;
+    impl std::task::Wake for Task {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+
+    /// tokio marks a socket readable, then takes and wakes its waker: a
+    /// read between the two consumes the readiness, and the waker is gone
+    /// all the same. The arm trusts its waker only until it fired, and
+    /// never for another task.
+    #[test]
+    fn an_arm_trusts_its_waker_until_it_fired() {
+        let task = std::task::Waker::from(std::sync::Arc::new(Task));
+        let mut arm = ReadArm::default();
+        assert!(!arm.still_there(&task), "nothing left yet");
+        let left = arm.leave(&task).clone();
+        arm.armed = true;
+        assert!(arm.still_there(&task));
+        left.wake_by_ref();
+        assert!(!arm.still_there(&task), "a waker that fired is gone");
+        arm.leave(&task);
+        arm.armed = true;
+        assert!(arm.still_there(&task), "left again");
+        let other = std::task::Waker::from(std::sync::Arc::new(Task));
+        assert!(!arm.still_there(&other), "another task's waker");
+        arm.disarm();
+        assert!(!arm.still_there(&task), "disarmed");
+    }
+
     /// A read polled when the task has spent its cooperative budget is
     /// `Pending` with no waker left at the socket: the next poll must leave
     /// one, or bytes that come later never wake the task.
@@ -223,7 +321,7 @@ mod tests {
         let (mut socket, mut peer) = pair().await;
         let reader = tokio::spawn(async move {
             let mut buf = bytes::BytesMut::with_capacity(64);
-            let mut armed = false;
+            let mut armed = ReadArm::default();
             // 0: read the first byte (which leaves the socket drained, its
             // readiness cleared); 1: spend the budget, as a busy turn of a
             // session can, and poll; 2: wait for the rest.

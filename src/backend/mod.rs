@@ -100,10 +100,10 @@ pub struct ServerConn {
     pub backend_secret: i32,
     pub peer: SocketAddr,
     pub server_name: String,
-    /// A session's last poll of it for reading was pending: that task's
-    /// waker is with the socket (see `Socket::poll_read_armed`). Cleared
-    /// whenever the connection is lent, so a new task leaves its own.
-    pub read_armed: bool,
+    /// The waker a session's relay left with the socket (see
+    /// [`crate::stream::ReadArm`]). Disarmed whenever the connection is
+    /// lent, or read another way, so the next poll leaves one again.
+    pub read_arm: crate::stream::ReadArm,
     /// Unique in this process, so a session can ask for the same
     /// connection again.
     pub id: u64,
@@ -215,7 +215,7 @@ impl ServerConn {
             server_name: target.name.clone(),
             id: NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             idle_since: None,
-            read_armed: false,
+            read_arm: Default::default(),
             unclean: false,
             sequences_of: None,
             default_isolation: String::new(),
@@ -493,6 +493,7 @@ impl ServerConn {
     /// Reads one whole message: tag, body, and the raw bytes. Used outside
     /// the hot path (login, reset), where one message at a time is fine.
     pub async fn read_message(&mut self) -> Result<(u8, BytesMut, BytesMut), BackendError> {
+        self.read_arm.disarm();
         loop {
             match protocol::backend_header(&self.rbuf) {
                 Err(e) => return Err(self.protocol(&e.to_string())),
@@ -598,7 +599,9 @@ impl ServerConn {
     /// The server has closed the connection, or said it is about to (a
     /// FATAL error waiting to be read: `pg_terminate_backend`, a restart,
     /// an idle timeout). Looks without consuming anything.
-    pub async fn is_closed(&self) -> bool {
+    pub async fn is_closed(&mut self) -> bool {
+        // The look leaves the task's own waker with the socket.
+        self.read_arm.disarm();
         let Some(tcp) = self.stream.tcp() else {
             return true;
         };

@@ -248,7 +248,7 @@ impl Pool {
 
     fn lease(self: &Arc<Self>, mut conn: Box<ServerConn>, permit: OwnedSemaphorePermit) -> Lease {
         // The borrower's task has left no waker with it yet.
-        conn.read_armed = false;
+        conn.read_arm = Default::default();
         Lease {
             conn,
             pool: self.clone(),

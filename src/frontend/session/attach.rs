@@ -209,10 +209,9 @@ impl Session {
         if self.current.as_ref().map(|a| a.server) == Some(server) {
             // A connection kept between units (session pooling) may have
             // been closed by the server meanwhile: replace it unseen.
-            let closed = match self.current.as_ref() {
-                Some(attached) if self.idle_between_units() => {
-                    attached.lease.conn.is_closed().await
-                }
+            let idle = self.idle_between_units();
+            let closed = match self.current.as_mut() {
+                Some(attached) if idle => attached.lease.conn.is_closed().await,
                 _ => false,
             };
             if !closed {
@@ -231,7 +230,7 @@ impl Session {
             }
         }
         if let Some(i) = self.stash.iter().position(|a| a.server == server) {
-            let kept = self.stash.swap_remove(i);
+            let mut kept = self.stash.swap_remove(i);
             if !kept.lease.conn.is_closed().await {
                 self.current = Some(kept);
                 self.set_cancel_target();

@@ -225,9 +225,9 @@ struct Session {
     /// The connection and causal LSN `entry` shows, so that it is written
     /// only when they change; `None` makes the next unit write it.
     shown: Option<(u64, Option<Lsn>)>,
-    /// The relay's last poll of the client socket was pending, so this
-    /// task's waker is with the socket (see the relay's poll).
-    client_armed: bool,
+    /// The waker the relay left with the client socket (see
+    /// [`crate::stream::ReadArm`]).
+    client_arm: crate::stream::ReadArm,
 }
 
 impl Session {

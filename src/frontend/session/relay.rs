@@ -124,11 +124,11 @@ impl Session {
             // and drop a future per branch every turn.
             let mut server = self.current.as_mut().map(|attached| {
                 let conn = &mut *attached.lease.conn;
-                (&mut conn.stream, &mut conn.rbuf, &mut conn.read_armed)
+                (&mut conn.stream, &mut conn.rbuf, &mut conn.read_arm)
             });
             let client = &mut self.client;
             let cbuf = &mut self.cbuf;
-            let client_armed = &mut self.client_armed;
+            let client_arm = &mut self.client_arm;
             let (to_server, to_client) = (&self.to_server, &self.to_client);
             let mut pause_changed = self.held_by_pause.then(|| Box::pin(self.pause.changed()));
             let event = std::future::poll_fn(|cx| {
@@ -148,19 +148,19 @@ impl Session {
                         return Poll::Ready(Event::ClientWrote(r));
                     }
                 }
-                // Reads leave this task's waker with a socket once per
-                // wait, not once per turn (see `Socket::poll_read_armed`).
+                // Reads leave a waker with a socket once per wait, not once
+                // per turn (see `crate::stream::ReadArm`).
                 if read_server {
-                    if let Some((stream, rbuf, armed)) = server.as_mut() {
+                    if let Some((stream, rbuf, arm)) = server.as_mut() {
                         reserve_for_read(rbuf);
-                        if let Poll::Ready(r) = stream.poll_read_armed(cx, rbuf, armed) {
+                        if let Poll::Ready(r) = stream.poll_read_armed(cx, rbuf, arm) {
                             return Poll::Ready(Event::ServerRead(r));
                         }
                     }
                 }
                 if client_room {
                     reserve_for_read(cbuf);
-                    if let Poll::Ready(r) = client.poll_read_armed(cx, cbuf, client_armed) {
+                    if let Poll::Ready(r) = client.poll_read_armed(cx, cbuf, client_arm) {
                         return Poll::Ready(Event::ClientRead(r));
                     }
                 }

@@ -249,7 +249,7 @@ pub async fn run(
         bytes_sent: metrics::counter!("causeway_client_bytes_sent_total"),
         entry,
         shown: None,
-        client_armed: false,
+        client_arm: Default::default(),
     };
     session.set_cancel_target();
     crate::metrics::client_connected();
