@@ -71,12 +71,15 @@ impl ReadArm {
         self.armed = false;
     }
 
-    /// Whether the waker left for `task` is still with the socket.
-    fn still_there(&self, task: &std::task::Waker) -> bool {
-        self.armed
-            && self.left.as_ref().is_some_and(|(arm, _)| {
-                !arm.fired.load(std::sync::atomic::Ordering::Acquire) && arm.task.will_wake(task)
-            })
+    /// Whether `task` left a waker with the socket, and if so whether it
+    /// fired since (and so is gone from it).
+    fn left_by(&self, task: &std::task::Waker) -> Option<bool> {
+        match &self.left {
+            Some((arm, _)) if self.armed && arm.task.will_wake(task) => {
+                Some(arm.fired.load(std::sync::atomic::Ordering::Acquire))
+            }
+            _ => None,
+        }
     }
 
     /// The waker to leave for `task`, marked not fired.
@@ -187,9 +190,12 @@ impl<T: TlsOverTcp> Socket<T> {
         buf: &mut bytes::BytesMut,
         arm: &mut ReadArm,
     ) -> Poll<io::Result<usize>> {
-        if arm.still_there(cx.waker()) {
+        if let Some(fired) = arm.left_by(cx.waker()) {
+            // Readable or not, a read that finds bytes needs no waker; one
+            // that finds none needs the waker left again once it fired.
             match self.read_if_ready(buf) {
-                None => return Poll::Pending,
+                None if !fired => return Poll::Pending,
+                None => {}
                 Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Some(read) => {
                     arm.armed = false;
@@ -298,19 +304,19 @@ mod tests {
     fn an_arm_trusts_its_waker_until_it_fired() {
         let task = std::task::Waker::from(std::sync::Arc::new(Task));
         let mut arm = ReadArm::default();
-        assert!(!arm.still_there(&task), "nothing left yet");
+        assert_eq!(arm.left_by(&task), None, "nothing left yet");
         let left = arm.leave(&task).clone();
         arm.armed = true;
-        assert!(arm.still_there(&task));
+        assert_eq!(arm.left_by(&task), Some(false), "still there");
         left.wake_by_ref();
-        assert!(!arm.still_there(&task), "a waker that fired is gone");
+        assert_eq!(arm.left_by(&task), Some(true), "a waker that fired is gone");
         arm.leave(&task);
         arm.armed = true;
-        assert!(arm.still_there(&task), "left again");
+        assert_eq!(arm.left_by(&task), Some(false), "left again");
         let other = std::task::Waker::from(std::sync::Arc::new(Task));
-        assert!(!arm.still_there(&other), "another task's waker");
+        assert_eq!(arm.left_by(&other), None, "another task's waker");
         arm.disarm();
-        assert!(!arm.still_there(&task), "disarmed");
+        assert_eq!(arm.left_by(&task), None, "disarmed");
     }
 
     /// A read polled when the task has spent its cooperative budget is

@@ -247,8 +247,10 @@ impl Pool {
     }
 
     fn lease(self: &Arc<Self>, mut conn: Box<ServerConn>, permit: OwnedSemaphorePermit) -> Lease {
-        // The borrower's task has left no waker with it yet.
-        conn.read_arm = Default::default();
+        // The borrower's task has left no waker with it yet. (The arm
+        // keeps its waker: a session that gets its last connection back,
+        // as most do, leaves the same one again without making another.)
+        conn.read_arm.disarm();
         Lease {
             conn,
             pool: self.clone(),
