@@ -148,12 +148,13 @@ impl<T: TlsOverTcp> Socket<T> {
     }
 
     /// Reads into `buf` only if the socket is known to be readable, without
-    /// leaving a waker: `None` when it is not (so a waker left by an
-    /// earlier pending read is still there, untouched), `Some` with what a
-    /// read returned when it was. A `WouldBlock` in `Some` means the
-    /// readiness was stale and is now cleared, and so the earlier waker
-    /// was spent: the caller must poll again to leave one. Plain TCP only;
-    /// TLS always says `Some(WouldBlock)`.
+    /// leaving a waker: `None` when it is not, `Some` with what a read
+    /// returned when it was. `None` says nothing of a waker left earlier:
+    /// the readiness of an event can be consumed before the event's wake
+    /// takes that waker (see [`ReadArm`], which knows). A `WouldBlock` in
+    /// `Some` means the readiness was stale and is now cleared: the caller
+    /// must poll to leave a waker. Plain TCP only; TLS always says
+    /// `Some(WouldBlock)`.
     pub fn read_if_ready(&self, buf: &mut bytes::BytesMut) -> Option<io::Result<usize>> {
         let Socket::Plain(tcp) = self else {
             return Some(Err(io::ErrorKind::WouldBlock.into()));
