@@ -147,10 +147,17 @@ async fn replica_backend_of(marker: &str) -> (u16, i32) {
 /// statement that was running runs again. The client sees no error. So
 /// does an optimistic block (`optimistic_transactions`), whose replica's
 /// FATAL the client used to get.
+///
+/// A replica whose connection died gets no reads until the monitor has
+/// looked at it again; the monitor looks at once. The proxies here poll
+/// once a minute, so each case starting on a replica also shows that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_block_whose_replica_dies_goes_on_on_the_primary() {
-    let plain = TestProxy::start(cluster());
+    let plain = TestProxy::start_with(cluster(), |c| {
+        c.routing.poll_interval_ms = 60_000;
+    });
     let optimistic = TestProxy::start_with(cluster(), |c| {
+        c.routing.poll_interval_ms = 60_000;
         c.routing.optimistic_transactions = true;
     });
     cluster().wait_replicas_caught_up();
@@ -162,6 +169,7 @@ async fn a_read_only_block_whose_replica_dies_goes_on_on_the_primary() {
         (&optimistic, "between", "BEGIN", "off"),
         (&optimistic, "under", "START TRANSACTION", "off"),
     ] {
+        proxy.wait_healthy(Duration::from_secs(5));
         let client = support::connect_app(proxy.port, APP_DB, None).await;
         let marker = format!("ro_block_{}_{}", case, begin.len());
         client.batch_execute(begin).await.expect(begin);

@@ -396,13 +396,25 @@ impl Monitor {
         });
     }
 
-    /// A session saw a replica fail; stop sending it reads at once rather
-    /// than at the next poll.
+    /// A session could not get a connection to a replica; stop sending it
+    /// reads at once rather than at the next poll.
     pub fn report_failure(&self, name: &str, why: &str) {
         let index = self.with_positions(|p| p.replicas.iter().position(|r| r.name == name));
         if let Some(index) = index {
             self.mark_unhealthy(index, why);
         }
+    }
+
+    /// A session lost its connection to a replica: stop sending it reads,
+    /// and poll it at once. One lost connection (a terminated backend, a
+    /// network blip) may leave the server fine; the poll then gives it its
+    /// reads back within a round trip rather than after a poll interval.
+    /// A failed connect ([`Monitor::report_failure`]) waits for the next
+    /// poll instead, so that sessions do not each pay a connect attempt to
+    /// a server the monitor still reaches but they cannot.
+    pub fn report_lost_connection(&self, name: &str, why: &str) {
+        self.report_failure(name, why);
+        self.urgent.notify_waiters();
     }
 }
 

@@ -74,20 +74,26 @@ impl TestProxy {
     /// until its monitor has seen every replica healthy.
     pub fn start_with(cluster: &TestCluster, tweak: impl FnOnce(&mut Config)) -> TestProxy {
         let proxy = Self::start_unready(cluster, tweak);
+        proxy.wait_healthy(Duration::from_secs(15));
+        proxy
+    }
+
+    /// Waits until the proxy's monitor sees the primary and every replica
+    /// healthy; panics after `timeout`.
+    pub fn wait_healthy(&self, timeout: Duration) {
         let started = Instant::now();
-        let expect_replicas = proxy.proxy.config.replicas.len();
+        let expect_replicas = self.proxy.config.replicas.len();
         loop {
-            let positions = proxy.proxy.monitor.positions();
+            let positions = self.proxy.monitor.positions();
             let healthy = positions.replicas.iter().filter(|r| r.healthy).count();
             if positions.primary_healthy && healthy >= expect_replicas {
-                break;
+                return;
             }
-            if started.elapsed() > Duration::from_secs(15) {
+            if started.elapsed() > timeout {
                 panic!("proxy monitor never saw the servers healthy: {positions:?}");
             }
-            thread::sleep(Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(5));
         }
-        proxy
     }
 
     /// Starts a proxy with the test config changed by `tweak`, without

@@ -304,7 +304,7 @@ impl Session {
         tracing::warn!(server = %name, reason = %why, "server failed during a read; re-running it elsewhere");
         let lost = match attached.server {
             Server::Replica(_) => {
-                self.proxy.monitor.report_failure(&name, &why);
+                self.proxy.monitor.report_lost_connection(&name, &why);
                 "replica_lost"
             }
             Server::Primary => "primary_lost",
