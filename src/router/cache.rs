@@ -2,6 +2,7 @@
 //! its literals blanked, shared by all sessions, so a statement is
 //! classified once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::facts::{from_sql, SharedFacts, UnitFacts};
@@ -13,6 +14,9 @@ use super::facts::{from_sql, SharedFacts, UnitFacts};
 pub struct FactsCache {
     map: dashmap::DashMap<String, SharedFacts, foldhash::fast::RandomState>,
     capacity: usize,
+    /// How many writes [`FactsCache::learn_write`] learned (never reset:
+    /// see [`cached_query`]).
+    learned: AtomicU64,
 }
 
 impl FactsCache {
@@ -20,6 +24,7 @@ impl FactsCache {
         FactsCache {
             map: dashmap::DashMap::with_hasher(foldhash::fast::RandomState::default()),
             capacity,
+            learned: AtomicU64::new(0),
         }
     }
 
@@ -63,6 +68,7 @@ impl FactsCache {
             self.map.clear();
         }
         self.map.insert(sql.to_string(), Arc::new(facts));
+        self.learned.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -84,28 +90,78 @@ pub fn cached(cache: &FactsCache, sql: &str, extra_write_functions: &[String]) -
     if let Some(found) = cache.map.get(sql) {
         return found.clone();
     }
-    // The key is built in a buffer kept per thread: most lookups hit, and
-    // a hit should not allocate.
+    with_key(|key| {
+        if !key_of(sql, key).is_empty() {
+            if let Some(found) = cache.map.get(key.as_str()) {
+                return found.clone();
+            }
+        }
+        classify_and_file(cache, sql, key, extra_write_functions)
+    })
+}
+
+/// The key is built in a buffer kept per thread: most lookups hit, and a
+/// hit should not allocate. Holds `\0` and the key of the text last looked
+/// up, or is empty when that text had none.
+fn with_key<T>(f: impl FnOnce(&mut String) -> T) -> T {
     thread_local! {
         static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
-    // `Ok`: found under the key; `Err`: the key to file it under, if the
-    // text could be scanned.
-    let looked_up = KEY.with_borrow_mut(|key| {
+    KEY.with_borrow_mut(f)
+}
+
+/// Writes the literal-blind key of `sql` into `key`, after a `\0`, and
+/// returns it; leaves `key` empty when the text cannot be scanned with
+/// certainty.
+fn key_of<'k>(sql: &str, key: &'k mut String) -> &'k str {
+    key.clear();
+    key.push('\0');
+    if !super::normalize::write_literal_blind_key(sql, key) {
         key.clear();
-        key.push('\0');
-        if !super::normalize::write_literal_blind_key(sql, key) {
-            return Err(None);
+    }
+    key
+}
+
+/// As [`cached`], for a text that likely holds literals (a simple-protocol
+/// Query's: clients inline their values there): looked up by its key
+/// first, which is where such texts' facts are filed, so the usual lookup
+/// is one search of the shared map instead of a miss by text and a hit by
+/// key. Facts filed under a key hold for every text of that key (what
+/// could differ by a literal is never filed under one), unless a text of
+/// it was learned to write since the proxy started, which only a search by
+/// text finds: then the order is [`cached`]'s.
+pub fn cached_query(
+    cache: &FactsCache,
+    sql: &str,
+    extra_write_functions: &[String],
+) -> SharedFacts {
+    if sql.len() > FactsCache::MAX_CACHED_SQL_BYTES || cache.learned.load(Ordering::Acquire) != 0 {
+        return cached(cache, sql, extra_write_functions);
+    }
+    with_key(|key| {
+        // A text without literals (or without a key) is filed under itself.
+        let by_key = !key_of(sql, key).is_empty() && key[1..] != *sql;
+        if by_key {
+            if let Some(found) = cache.map.get(key.as_str()) {
+                return found.clone();
+            }
         }
-        match cache.map.get(key.as_str()) {
-            Some(found) => Ok(found.clone()),
-            None => Err(Some(key.clone())),
+        if let Some(found) = cache.map.get(sql) {
+            return found.clone();
         }
-    });
-    let key = match looked_up {
-        Ok(found) => return found,
-        Err(key) => key,
-    };
+        classify_and_file(cache, sql, key, extra_write_functions)
+    })
+}
+
+/// The facts of `sql`, found neither under its text nor under its key
+/// (or nothing) in `key`: classified, and filed under the key if they hold
+/// for every text of it, else under the text.
+fn classify_and_file(
+    cache: &FactsCache,
+    sql: &str,
+    key: &str,
+    extra_write_functions: &[String],
+) -> SharedFacts {
     let facts = from_sql(sql, extra_write_functions);
     // Two literals decide a verdict, and may be written as strings or
     // numbers: set_config's third argument (is_local) whether it pins the
@@ -124,9 +180,10 @@ pub fn cached(cache: &FactsCache, sql: &str, extra_write_functions: &[String]) -
     // A text without literals is its own key: filed under the text, the
     // first lookup finds it next time (drivers send such texts again and
     // again, with `$1` parameters).
-    match key {
-        Some(key) if shareable && key[1..] != *sql => cache.get_or_insert(&key, || facts),
-        _ => cache.get_or_insert(sql, || facts),
+    if shareable && !key.is_empty() && key[1..] != *sql {
+        cache.get_or_insert(key, || facts)
+    } else {
+        cache.get_or_insert(sql, || facts)
     }
 }
 
@@ -202,5 +259,41 @@ mod tests {
                 sql: "SET app.tenant = 'mine'".into()
             }]
         );
+    }
+
+    /// A Query's text is looked up by its key first. Whatever the order
+    /// texts come in, and after a text is learned to write, it gets the
+    /// facts a lookup by text first gives.
+    #[test]
+    fn a_query_looked_up_by_key_first_gets_the_facts_of_its_own_text() {
+        let texts = [
+            "SELECT abalance FROM t WHERE aid = 5",
+            "SELECT abalance FROM t WHERE aid = 6",
+            "UPDATE t SET a = a + -3 WHERE aid = 5",
+            "SET app.tenant = 'a'",
+            "SET app.tenant = 'b'",
+            "SELECT set_config('a', 'x', 'true')",
+            "SELECT set_config('a', 'x', 'false')",
+            "EXPLAIN (ANALYZE 'off') DELETE FROM t WHERE aid = 1",
+            "EXPLAIN (ANALYZE 'on') DELETE FROM t WHERE aid = 1",
+            "SELECT now()",
+            "BEGIN",
+            "SELECT E'\\777' ; SET app.tenant = ''",
+            "SELECT E'\\x41' ; SET app.tenant = 'mine'",
+        ];
+        for rotation in 0..texts.len() {
+            let cache = FactsCache::new(100);
+            for _ in 0..2 {
+                for sql in texts.iter().cycle().skip(rotation).take(texts.len()) {
+                    assert_eq!(*cached_query(&cache, sql, &[]), from_sql(sql, &[]), "{sql}");
+                }
+            }
+        }
+        let cache = FactsCache::new(100);
+        let learned = "SELECT my_writer(1)";
+        assert!(cached_query(&cache, learned, &[]).is_read());
+        cache.learn_write(learned, "refused by a replica");
+        assert!(cached_query(&cache, learned, &[]).writes());
+        assert!(cached_query(&cache, "SELECT my_writer(2)", &[]).is_read());
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-pub use super::cache::{cached, FactsCache};
+pub use super::cache::{cached, cached_query, FactsCache};
 use super::classify::{self, DiscardTarget, Kind, PinReason, SessionChange, SetScope, TxControl};
 
 /// A leading `/* causeway: primary */` or `/* causeway: replica */`.

@@ -120,9 +120,18 @@ pub struct UnitBuilder {
     pub texts: TextRules,
 }
 
+/// Where a statement text came from: where its facts are likely filed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextFrom {
+    /// A simple-protocol Query: clients inline their values there.
+    Query,
+    /// A Parse: values come as `$n` parameters.
+    Parse,
+}
+
 /// Gives the facts of a statement text; the session's cache.
 pub trait FactsSource {
-    fn facts(&self, sql: &str) -> SharedFacts;
+    fn facts(&self, sql: &str, from: TextFrom) -> SharedFacts;
 }
 
 impl UnitBuilder {
@@ -201,7 +210,8 @@ impl UnitBuilder {
                 b'd' | b'c' | b'f' => copy_out.extend_from_slice(&message),
                 b'Q' => {
                     self.finish_batch(out, false);
-                    let (text, mut facts) = text_facts(text_bytes(body), source, &self.texts);
+                    let (text, mut facts) =
+                        text_facts(text_bytes(body), TextFrom::Query, source, &self.texts);
                     self.texts.note_effects(&facts.effects);
                     let sql: &str = &text;
                     let lone_begin = facts.begin == Some(false)
@@ -284,7 +294,7 @@ fn extended_message(
         b'P' => {
             let (raw_name, rest) = split_cstr(body);
             let name = std::str::from_utf8(raw_name).unwrap_or("");
-            let (sql, facts) = text_facts(text_bytes(rest), source, texts);
+            let (sql, facts) = text_facts(text_bytes(rest), TextFrom::Parse, source, texts);
             texts.note_effects(&facts.effects);
             merge_facts(&mut unit.facts, &facts);
             // A statement name that is not UTF-8 is kept by its server
@@ -479,14 +489,15 @@ fn text_bytes(body: &[u8]) -> &[u8] {
 /// a text the server may read otherwise than the proxy (see [`super::texts`]).
 fn text_facts<'a>(
     raw: &'a [u8],
+    from: TextFrom,
     source: &dyn FactsSource,
     rules: &TextRules,
 ) -> (Cow<'a, str>, SharedFacts) {
     let (sql, mut facts) = match std::str::from_utf8(raw) {
-        Ok(sql) => (Cow::Borrowed(sql), source.facts(sql)),
+        Ok(sql) => (Cow::Borrowed(sql), source.facts(sql, from)),
         Err(_) => {
             let sql = String::from_utf8_lossy(raw);
-            let mut facts = source.facts(&sql);
+            let mut facts = source.facts(&sql, from);
             if !facts.effects.is_empty() {
                 Arc::make_mut(&mut facts).pin(NOT_UTF8);
             }
@@ -546,8 +557,12 @@ pub struct CachedFacts<'a> {
 }
 
 impl FactsSource for CachedFacts<'_> {
-    fn facts(&self, sql: &str) -> SharedFacts {
-        let mut facts = crate::router::facts::cached(self.cache, sql, self.extra_write_functions);
+    fn facts(&self, sql: &str, from: TextFrom) -> SharedFacts {
+        let lookup = match from {
+            TextFrom::Query => crate::router::facts::cached_query,
+            TextFrom::Parse => crate::router::facts::cached,
+        };
+        let mut facts = lookup(self.cache, sql, self.extra_write_functions);
         if facts.calls.is_empty() || (facts.write_reason.is_some() && !self.catalog.has_setters()) {
             return facts;
         }
