@@ -40,9 +40,11 @@
 #      the scans run on it), read $BENCH_SETTLE s after the run, once idle
 #      server connections have flushed their statistics.
 #   5. Prints | workload | clients | mode | target | reads ran on | TPS |
-#      mean latency ms | vs direct | proxy CPU us/tx |; the last is the proxy
-#      process's CPU time (/proc/PID/task/*/schedstat) over the run divided
-#      by transactions. A run that fails is reported as "failed", with its log kept.
+#      mean latency ms | vs direct | proxy CPU us/tx | of it user us/tx |;
+#      proxy CPU is the proxy process's CPU time (/proc/PID/task/*/schedstat)
+#      over the run divided by transactions, and the last column the part of
+#      it in user space (utime in clock ticks). A run that fails is reported
+#      as "failed", with its log kept.
 #   6. Write-then-read (BENCH_RW=1): each transaction of a custom pgbench script
 #      inserts a row on the primary, reads it back at once by id, and records
 #      any read that did not see it in table rw_misses (pgbench cannot write
@@ -190,6 +192,19 @@ cpu_ns() {
     sum=$((sum + ns))
   done
   ((sum > 0)) || return 1
+  echo "$sum"
+}
+
+# User-space CPU time of a process, all its threads, in clock ticks (utime,
+# field 14 of /proc/PID/task/*/stat; the thread name in field 2 has no
+# spaces for the proxies measured here): coarse, but over a run of seconds
+# it splits the CPU time above into user space and kernel.
+user_ticks() {
+  local sum=0 t fields
+  for t in /proc/"$1"/task/*/stat; do
+    read -r -a fields <"$t" 2>/dev/null || continue
+    sum=$((sum + fields[13]))
+  done
   echo "$sum"
 }
 
@@ -442,7 +457,7 @@ sleep 1
 
 # ---------------------------------------------------------------- runs
 
-declare -A SUM_TPS SUM_LAT OK FAILED TX CPU_NS SCAN_P SCAN_R
+declare -A SUM_TPS SUM_LAT OK FAILED TX CPU_NS USER_TICKS SCAN_P SCAN_R
 FAILED_RUNS=()
 NPROC=$(nproc)
 
@@ -479,11 +494,12 @@ run_one() {
     scans_before=$(scans pgbench_accounts)
   fi
   local pid=${PID[$target]:-}
-  [[ -n $pid ]] && before=$(cpu_ns "$pid" || true)
+  local user_before= user_after=
+  [[ -n $pid ]] && before=$(cpu_ns "$pid" || true) && user_before=$(user_ticks "$pid")
   timeout -k 5 $((BENCH_SECONDS + 60)) "$PGBENCH" -h 127.0.0.1 -p "${PORT[$target]}" -U app \
     "${script[@]}" -M "$mode" -c "$clients" -j "$jobs" -T "$BENCH_SECONDS" app \
     >"$log" 2>&1 || rc=$?
-  [[ -n $pid ]] && after=$(cpu_ns "$pid" || true)
+  [[ -n $pid ]] && after=$(cpu_ns "$pid" || true) && user_after=$(user_ticks "$pid")
   if ((measure)); then
     sleep "$BENCH_SETTLE"
     scans_after=$(scans pgbench_accounts)
@@ -505,6 +521,9 @@ run_one() {
   TX[$key]=$((${TX[$key]:-0} + tx))
   if [[ -n $before && -n $after ]]; then
     CPU_NS[$key]=$((${CPU_NS[$key]:-0} + after - before))
+  fi
+  if [[ -n $user_before && -n $user_after ]]; then
+    USER_TICKS[$key]=$((${USER_TICKS[$key]:-0} + user_after - user_before))
   fi
   if ((measure)); then
     local p r
@@ -716,6 +735,12 @@ mean() { awk -v s="$1" -v n="$2" "BEGIN { printf \"$3\", s / n }"; }
 cpu_per_tx() {
   awk -v t="${CPU_NS[$1]}" -v n="${TX[$1]}" 'BEGIN { printf "%.1f", t / 1000 / n }'
 }
+
+# user_per_tx KEY: the proxy's user-space CPU per transaction, µs.
+user_per_tx() {
+  awk -v t="${USER_TICKS[$1]}" -v n="${TX[$1]}" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%.1f", t * 1000000 / hz / n }'
+}
 # summary_cell KIND KEY DIRECT_KEY: one target's figure for the summary:
 # its TPS over direct's (ratio), its CPU µs/tx (cpu), or its mean latency
 # minus direct's in µs (added); "-" when a run is missing.
@@ -784,13 +809,14 @@ diff_ms() {
     "\`pgbouncer\` = PgBouncer in front of the primary."
   echo "\"reads ran on\" for causeway is measured: the share of pgbench_accounts scans" \
     "(pg_stat_user_tables) that ran on replicas. Proxy CPU = the proxy process's CPU time" \
-    "(/proc/PID/task/*/schedstat) per transaction."
+    "(/proc/PID/task/*/schedstat) per transaction; user = the part of it in user space" \
+    "(utime, /proc/PID/task/*/stat, counted in clock ticks), the rest is the kernel's."
   if ((${#REUSED[@]})); then
     echo "Already running before this script, used as found: ${REUSED[*]}."
   fi
   echo
-  echo "| workload | clients | mode | target | reads ran on | TPS | mean latency ms | vs direct | proxy CPU µs/tx |"
-  echo "|---|---:|---|---|---|---:|---:|---:|---:|"
+  echo "| workload | clients | mode | target | reads ran on | TPS | mean latency ms | vs direct | proxy CPU µs/tx | of it user µs/tx |"
+  echo "|---|---:|---|---|---|---:|---:|---:|---:|---:|"
   for spec in "${COMBOS[@]}"; do
     IFS=: read -r workload clients mode <<<"$spec"
     direct_key="$workload|$clients|$mode|direct"
@@ -804,7 +830,7 @@ diff_ms() {
           'BEGIN { if (p + r > 0) printf "replicas %.0f%%", 100 * r / (p + r); else print "-" }')
       fi
       if ((ok == 0)); then
-        echo "| $workload | $clients | $mode | $target | $where | failed | - | - | - |"
+        echo "| $workload | $clients | $mode | $target | $where | failed | - | - | - | - |"
         continue
       fi
       tps=$(mean "${SUM_TPS[$key]}" "$ok" '%.0f')
@@ -814,10 +840,11 @@ diff_ms() {
         ratio=$(awk -v a="${SUM_TPS[$key]}" -v na="$ok" -v b="${SUM_TPS[$direct_key]}" \
           -v nb="${OK[$direct_key]}" 'BEGIN { printf "%.2f", (a / na) / (b / nb) }')
       fi
-      cpu=-
+      cpu=- user=-
       [[ -n ${CPU_NS[$key]:-} ]] && cpu=$(cpu_per_tx "$key")
+      [[ -n ${USER_TICKS[$key]:-} ]] && user=$(user_per_tx "$key")
       ((failed == 0)) || tps="$tps ($failed failed)"
-      echo "| $workload | $clients | $mode | $target | $where | $tps | $lat | $ratio | $cpu |"
+      echo "| $workload | $clients | $mode | $target | $where | $tps | $lat | $ratio | $cpu | $user |"
     done
   done
   if ((${#FAILED_RUNS[@]})); then
