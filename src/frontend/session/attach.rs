@@ -4,7 +4,7 @@
 //! to date with the session's settings and prepared statements before the
 //! unit runs on it.
 
-use super::responses::{Expect, InFlight, Internal};
+use super::inflight::{Expect, InFlight, Internal};
 use super::units::Unit;
 use super::{Attached, End, Session};
 use crate::protocol::messages;

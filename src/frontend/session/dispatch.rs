@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::responses::{Expect, InFlight, Internal};
+use super::inflight::{Expect, InFlight, Internal};
 use super::units::Unit;
 use super::{End, Session};
 use crate::protocol::messages;

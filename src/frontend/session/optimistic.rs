@@ -26,7 +26,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::responses::{Expect, InFlight, Internal};
+use super::inflight::{Expect, InFlight, Internal};
 use super::units::Unit;
 use super::{End, Session};
 use crate::router::{Reason, Server};

@@ -9,7 +9,7 @@
 //! server held state a new connection cannot have (LISTEN, temp tables, a
 //! COPY or a message half sent).
 
-use super::responses::{self, Expect};
+use super::inflight::{self, Expect};
 use super::units::Unit;
 use super::{Attached, End, Session};
 use crate::backend::ServerTarget;
@@ -28,7 +28,7 @@ impl Session {
     /// flight started outside a block (the proxy's own statements around
     /// them, settings, commit LSN, catalog, may go too).
     pub(super) fn units_survive_loss_of(&self, server: Server) -> bool {
-        use responses::Internal;
+        use inflight::Internal;
         server == Server::Primary
             && self.tx_status == b'I'
             && self.pinned.is_empty()

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::responses::Expect;
+use super::inflight::Expect;
 use super::units::Unit;
 use super::{End, Session};
 use crate::protocol::messages::{self, Severity};
