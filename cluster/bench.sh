@@ -296,11 +296,10 @@ if [[ -z ${CAUSEWAY_REV:-} ]]; then
 fi
 
 # causeway_config PORT METRICS_PORT WITH_REPLICAS: a config for the cluster,
-# using only keys of src/config.rs (see proxy.toml for all of them); defaults
-# otherwise.
+# using only keys of src/config/ (see proxy.toml for all of them); defaults
+# otherwise. A file that names its [primary] gets only the replicas it lists.
 causeway_config() {
   local port=$1 metrics_port=$2 with_replicas=$3 scope=${4:-client_id}
-  ((with_replicas)) || echo "replicas = []"
   cat <<EOF
 [proxy]
 listen = "127.0.0.1:$port"
