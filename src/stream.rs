@@ -48,7 +48,7 @@ pub struct ReadArm {
 }
 
 #[derive(Debug)]
-pub struct ArmWaker {
+struct ArmWaker {
     fired: std::sync::atomic::AtomicBool,
     task: std::task::Waker,
 }

@@ -2,7 +2,7 @@
 //! its literals blanked, shared by all sessions, so a statement is
 //! classified once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::facts::{from_sql, SharedFacts, UnitFacts};
@@ -14,9 +14,9 @@ use super::facts::{from_sql, SharedFacts, UnitFacts};
 pub struct FactsCache {
     map: dashmap::DashMap<String, SharedFacts, foldhash::fast::RandomState>,
     capacity: usize,
-    /// How many writes [`FactsCache::learn_write`] learned (never reset:
-    /// see [`cached_query`]).
-    learned: AtomicU64,
+    /// [`FactsCache::learn_write`] has learned a write (never unset: see
+    /// [`cached_query`]).
+    learned: AtomicBool,
 }
 
 impl FactsCache {
@@ -24,7 +24,7 @@ impl FactsCache {
         FactsCache {
             map: dashmap::DashMap::with_hasher(foldhash::fast::RandomState::default()),
             capacity,
-            learned: AtomicU64::new(0),
+            learned: AtomicBool::new(false),
         }
     }
 
@@ -68,7 +68,7 @@ impl FactsCache {
             self.map.clear();
         }
         self.map.insert(sql.to_string(), Arc::new(facts));
-        self.learned.fetch_add(1, Ordering::Release);
+        self.learned.store(true, Ordering::Release);
     }
 }
 
@@ -135,7 +135,7 @@ pub fn cached_query(
     sql: &str,
     extra_write_functions: &[String],
 ) -> SharedFacts {
-    if sql.len() > FactsCache::MAX_CACHED_SQL_BYTES || cache.learned.load(Ordering::Acquire) != 0 {
+    if sql.len() > FactsCache::MAX_CACHED_SQL_BYTES || cache.learned.load(Ordering::Acquire) {
         return cached(cache, sql, extra_write_functions);
     }
     with_key(|key| {

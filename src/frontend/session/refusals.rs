@@ -10,7 +10,7 @@ use crate::protocol::messages;
 /// functions that need a server not in recovery (55000). A read refused
 /// with one of these before anything reached the client re-runs on the
 /// primary; if the primary refuses it too, the client gets its answer.
-pub(super) const REPLICA_REFUSALS: [&str; 5] = ["25006", "40001", "40P01", "0A000", "55000"];
+const REPLICA_REFUSALS: [&str; 5] = ["25006", "40001", "40P01", "0A000", "55000"];
 
 /// Refusals that show the statement itself needs the primary: it writes,
 /// or calls a function that does. It counts as a write from then on.
