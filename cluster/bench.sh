@@ -196,14 +196,15 @@ cpu_ns() {
 }
 
 # User-space CPU time of a process, all its threads, in clock ticks (utime,
-# field 14 of /proc/PID/task/*/stat; the thread name in field 2 has no
-# spaces for the proxies measured here): coarse, but over a run of seconds
+# field 14 of /proc/PID/task/*/stat, counted after the thread name, which
+# is in parentheses and may hold spaces): coarse, but over a run of seconds
 # it splits the CPU time above into user space and kernel.
 user_ticks() {
-  local sum=0 t fields
+  local sum=0 t line fields
   for t in /proc/"$1"/task/*/stat; do
-    read -r -a fields <"$t" 2>/dev/null || continue
-    sum=$((sum + fields[13]))
+    read -r line <"$t" 2>/dev/null || continue
+    read -r -a fields <<<"${line##*) }"
+    sum=$((sum + fields[11]))
   done
   echo "$sum"
 }
