@@ -215,3 +215,126 @@ async fn a_read_only_block_whose_replica_dies_goes_on_on_the_primary() {
     plain.stop();
     optimistic.stop();
 }
+
+/// The pid of the one backend on `port` whose statement is `query` and
+/// which waits for a lock.
+async fn blocked_backend(port: u16, query: &str) -> i32 {
+    let admin = support::connect(port, APP_USER, APP_PASSWORD, APP_DB).await;
+    for _ in 0..500 {
+        let rows = admin
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE query = $1 AND wait_event_type = 'Lock'",
+                &[&query],
+            )
+            .await
+            .expect("pg_stat_activity");
+        if let [row] = &rows[..] {
+            return row.get(0);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no backend on port {port} waits for a lock in {query:?}");
+}
+
+/// What a run of messages up to ReadyForQuery says: each ERROR's SQLSTATE
+/// and severity, each row's fields as text, and the status it ends in.
+fn summary(messages: &[support::raw::RawMessage]) -> (Vec<String>, Vec<String>, u8) {
+    let errors = messages
+        .iter()
+        .filter(|m| m.tag == b'E')
+        .map(|m| {
+            format!(
+                "{} {}",
+                m.field(b'S').unwrap_or_default(),
+                m.field(b'C').unwrap_or_default()
+            )
+        })
+        .collect();
+    let rows = messages
+        .iter()
+        .filter(|m| m.tag == b'D')
+        .map(|m| {
+            let mut fields = Vec::new();
+            let mut rest = &m.body[2..];
+            while rest.len() >= 4 {
+                let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                rest = &rest[4..];
+                let len = usize::try_from(len).unwrap_or(0).min(rest.len());
+                fields.push(String::from_utf8_lossy(&rest[..len]).into_owned());
+                rest = &rest[len..];
+            }
+            fields.join(",")
+        })
+        .collect();
+    let status = messages.last().map_or(0, |m| m.body[0]);
+    (errors, rows, status)
+}
+
+/// Units pipelined to the primary when its connection is lost are each
+/// answered, in the client's order: reads kept for a re-run (the session's
+/// last commit LSN is unknown, so they went to the primary) run again; a
+/// write between them, which may have run, gets an ERROR in its turn; the
+/// client stays out of any block, and its session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_pipelined_on_a_lost_primary_connection_are_answered_in_order() {
+    use support::raw::{self, RawClient};
+    let primary = cluster().primary_port();
+    cluster().psql_db(
+        primary,
+        APP_DB,
+        "DROP TABLE IF EXISTS pipelined_loss; \
+         CREATE TABLE pipelined_loss (id int); INSERT INTO pipelined_loss VALUES (1)",
+    );
+    cluster().wait_replicas_caught_up();
+    let proxy = TestProxy::start(cluster());
+    proxy.wait_healthy(Duration::from_secs(5));
+    let locker = support::connect(primary, APP_USER, APP_PASSWORD, APP_DB).await;
+    let mut client = RawClient::login_trusted(proxy.port, "trusted", APP_DB).await;
+
+    // An autocommit write lost under way: it may have committed, at an
+    // LSN the proxy never learnt.
+    locker
+        .batch_execute("BEGIN; LOCK TABLE pipelined_loss IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let write = "INSERT INTO pipelined_loss VALUES (2)";
+    client.send(&raw::query(write)).await;
+    terminate(primary, blocked_backend(primary, write).await).await;
+    let (errors, _, status) = summary(&client.read_until_ready().await);
+    assert_eq!(errors, ["ERROR 08006"], "the lost write");
+    assert_eq!(status, b'I');
+
+    // Three units in one go: a read, a write and a read.
+    let first = "SELECT 'first', count(*) FROM pipelined_loss";
+    let mut batch = raw::query(first);
+    batch.extend(raw::query("INSERT INTO pipelined_loss VALUES (3)"));
+    batch.extend(raw::query("SELECT 'third', count(*) FROM pipelined_loss"));
+    client.send(&batch).await;
+    // The first waits for the lock on the primary, the others behind it.
+    let pid = blocked_backend(primary, first).await;
+    terminate(primary, pid).await;
+    locker.batch_execute("ROLLBACK").await.expect("unlock");
+
+    let answers = [
+        summary(&client.read_until_ready().await),
+        summary(&client.read_until_ready().await),
+        summary(&client.read_until_ready().await),
+    ];
+    assert_eq!(
+        answers,
+        [
+            (vec![], vec!["first,1".to_string()], b'I'),
+            (vec!["ERROR 08006".to_string()], vec![], b'I'),
+            (vec![], vec!["third,1".to_string()], b'I'),
+        ],
+        "each unit answered in its turn"
+    );
+    // Neither write ran: both waited for the lock when their connection
+    // was lost.
+    client
+        .send(&raw::query("SELECT 'after', count(*) FROM pipelined_loss"))
+        .await;
+    let after = summary(&client.read_until_ready().await);
+    assert_eq!(after, (vec![], vec!["after,1".to_string()], b'I'));
+    proxy.stop();
+}

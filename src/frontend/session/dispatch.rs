@@ -65,7 +65,7 @@ impl Session {
                 self.answer_in_lost_block(&unit);
                 continue;
             }
-            if unit.local.is_some() {
+            if unit.local.is_some() || unit.answered.is_some() {
                 // Answered here, in order: wait until the server has
                 // answered everything before it.
                 if !self.pending.is_empty() || self.open_batch.is_some() {
@@ -74,7 +74,10 @@ impl Session {
                 let Some(unit) = self.queued.pop_front() else {
                     break;
                 };
-                self.answer_local(&unit);
+                match &unit.answered {
+                    Some(answer) => self.to_client.extend_from_slice(answer),
+                    None => self.answer_local(&unit),
+                }
                 continue;
             }
             // PAUSE: units that would start work on a server wait; those
@@ -527,8 +530,13 @@ impl Session {
             // whole block moves to the primary. So may a read sent to the
             // primary only because the session's last commit LSN was lost
             // with it: that primary is likely going away too (a shutdown, a
-            // crash), and the read runs again on whichever answers next.
-            let lost_lsn_read = reason == Reason::CausalUnknown && at_rest && unit.facts.is_read();
+            // crash), and the read runs again on whichever answers next; and
+            // so may a read pipelined behind one, which would have gone
+            // there for that reason had it come alone.
+            let lost_lsn_read = (reason == Reason::CausalUnknown
+                || (reason == Reason::Pipelined && self.causal_unknown))
+                && at_rest
+                && unit.facts.is_read();
             // Not a COPY FROM STDIN: the data the client sends after it
             // goes to the server as it comes, and would not run again.
             let retryable =

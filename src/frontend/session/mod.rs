@@ -263,7 +263,7 @@ impl Session {
         let Some(attached) = self.current.take() else {
             return Err(End::ServerLost(why));
         };
-        if self.answer_lost_unit(&attached) {
+        if self.answer_lost_units(&attached, &why) {
             return Ok(());
         }
         if self.idle_between_units() {
@@ -274,18 +274,16 @@ impl Session {
             self.server_fatal = false;
             return Ok(());
         }
-        // A unit kept for a re-run: a replica's read at rest, or a read
-        // sent to the primary because its session's commit LSN was lost
-        // with it (the proxy's LSN query may be queued behind it).
-        let retry = self
-            .pending
-            .iter()
-            .rev()
-            .find_map(|e| match e {
-                Expect::Client(inflight) => Some(inflight.retry.clone()),
-                Expect::Internal(_) => None,
-            })
-            .flatten();
+        // The unit of an optimistic block in flight, kept for a re-run
+        // (the proxy's own statements may be queued behind it).
+        let mut clients = self.pending.iter().filter_map(|e| match e {
+            Expect::Client(inflight) => Some(inflight),
+            Expect::Internal(_) => None,
+        });
+        let retry = match (clients.next(), clients.next()) {
+            (Some(only), None) => only.retry.clone(),
+            _ => None,
+        };
         // An optimistic block on a replica moves to the primary whole, as
         // long as no answer of the unit in flight reached the client.
         let client_waiting = self.pending.iter().any(|e| matches!(e, Expect::Client(_)));
@@ -302,21 +300,7 @@ impl Session {
             self.current = Some(attached);
             return Err(End::ServerLost(why));
         }
-        let name = attached.lease.conn.server_name.clone();
-        tracing::warn!(server = %name, reason = %why, "server failed during a read; re-running it elsewhere");
-        let lost = match attached.server {
-            Server::Replica(_) => {
-                self.proxy.monitor.report_lost_connection(&name, &why);
-                "replica_lost"
-            }
-            Server::Primary => "primary_lost",
-        };
-        self.proxy.pools.drop_idle(&name);
-        crate::metrics::retried(&name, lost, "");
-        self.proxy
-            .stats
-            .retries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.note_reruns(&attached, &why, 1);
         self.pending.clear();
         self.held.clear();
         self.server_streaming = 0;

@@ -18,35 +18,38 @@ use crate::router::Server;
 use crate::server::Proxy;
 
 impl Session {
-    /// The primary's connection was lost under an autocommit unit (no
-    /// block open, not pinned, nothing else in flight): the client gets an
-    /// ERROR and ReadyForQuery for it, and its session goes on; its next
-    /// unit gets a connection to whatever primary there is then. Returns
-    /// whether it was so answered.
-    /// Whether losing the connection to `server` now costs the client only
-    /// an error per unit in flight: it is the primary, and every unit in
-    /// flight started outside a block (the proxy's own statements around
-    /// them, settings, commit LSN, catalog, may go too).
-    pub(super) fn units_survive_loss_of(&self, server: Server) -> bool {
+    /// Whether losing the current connection now costs the client at most
+    /// an error per unit in flight: every unit in flight started outside a
+    /// block, and the connection holds nothing a new one cannot have (the
+    /// proxy's own statements around them, settings, commit LSN, catalog,
+    /// may go too).
+    pub(super) fn units_survive_loss(&self) -> bool {
         use inflight::Internal;
-        server == Server::Primary
-            && self.tx_status == b'I'
+        self.tx_status == b'I'
             && self.pinned.is_empty()
             && self.open_batch.is_none()
             && self.server_streaming == 0
             && self.optimistic.is_none()
             && self.pending.iter().all(|e| match e {
-                Expect::Client(inflight) => inflight.started_at_rest && inflight.retry.is_none(),
+                Expect::Client(inflight) => inflight.started_at_rest,
                 Expect::Internal(kind) => {
                     matches!(kind, Internal::Setup | Internal::Lsn | Internal::Catalog)
                 }
             })
     }
 
-    pub(super) fn answer_lost_unit(&mut self, attached: &Attached) -> bool {
-        if !self.units_survive_loss_of(attached.server) {
+    /// The connection was lost under units that all started outside a
+    /// block (see [`Session::units_survive_loss`]). Each is answered in its
+    /// turn: one kept for a re-run (a read at rest) runs again, wherever it
+    /// would go then; any other may have run, and gets an ERROR (08006)
+    /// and ReadyForQuery. The session goes on; its next unit gets a new
+    /// connection. Returns whether the units were so answered.
+    pub(super) fn answer_lost_units(&mut self, attached: &Attached, why: &str) -> bool {
+        if !self.units_survive_loss() {
             return false;
         }
+        let name = &attached.lease.conn.server_name;
+        let primary = attached.server == Server::Primary;
         if let Some(ready) = self.ready_after_lsn.take() {
             // A unit committed and only its commit LSN was lost with the
             // connection: the client hears its success; the session's
@@ -56,35 +59,90 @@ impl Session {
             self.to_client.extend_from_slice(&ready);
             self.causal_unknown = true;
         }
-        let text = format!(
-            "causeway: the connection to the primary \"{}\" was lost while it ran this statement, which may not have been committed",
-            attached.lease.conn.server_name
-        );
+        let text = if primary {
+            format!("causeway: the connection to the primary \"{name}\" was lost while it ran this statement, which may not have been committed")
+        } else {
+            format!("causeway: the connection to server \"{name}\" was lost while it ran this statement")
+        };
+        // In the client's order: units that run again, and the answers of
+        // those that cannot, which wait their turn behind them.
+        let mut turns: Vec<Unit> = Vec::new();
+        let mut reruns = 0;
         for expect in std::mem::take(&mut self.pending) {
-            let Expect::Client(inflight) = expect else {
+            let Expect::Client(mut inflight) = expect else {
                 continue;
             };
-            let (code, detail) = inflight.lost.clone().unwrap_or_else(|| {
+            if let Some(mut unit) = inflight.retry.take() {
+                unit.retried = true;
+                turns.push(unit);
+                reruns += 1;
+                continue;
+            }
+            if primary && (inflight.writes || inflight.tx_wrote) {
+                // It may have committed, at an LSN no replica can be shown
+                // to have: reads go to the primary until it is known.
+                self.causal_unknown = true;
+            }
+            let (code, detail) = inflight.lost.take().unwrap_or_else(|| {
                 (
                     "08006".to_string(),
                     "server closed the connection unexpectedly".to_string(),
                 )
             });
-            tracing::warn!(%code, detail = %detail, "primary connection lost under an autocommit unit; the client gets an error, its session goes on");
+            tracing::warn!(server = %name, %code, detail = %detail, "server connection lost under an autocommit unit; the client gets an error, its session goes on");
+            let mut answer = bytes::BytesMut::new();
             messages::error_response(
-                &mut self.to_client,
+                &mut answer,
                 Severity::Error,
                 "08006",
                 &text,
                 Some(&format!(
-                    "The server said: {code} {detail}. Retry when the primary is back."
+                    "The server said: {code} {detail}. Retry when the server is back."
                 )),
             );
             crate::metrics::error_sent(b"08006");
-            messages::ready_for_query(&mut self.to_client, b'I');
+            messages::ready_for_query(&mut answer, b'I');
+            if turns.is_empty() {
+                self.to_client.extend_from_slice(&answer);
+            } else {
+                turns.push(Unit {
+                    answered: Some(answer.freeze()),
+                    synced: true,
+                    ..Unit::default()
+                });
+            }
         }
+        if reruns > 0 {
+            self.note_reruns(attached, why, reruns);
+        }
+        for unit in turns.into_iter().rev() {
+            self.queued.push_front(unit);
+        }
+        self.held.clear();
         self.forget_lost_server(b'I');
         true
+    }
+
+    /// Counts `units` that run again because `attached`'s connection
+    /// failed under them; a replica's is reported to the monitor.
+    pub(super) fn note_reruns(&mut self, attached: &Attached, why: &str, units: usize) {
+        let name = &attached.lease.conn.server_name;
+        tracing::warn!(server = %name, reason = %why, units, "server failed during a read; re-running it elsewhere");
+        let lost = match attached.server {
+            Server::Replica(_) => {
+                self.proxy.monitor.report_lost_connection(name, why);
+                "replica_lost"
+            }
+            Server::Primary => "primary_lost",
+        };
+        self.proxy.pools.drop_idle(name);
+        for _ in 0..units {
+            crate::metrics::retried(name, lost, "");
+        }
+        self.proxy
+            .stats
+            .retries
+            .fetch_add(units as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Forgets what the session expected of a server it lost, leaving the

@@ -162,19 +162,17 @@ impl Session {
                 self.server_fatal = true;
             }
         }
-        // A FATAL from the primary under autocommit units: the session
-        // survives it (see `Session::answer_lost_unit`).
-        // So does an optimistic or READ ONLY block on a replica, which
-        // moves to the primary, unless the unit in flight has answered
-        // the client already.
+        // A FATAL under autocommit units: the session survives it (see
+        // `Session::answer_lost_units`). So does an optimistic or READ ONLY
+        // block on a replica, which moves to the primary, unless the unit
+        // in flight has answered the client already.
         let swallow_fatal = tag == b'E'
             && self.server_fatal
-            && self.current.as_ref().is_some_and(|a| {
-                self.units_survive_loss_of(a.server)
-                    || self.block_survives_loss()
-                    || (self.block_moves_on_loss()
-                        && matches!(self.pending.front(), Some(Expect::Client(f)) if f.retry.is_some()))
-            });
+            && self.current.is_some()
+            && (self.units_survive_loss()
+                || self.block_survives_loss()
+                || (self.block_moves_on_loss()
+                    && matches!(self.pending.front(), Some(Expect::Client(f)) if f.retry.is_some())));
         match self.pending.front_mut() {
             Some(Expect::Internal(kind)) => {
                 let kind = *kind;

@@ -45,6 +45,9 @@ pub struct Unit {
     pub retried: bool,
     /// A `causeway.*` statement the proxy answers itself.
     pub local: Option<super::local::Local>,
+    /// The proxy's whole answer to a unit lost with its server, sent to
+    /// the client in the unit's turn (behind units that run again).
+    pub answered: Option<Bytes>,
 }
 
 /// The facts of a unit that has none yet: it reads. One shared value, so
@@ -66,6 +69,7 @@ impl Default for Unit {
             closes: Vec::new(),
             retried: false,
             local: None,
+            answered: None,
         }
     }
 }
