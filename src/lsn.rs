@@ -18,9 +18,50 @@ impl Lsn {
     }
 }
 
+impl Lsn {
+    /// Its `X/Y` text, written without the formatting machinery: every
+    /// commit's LSN is sent to its client so.
+    pub fn text(self) -> LsnText {
+        let mut text = LsnText {
+            bytes: [0; 17],
+            len: 0,
+        };
+        text.push_hex((self.0 >> 32) as u32);
+        text.bytes[text.len] = b'/';
+        text.len += 1;
+        text.push_hex(self.0 as u32);
+        text
+    }
+}
+
+/// An LSN's text, on the stack (see [`Lsn::text`]).
+pub struct LsnText {
+    /// Two halves of up to 8 hex digits each, and the slash.
+    bytes: [u8; 17],
+    len: usize,
+}
+
+impl LsnText {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits and '/' are ever written.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+
+    /// Upper-case hex without leading zeros, as Postgres prints each half.
+    fn push_hex(&mut self, value: u32) {
+        const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+        let digits = (32 - value.leading_zeros()).div_ceil(4).max(1) as usize;
+        for i in 0..digits {
+            let nibble = (value >> (4 * (digits - 1 - i))) & 0xf;
+            self.bytes[self.len + i] = DIGITS[nibble as usize];
+        }
+        self.len += digits;
+    }
+}
+
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+        f.write_str(self.text().as_str())
     }
 }
 
@@ -61,6 +102,18 @@ mod tests {
             "0/3000148".parse::<Lsn>().map(|l| l.to_string()),
             Ok("0/3000148".to_string())
         );
+    }
+
+    #[test]
+    fn text_is_what_hex_formatting_gives() {
+        let halves = [0u64, 1, 0xf, 0x10, 0xff, 0x1234, 0xB374_D848, 0xffff_ffff];
+        for hi in halves {
+            for lo in halves {
+                let lsn = Lsn((hi << 32) | lo);
+                assert_eq!(lsn.text().as_str(), format!("{hi:X}/{lo:X}"));
+                assert_eq!(lsn.to_string().parse::<Lsn>(), Ok(lsn));
+            }
+        }
     }
 
     #[test]

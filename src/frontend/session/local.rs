@@ -29,8 +29,12 @@ pub enum Local {
 pub fn parse(sql: &str) -> Option<Local> {
     // Every statement passes here: rule out the rest without allocating.
     // The verb is SET, SHOW or RESET, a first word of 3 to 5 letters:
-    // SELECT, INSERT, UPDATE and the like stop at their first byte past 5.
+    // SELECT, INSERT, UPDATE and the like stop at their first byte past 5,
+    // most others at their first.
     let head = sql.trim_start().as_bytes();
+    if !matches!(head.first(), Some(b's' | b'S' | b'r' | b'R')) {
+        return None;
+    }
     let verb_len = head
         .iter()
         .take(6)

@@ -479,7 +479,7 @@ impl Session {
         }
         // The causal token, for the client to carry to other connections
         // or proxies (`SET causeway.min_lsn`).
-        messages::parameter_status(&mut self.to_client, "causeway.lsn", &lsn.to_string());
+        messages::parameter_status(&mut self.to_client, "causeway.lsn", lsn.text().as_str());
         let key = self.store_key()?;
         let timeline = self
             .proxy
