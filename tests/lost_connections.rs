@@ -338,3 +338,42 @@ async fn units_pipelined_on_a_lost_primary_connection_are_answered_in_order() {
     assert_eq!(after, (vec![], vec!["after,1".to_string()], b'I'));
     proxy.stop();
 }
+
+/// libpq leaves pipeline mode with a Sync and then a Flush alone. That
+/// Flush has nothing to flush: the session stays at rest, its replica
+/// connection goes back to the pool, and the loss of that connection
+/// costs the client nothing (it used to close the session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_alone_after_a_sync_leaves_the_session_at_rest() {
+    use support::raw::{self, RawClient};
+    cluster().wait_replicas_caught_up();
+    let proxy = TestProxy::start(cluster());
+    proxy.wait_healthy(Duration::from_secs(5));
+    let mut client = RawClient::login_trusted(proxy.port, "trusted", APP_DB).await;
+    let marker = "flush_alone_read";
+    let mut batch = raw::message(
+        b'P',
+        format!("\0SELECT 1 AS {marker}, pg_is_in_recovery()\0\0\0").as_bytes(),
+    );
+    batch.extend(raw::message(b'B', &[0; 8]));
+    batch.extend(raw::message(b'E', &[0; 5]));
+    batch.extend(raw::message(b'S', b""));
+    batch.extend(raw::message(b'H', b""));
+    client.send(&batch).await;
+    let (errors, rows, status) = summary(&client.read_until_ready().await);
+    assert_eq!(
+        (errors, rows, status),
+        (vec![], vec!["1,t".to_string()], b'I')
+    );
+
+    let (port, pid) = replica_backend_of(marker).await;
+    terminate(port, pid).await;
+    client
+        .send(&raw::query("SELECT 2, pg_is_in_recovery()"))
+        .await;
+    let after = summary(&client.read_until_ready().await);
+    assert_eq!(after.0, Vec::<String>::new(), "the session goes on");
+    assert_eq!(after.1.len(), 1, "{after:?}");
+    assert!(after.1[0].starts_with("2,"), "{after:?}");
+    proxy.stop();
+}

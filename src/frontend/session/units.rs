@@ -279,6 +279,15 @@ impl UnitBuilder {
     fn finish_batch(&mut self, out: &mut std::collections::VecDeque<Unit>, synced: bool) {
         if let Some(mut unit) = self.building.take() {
             unit.bytes = self.building_bytes.split().freeze();
+            if !synced && unit.bytes.len() == 5 {
+                // A Flush alone (libpq sends one as it leaves pipeline
+                // mode): every batch before it ended in a Sync or a Flush,
+                // so no server holds output of the client's to flush, and
+                // nothing is sent. Sent, it would leave the session with a
+                // batch open on a server: holding the connection, routing
+                // its next unit there, and lost with it.
+                return;
+            }
             unit.synced = synced;
             out.push_back(unit);
         }
