@@ -46,6 +46,13 @@ impl Session {
     /// before it, so the decision sees the latest causal LSN.
     pub(super) async fn dispatch_queued(&mut self) -> Result<(), End> {
         while let Some(unit) = self.queued.front() {
+            if self.skip_to_sync {
+                let Some(unit) = self.queued.pop_front() else {
+                    break;
+                };
+                self.skip_unsynced(&unit);
+                continue;
+            }
             if self.must_leave_open_batch(unit) {
                 self.sync_open_batch();
                 continue;
@@ -75,7 +82,10 @@ impl Session {
                     break;
                 };
                 match &unit.answered {
-                    Some(answer) => self.to_client.extend_from_slice(answer),
+                    Some(answer) => {
+                        self.to_client.extend_from_slice(answer);
+                        self.skip_to_sync = !unit.synced;
+                    }
                     None => self.answer_local(&unit),
                 }
                 continue;

@@ -133,6 +133,10 @@ struct Session {
     lost_block: bool,
     /// Why, for the next statement, when nothing was in flight to say it.
     lost_block_news: Option<String>,
+    /// A batch the client had not synced failed with its server: what the
+    /// client sends up to its Sync is skipped, as Postgres skips it after
+    /// an error, and the Sync answered (see `outage.rs`).
+    skip_to_sync: bool,
     /// SET effects inside the open transaction, applied on commit.
     tx_effects: Vec<Effect>,
     /// A lone BEGIN held back until the next unit shows where the

@@ -27,7 +27,10 @@ impl Session {
         use inflight::Internal;
         self.tx_status == b'I'
             && self.pinned.is_empty()
-            && self.open_batch.is_none()
+            && self
+                .open_batch
+                .as_ref()
+                .is_none_or(|b| b.started_at_rest && !b.copy_in)
             && self.server_streaming == 0
             && self.optimistic.is_none()
             && self.pending.iter().all(|e| match e {
@@ -42,8 +45,10 @@ impl Session {
     /// block (see [`Session::units_survive_loss`]). Each is answered in its
     /// turn: one kept for a re-run (a read at rest) runs again, wherever it
     /// would go then; any other may have run, and gets an ERROR (08006)
-    /// and ReadyForQuery. The session goes on; its next unit gets a new
-    /// connection. Returns whether the units were so answered.
+    /// and ReadyForQuery. A batch the client cut at a Flush gets the ERROR
+    /// alone, and what the client sends up to its Sync is skipped, as
+    /// Postgres skips it after an error. The session goes on; its next unit
+    /// gets a new connection. Returns whether the units were so answered.
     pub(super) fn answer_lost_units(&mut self, attached: &Attached, why: &str) -> bool {
         if !self.units_survive_loss() {
             return false;
@@ -68,10 +73,19 @@ impl Session {
         // those that cannot, which wait their turn behind them.
         let mut turns: Vec<Unit> = Vec::new();
         let mut reruns = 0;
-        for expect in std::mem::take(&mut self.pending) {
-            let Expect::Client(mut inflight) = expect else {
-                continue;
-            };
+        // Each with whether the client synced it: not the batch it cut at
+        // a Flush, whether the proxy synced that or not.
+        let lost = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter_map(|e| match e {
+                Expect::Client(inflight) => {
+                    let synced = !inflight.synced_by_proxy;
+                    Some((inflight, synced))
+                }
+                Expect::Internal(_) => None,
+            })
+            .chain(self.open_batch.take().map(|b| (Box::new(b), false)));
+        for (mut inflight, synced) in lost {
             if let Some(mut unit) = inflight.retry.take() {
                 unit.retried = true;
                 turns.push(unit);
@@ -101,13 +115,18 @@ impl Session {
                 )),
             );
             crate::metrics::error_sent(b"08006");
-            messages::ready_for_query(&mut answer, b'I');
+            // A batch the client has not synced hears its ReadyForQuery
+            // at the client's own Sync.
+            if synced {
+                messages::ready_for_query(&mut answer, b'I');
+            }
             if turns.is_empty() {
                 self.to_client.extend_from_slice(&answer);
+                self.skip_to_sync = !synced;
             } else {
                 turns.push(Unit {
                     answered: Some(answer.freeze()),
-                    synced: true,
+                    synced,
                     ..Unit::default()
                 });
             }
@@ -121,6 +140,16 @@ impl Session {
         self.held.clear();
         self.forget_lost_server(b'I');
         true
+    }
+
+    /// Skips a unit sent after a batch that failed with its server (see
+    /// [`Session::answer_lost_units`]): nothing of it runs or is answered
+    /// but the Sync that ends it, with ReadyForQuery.
+    pub(super) fn skip_unsynced(&mut self, unit: &Unit) {
+        if crate::protocol::frontend_messages(&unit.bytes).any(|(tag, _)| tag == b'S') {
+            messages::ready_for_query(&mut self.to_client, self.tx_status);
+            self.skip_to_sync = false;
+        }
     }
 
     /// Counts `units` that run again because `attached`'s connection

@@ -263,13 +263,16 @@ impl Session {
                     // another, and the client need not hear of it.
                     return;
                 }
-                if tag == b'E'
-                    && self.server_fatal
-                    && (self.block_survives_loss() || self.block_moves_on_loss())
+                if tag == b'E' && self.server_fatal && (swallow_fatal || self.block_moves_on_loss())
                 {
-                    // Closing under a block the client is idle in: the
-                    // client hears of it at its next statement (see
-                    // `Session::answer_lost_block`).
+                    // Closing under a block the client is idle in, or under
+                    // a batch it cut at a Flush: the client hears of it at
+                    // its next statement, or at once (see
+                    // `Session::answer_lost_block`, `answer_lost_units`).
+                    if let Some(open) = self.open_batch.as_mut() {
+                        let fields = messages::parse_error_fields(&message[5..]);
+                        open.lost = Some((fields.code, fields.message));
+                    }
                     self.fatal_swallowed = true;
                     return;
                 }

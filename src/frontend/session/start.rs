@@ -207,6 +207,7 @@ pub async fn run(
         tx_wrote: false,
         tx_after_sent: b'I',
         lost_block: false,
+        skip_to_sync: false,
         lost_block_news: None,
         tx_effects: Vec::new(),
         deferred_begin: None,

@@ -46,7 +46,8 @@ pub struct Unit {
     /// A `causeway.*` statement the proxy answers itself.
     pub local: Option<super::local::Local>,
     /// The proxy's whole answer to a unit lost with its server, sent to
-    /// the client in the unit's turn (behind units that run again).
+    /// the client in the unit's turn (behind units that run again). If
+    /// the unit is not `synced`, the client's Sync is still to come.
     pub answered: Option<Bytes>,
 }
 
