@@ -379,55 +379,71 @@ async fn a_flush_alone_after_a_sync_leaves_the_session_at_rest() {
 }
 
 /// A batch the client cut at a Flush (psycopg fetching in pipeline mode,
-/// asyncpg before a COPY) whose server connection is lost while it waits:
-/// the client gets an ERROR, what it sends up to its Sync is skipped, as
-/// Postgres skips it after an error, the Sync gets ReadyForQuery, and the
-/// session goes on (it used to be closed).
+/// asyncpg before a COPY) whose server connection is lost outside a block.
+/// If the client still waits for an answer of it, it gets an ERROR, what it
+/// sends up to its Sync is skipped, as Postgres skips it after an error,
+/// and the Sync gets ReadyForQuery. If every message of it was answered,
+/// the client waits for nothing and hears nothing of the loss: its Sync is
+/// answered. Either way the session goes on (it used to be closed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_cut_at_a_flush_whose_server_is_lost_fails_until_its_sync() {
     use support::raw::{self, RawClient};
     cluster().wait_replicas_caught_up();
     let proxy = TestProxy::start(cluster());
-    proxy.wait_healthy(Duration::from_secs(5));
-    let mut client = RawClient::login_trusted(proxy.port, "trusted", APP_DB).await;
-    let marker = "flushed_batch_read";
-    let mut batch = raw::message(
-        b'P',
-        format!("\0SELECT 1 AS {marker}, pg_is_in_recovery()\0\0\0").as_bytes(),
-    );
-    batch.extend(raw::message(b'B', &[0; 8]));
-    batch.extend(raw::message(b'E', &[0; 5]));
-    batch.extend(raw::message(b'H', b""));
-    client.send(&batch).await;
-    let mut flushed = Vec::new();
-    while flushed
-        .last()
-        .is_none_or(|m: &raw::RawMessage| m.tag != b'C')
-    {
-        flushed.push(client.read_message().await.expect("the flushed answers"));
+    for (case, sql, waits) in [
+        ("running", "pg_sleep(5)", true),
+        ("answered", "pg_is_in_recovery()", false),
+    ] {
+        proxy.wait_healthy(Duration::from_secs(5));
+        let mut client = RawClient::login_trusted(proxy.port, "trusted", APP_DB).await;
+        let marker = format!("flushed_batch_{case}");
+        let mut batch = raw::message(
+            b'P',
+            format!("\0SELECT 1 AS {marker}, {sql}\0\0\0").as_bytes(),
+        );
+        batch.extend(raw::message(b'B', &[0; 8]));
+        batch.extend(raw::message(b'E', &[0; 5]));
+        batch.extend(raw::message(b'H', b""));
+        client.send(&batch).await;
+        if !waits {
+            let mut flushed = Vec::new();
+            while flushed
+                .last()
+                .is_none_or(|m: &raw::RawMessage| m.tag != b'C')
+            {
+                flushed.push(client.read_message().await.expect("the flushed answers"));
+            }
+            assert_eq!(summary(&flushed).1, ["1,t"], "the batch ran on a replica");
+        }
+        let (port, pid) = replica_backend_of(&marker).await;
+        terminate(port, pid).await;
+        // The rest of the batch, then its Sync.
+        let mut rest = raw::message(b'B', &[0; 8]);
+        rest.extend(raw::message(b'E', &[0; 5]));
+        rest.extend(raw::message(b'S', b""));
+        if !waits {
+            // Nothing before the Sync: the unnamed statement is gone.
+            rest = raw::message(b'S', b"");
+        }
+        client.send(&rest).await;
+        let answered = client.read_until_ready().await;
+        let (errors, rows, status) = summary(&answered);
+        let expected: Vec<String> = if waits {
+            vec!["ERROR 08006".into()]
+        } else {
+            vec![]
+        };
+        assert_eq!(errors, expected, "{case}: {answered:?}");
+        assert!(rows.is_empty(), "{case}: nothing of the rest ran: {rows:?}");
+        assert_eq!(status, b'I', "{case}");
+
+        client.send(&raw::query("SELECT 2")).await;
+        let after = summary(&client.read_until_ready().await);
+        assert_eq!(
+            after,
+            (vec![], vec!["2".to_string()], b'I'),
+            "{case}: the session goes on"
+        );
     }
-    let (_, rows, _) = summary(&flushed);
-    assert_eq!(rows, ["1,t"], "the batch ran on a replica");
-
-    let (port, pid) = replica_backend_of(marker).await;
-    terminate(port, pid).await;
-    // The rest of the batch, then its Sync: skipped, then answered.
-    let mut rest = raw::message(b'B', &[0; 8]);
-    rest.extend(raw::message(b'E', &[0; 5]));
-    rest.extend(raw::message(b'S', b""));
-    client.send(&rest).await;
-    let answered = client.read_until_ready().await;
-    let tags: Vec<char> = answered.iter().map(|m| m.tag as char).collect();
-    assert_eq!(tags, ['E', 'Z'], "{answered:?}");
-    assert_eq!(summary(&answered).0, ["ERROR 08006"]);
-    assert_eq!(summary(&answered).2, b'I');
-
-    client.send(&raw::query("SELECT 2")).await;
-    let after = summary(&client.read_until_ready().await);
-    assert_eq!(
-        after,
-        (vec![], vec!["2".to_string()], b'I'),
-        "the session goes on"
-    );
     proxy.stop();
 }

@@ -360,6 +360,8 @@ fn expected_units(messages: &[(u8, Vec<u8>)]) -> (usize, usize) {
                 in_units += pending + len;
                 pending = 0;
             }
+            // A Flush alone is not a unit: there is nothing to send.
+            b'H' if pending == 0 && body.is_empty() => {}
             b'S' | b'H' => {
                 in_units += pending + len;
                 pending = 0;

@@ -520,6 +520,13 @@ impl Session {
         // even if a later transaction's units were sent before it came.
         inflight.tx_wrote |= (unit.facts.ends_tx && self.tx_wrote) || assume_wrote;
         inflight.writes |= assume_wrote && at_rest;
+        // The rest of a batch the client cut at a Flush: only this rest
+        // would run again elsewhere, so it may only while the client
+        // waits for nothing of the part before the Flush.
+        let head_awaited = self
+            .open_batch
+            .as_ref()
+            .is_some_and(|b| !b.flushed_answered());
         if let Some(open) = self.open_batch.take() {
             inflight.absorb(open);
         }
@@ -551,7 +558,7 @@ impl Session {
             // goes to the server as it comes, and would not run again.
             let retryable =
                 (matches!(server, Server::Replica(_)) && (at_rest || optimistic)) || lost_lsn_read;
-            if retryable && !copy_in {
+            if retryable && !copy_in && !head_awaited {
                 inflight.retry = Some(unit);
             }
             self.pending.push_back(Expect::Client(Box::new(inflight)));

@@ -80,6 +80,20 @@ pub struct InFlight {
     /// of its own (see `Session::sync_open_batch`): the client hears no
     /// ReadyForQuery for it.
     pub synced_by_proxy: bool,
+    /// For a batch cut at a Flush: how many of its messages get an answer
+    /// that ends their part (ParseComplete, CommandComplete, ...), and how
+    /// many such answers came; counted only while it is the open batch.
+    pub answers_due: u32,
+    pub answers: u32,
+}
+
+/// How many messages of an extended batch get an answer that ends their
+/// part: Parse, Bind, Close and Execute one each, Describe its row
+/// description or NoData.
+fn answers_due(bytes: &[u8]) -> u32 {
+    crate::protocol::frontend_messages(bytes)
+        .filter(|(tag, _)| matches!(tag, b'P' | b'B' | b'C' | b'E' | b'D'))
+        .count() as u32
 }
 
 /// Most units change no state: their lists are empty, and copying an
@@ -126,7 +140,28 @@ impl InFlight {
             copy_in: unit.facts.copy_in,
             opens_tx: unit.facts.begin.is_some() && !unit.facts.ends_tx,
             synced_by_proxy: false,
+            answers_due: if unit.synced {
+                0
+            } else {
+                answers_due(&unit.bytes)
+            },
+            answers: 0,
         }
+    }
+
+    /// Notes an answer to the batch cut at a Flush this is.
+    pub fn note_flushed(&mut self, tag: u8) {
+        self.answers += u32::from(matches!(
+            tag,
+            b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'T' | b'n'
+        ));
+    }
+
+    /// A batch cut at a Flush whose every message was answered, or which
+    /// failed (the server then skips the rest up to the Sync): the client
+    /// waits for nothing more from it.
+    pub fn flushed_answered(&self) -> bool {
+        self.saw_error || self.answers >= self.answers_due
     }
 
     /// Takes in the part of the batch sent before a Flush.

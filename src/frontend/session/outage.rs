@@ -92,6 +92,16 @@ impl Session {
                 reruns += 1;
                 continue;
             }
+            if !synced && inflight.answers_due > 0 && inflight.flushed_answered() {
+                // Cut at a Flush and answered: the client waits for nothing
+                // of it. Its unnamed statement and portal are gone with the
+                // server; after an error, the server would have skipped
+                // what the client sends up to its Sync, and so does this.
+                if inflight.saw_error {
+                    self.answer_in_turn(&mut turns, bytes::Bytes::new(), false);
+                }
+                continue;
+            }
             if primary && (inflight.writes || inflight.tx_wrote) {
                 // It may have committed, at an LSN no replica can be shown
                 // to have: reads go to the primary until it is known.
@@ -120,16 +130,7 @@ impl Session {
             if synced {
                 messages::ready_for_query(&mut answer, b'I');
             }
-            if turns.is_empty() {
-                self.to_client.extend_from_slice(&answer);
-                self.skip_to_sync = !synced;
-            } else {
-                turns.push(Unit {
-                    answered: Some(answer.freeze()),
-                    synced,
-                    ..Unit::default()
-                });
-            }
+            self.answer_in_turn(&mut turns, answer.freeze(), synced);
         }
         if reruns > 0 {
             self.note_reruns(attached, why, reruns);
@@ -140,6 +141,22 @@ impl Session {
         self.held.clear();
         self.forget_lost_server(b'I');
         true
+    }
+
+    /// Sends `answer` to a lost unit now, or queues it in `turns` behind
+    /// units that run again. Unless the client `synced` the unit, what it
+    /// sends up to its Sync is then skipped.
+    fn answer_in_turn(&mut self, turns: &mut Vec<Unit>, answer: bytes::Bytes, synced: bool) {
+        if turns.is_empty() {
+            self.to_client.extend_from_slice(&answer);
+            self.skip_to_sync = !synced;
+        } else {
+            turns.push(Unit {
+                answered: Some(answer),
+                synced,
+                ..Unit::default()
+            });
+        }
     }
 
     /// Skips a unit sent after a batch that failed with its server (see

@@ -254,9 +254,6 @@ impl Session {
             None => {
                 // Answers to a batch cut at Flush, or news the server sends
                 // on its own (notifications, notices, parameter changes).
-                if let Some(open) = self.open_batch.as_mut() {
-                    open.note(tag, message);
-                }
                 if tag == b'E' && self.server_fatal && self.idle_between_units() {
                     // The server is closing a connection the client is not
                     // using (terminated, restarting): the session moves to
@@ -275,6 +272,10 @@ impl Session {
                     }
                     self.fatal_swallowed = true;
                     return;
+                }
+                if let Some(open) = self.open_batch.as_mut() {
+                    open.note(tag, message);
+                    open.note_flushed(tag);
                 }
                 self.to_client.extend_from_slice(message);
             }

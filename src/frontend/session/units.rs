@@ -280,7 +280,7 @@ impl UnitBuilder {
     fn finish_batch(&mut self, out: &mut std::collections::VecDeque<Unit>, synced: bool) {
         if let Some(mut unit) = self.building.take() {
             unit.bytes = self.building_bytes.split().freeze();
-            if !synced && unit.bytes.len() == 5 {
+            if !synced && unit.bytes[..] == *b"H\0\0\0\x04" {
                 // A Flush alone (libpq sends one as it leaves pipeline
                 // mode): every batch before it ended in a Sync or a Flush,
                 // so no server holds output of the client's to flush, and
