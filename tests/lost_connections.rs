@@ -339,6 +339,19 @@ async fn units_pipelined_on_a_lost_primary_connection_are_answered_in_order() {
     proxy.stop();
 }
 
+/// Parse, Bind and Execute of `sql` as the unnamed statement and portal,
+/// then an empty message of each tag in `ends` (Sync, Flush).
+fn unnamed_batch(sql: &str, ends: &[u8]) -> Vec<u8> {
+    use support::raw::message;
+    let mut batch = message(b'P', format!("\0{sql}\0\0\0").as_bytes());
+    batch.extend(message(b'B', &[0; 8]));
+    batch.extend(message(b'E', &[0; 5]));
+    for &end in ends {
+        batch.extend(message(end, b""));
+    }
+    batch
+}
+
 /// libpq leaves pipeline mode with a Sync and then a Flush alone. That
 /// Flush has nothing to flush: the session stays at rest, its replica
 /// connection goes back to the pool, and the loss of that connection
@@ -351,14 +364,7 @@ async fn a_flush_alone_after_a_sync_leaves_the_session_at_rest() {
     proxy.wait_healthy(Duration::from_secs(5));
     let mut client = RawClient::login_trusted(proxy.port, "trusted", APP_DB).await;
     let marker = "flush_alone_read";
-    let mut batch = raw::message(
-        b'P',
-        format!("\0SELECT 1 AS {marker}, pg_is_in_recovery()\0\0\0").as_bytes(),
-    );
-    batch.extend(raw::message(b'B', &[0; 8]));
-    batch.extend(raw::message(b'E', &[0; 5]));
-    batch.extend(raw::message(b'S', b""));
-    batch.extend(raw::message(b'H', b""));
+    let batch = unnamed_batch(&format!("SELECT 1 AS {marker}, pg_is_in_recovery()"), b"SH");
     client.send(&batch).await;
     let (errors, rows, status) = summary(&client.read_until_ready().await);
     assert_eq!(
@@ -397,13 +403,7 @@ async fn a_batch_cut_at_a_flush_whose_server_is_lost_fails_until_its_sync() {
         proxy.wait_healthy(Duration::from_secs(5));
         let mut client = RawClient::login_trusted(proxy.port, "trusted", APP_DB).await;
         let marker = format!("flushed_batch_{case}");
-        let mut batch = raw::message(
-            b'P',
-            format!("\0SELECT 1 AS {marker}, {sql}\0\0\0").as_bytes(),
-        );
-        batch.extend(raw::message(b'B', &[0; 8]));
-        batch.extend(raw::message(b'E', &[0; 5]));
-        batch.extend(raw::message(b'H', b""));
+        let batch = unnamed_batch(&format!("SELECT 1 AS {marker}, {sql}"), b"H");
         client.send(&batch).await;
         if !waits {
             let mut flushed = Vec::new();
