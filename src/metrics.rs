@@ -232,6 +232,11 @@ pub fn causal_store(op: &'static str, elapsed: Duration, ok: bool) {
     }
 }
 
+/// Polls of a server by the monitor, resolved once per polling task.
+pub fn polls_counter(server: &str) -> metrics::Counter {
+    metrics::counter!("causeway_monitor_polls_total", "server" => server.to_string())
+}
+
 /// A poll of a server failed.
 pub fn poll_error(server: &str) {
     metrics::counter!("causeway_replica_poll_errors_total", "server" => server.to_string())

@@ -1126,3 +1126,36 @@ async fn a_pin_lasts_while_any_of_its_reasons_does() {
     }
     client.batch_execute("DISCARD ALL").await.expect("discard");
 }
+
+/// The monitor polls each server every `poll_interval_ms` only while reads
+/// are routed by what it sees: after a second with none, every 100 ms; a
+/// stream of reads has it poll at the fast pace again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_polls_fast_only_while_reads_are_routed() {
+    // A proxy of its own: no other test's reads reach its monitor.
+    let proxy = TestProxy::start(cluster());
+    proxy.wait_healthy(Duration::from_secs(5));
+    let window = Duration::from_secs(2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = proxy.proxy.monitor.polls();
+    tokio::time::sleep(window).await;
+    let quiet = proxy.proxy.monitor.polls() - before;
+
+    let client = connect(proxy.port, APP_USER, APP_PASSWORD, APP_DB).await;
+    let before = proxy.proxy.monitor.polls();
+    let started = std::time::Instant::now();
+    let mut reads = 0;
+    while started.elapsed() < window {
+        client.simple_query("SELECT 1").await.expect("read");
+        reads += 1;
+    }
+    let busy = proxy.proxy.monitor.polls() - before;
+    // Three servers: about 20 polls each in the quiet window (every 100
+    // ms), about 200 each while reads come (every 10 ms).
+    assert!(quiet < 120, "{quiet} polls in {window:?} without reads");
+    assert!(
+        busy > 3 * quiet.max(60),
+        "{busy} polls in {window:?} of {reads} reads, {quiet} without"
+    );
+    proxy.stop();
+}

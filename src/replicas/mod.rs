@@ -1,15 +1,17 @@
 //! Where each replica is in replaying the primary's WAL, kept current by one
 //! background task per server.
 //!
-//! Each task polls its server every `poll_interval_ms` (a replica with
-//! nothing left to replay, less often: see [`Monitor::pause_replica`]) and
-//! publishes what it saw into a `watch` channel. Sessions read the latest
+//! Each task polls its server every `poll_interval_ms` while reads are
+//! routed by what it sees (otherwise, and for a replica with nothing left
+//! to replay, less often: see [`Monitor::pause`] and
+//! [`Monitor::pause_replica`]) and publishes what it saw into a `watch`
+//! channel. Sessions read the latest
 //! [`Positions`] without any I/O; a session that must wait for a replica to
 //! catch up says so ([`Monitor::wait_for`]), which makes the tasks poll
 //! back-to-back until nobody waits, so a wait ends within a poll round trip
 //! of the replay.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,10 @@ pub struct Monitor {
     positions: watch::Sender<Positions>,
     /// Sessions waiting for a replica to catch up right now.
     waiters: AtomicUsize,
+    /// Reads routed by the positions so far (see [`Monitor::note_read`]).
+    reads: AtomicU64,
+    /// Polls made so far, of every server.
+    polls: AtomicU64,
     urgent: Notify,
     /// The primary was seen writing past where it was: replicas that had
     /// replayed everything have something to replay again.
@@ -76,6 +82,8 @@ impl Monitor {
         Arc::new(Monitor {
             positions: watch::Sender::new(positions),
             waiters: AtomicUsize::new(0),
+            reads: AtomicU64::new(0),
+            polls: AtomicU64::new(0),
             urgent: Notify::new(),
             primary_moved: Notify::new(),
             poll_interval,
@@ -99,6 +107,17 @@ impl Monitor {
     /// Reads the latest positions in place, without cloning.
     pub fn with_positions<T>(&self, f: impl FnOnce(&Positions) -> T) -> T {
         f(&self.positions.borrow())
+    }
+
+    /// A read is being routed by the positions: while reads come, the
+    /// servers are polled every `poll_interval_ms` (see [`Demand`]).
+    pub fn note_read(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Polls made so far, of every server.
+    pub fn polls(&self) -> u64 {
+        self.polls.load(Ordering::Relaxed)
     }
 
     /// Waits until `ready` holds for the positions, or `timeout` passes.
@@ -160,27 +179,33 @@ impl Monitor {
         self.stopped.send_replace(true);
     }
 
-    /// Sleeps one poll interval, or much less while sessions wait.
-    async fn pause(&self) {
+    /// Sleeps one poll interval, or much less while sessions wait, or
+    /// [`QUIET_POLL`] while no read is routed by the positions.
+    async fn pause(&self, demand: &mut Demand) {
         if self.waiters.load(Ordering::Acquire) > 0 {
             // Poll again at once: each poll is a round trip to the server,
             // which paces it; a timer would round up to a millisecond.
             tokio::task::yield_now().await;
             return;
         }
+        let interval = if demand.recent(self) {
+            self.poll_interval
+        } else {
+            QUIET_POLL.max(self.poll_interval)
+        };
         tokio::select! {
-            _ = tokio::time::sleep(self.poll_interval) => {}
+            _ = tokio::time::sleep(interval) => {}
             _ = self.urgent.notified() => {}
         }
     }
 
     /// Sleeps between two polls of replica `index`. While it has replayed
     /// all the primary was last seen to write, polling it again can show
-    /// nothing new but its health: it is polled every [`QUIET_POLL`]
-    /// instead, or as soon as the primary moves or a session waits. An
-    /// idle proxy then costs a third less CPU, and its replicas answer a
-    /// tenth of the polls.
-    async fn pause_replica(&self, index: usize) {
+    /// nothing new but its health; while no read is routed by the
+    /// positions, nothing needs them fresh. It is then polled every
+    /// [`QUIET_POLL`] instead, or as soon as the primary moves or a session
+    /// waits.
+    async fn pause_replica(&self, index: usize, demand: &mut Demand) {
         let moved = self.primary_moved.notified();
         let urgent = self.urgent.notified();
         tokio::pin!(moved, urgent);
@@ -188,14 +213,15 @@ impl Monitor {
         moved.as_mut().enable();
         urgent.as_mut().enable();
         let caught_up = self.waiters.load(Ordering::Acquire) == 0
-            && self.with_positions(|p| {
-                p.primary_healthy
-                    && p.replicas
-                        .get(index)
-                        .is_some_and(|r| r.healthy && r.replayed >= p.primary_lsn)
-            });
+            && (!demand.recent(self)
+                || self.with_positions(|p| {
+                    p.primary_healthy
+                        && p.replicas
+                            .get(index)
+                            .is_some_and(|r| r.healthy && r.replayed >= p.primary_lsn)
+                }));
         if !caught_up {
-            return self.pause().await;
+            return self.pause(demand).await;
         }
         tokio::select! {
             _ = tokio::time::sleep(QUIET_POLL.max(self.poll_interval)) => {}
@@ -206,6 +232,8 @@ impl Monitor {
 
     async fn watch_primary(&self, target: ServerTarget, login: Login) {
         let mut backoff = Backoff::new();
+        let mut demand = Demand::default();
+        let polls = crate::metrics::polls_counter(&target.name);
         loop {
             let client = match connect(&target, &login).await {
                 Ok(client) => client,
@@ -218,7 +246,7 @@ impl Monitor {
             };
             backoff.reset();
             loop {
-                match poll(&client).await {
+                match self.poll(&client, &polls).await {
                     Ok(Polled::Primary {
                         lsn,
                         timeline,
@@ -256,9 +284,20 @@ impl Monitor {
                         break;
                     }
                 }
-                self.pause().await;
+                self.pause(&mut demand).await;
             }
         }
+    }
+
+    /// One poll of a server, counted.
+    async fn poll(
+        &self,
+        client: &tokio_postgres::Client,
+        counter: &metrics::Counter,
+    ) -> Result<Polled, tokio_postgres::Error> {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        counter.increment(1);
+        poll(client).await
     }
 
     /// The configured primary is gone or in recovery: writes go to a
@@ -271,6 +310,8 @@ impl Monitor {
 
     async fn watch_replica(&self, index: usize, target: ServerTarget, login: Login) {
         let mut backoff = Backoff::new();
+        let mut demand = Demand::default();
+        let polls = crate::metrics::polls_counter(&target.name);
         loop {
             let client = match connect(&target, &login).await {
                 Ok(client) => client,
@@ -283,7 +324,7 @@ impl Monitor {
             };
             backoff.reset();
             loop {
-                match poll(&client).await {
+                match self.poll(&client, &polls).await {
                     Ok(Polled::Standby {
                         replayed: Some(replayed),
                         timeline,
@@ -302,7 +343,7 @@ impl Monitor {
                         break;
                     }
                 }
-                self.pause_replica(index).await;
+                self.pause_replica(index, &mut demand).await;
             }
             backoff.sleep().await;
         }
@@ -419,8 +460,41 @@ impl Monitor {
 }
 
 /// How often a replica that has replayed everything is polled (see
-/// [`Monitor::pause_replica`]).
+/// [`Monitor::pause_replica`]), and every server while no read is routed
+/// by the positions (see [`Demand`]).
 const QUIET_POLL: Duration = Duration::from_millis(100);
+
+/// How long after the last read routed by the positions the servers are
+/// still polled every `poll_interval_ms`.
+const DEMAND_WINDOW: Duration = Duration::from_secs(1);
+
+/// What one polling task has seen of the reads routed by the positions.
+/// Without them (a proxy idle, or serving only writes and transactions on
+/// the primary, as pgbench's TPC-B), fresh positions serve nobody: each
+/// server is then polled every [`QUIET_POLL`], which costs an idle proxy
+/// and a write-only load a fifth of the polls. The first read after a quiet
+/// spell routes by positions up to that old; one that finds no replica
+/// fresh enough waits, which has every server polled at once.
+#[derive(Default)]
+struct Demand {
+    seen: u64,
+    last: Option<Instant>,
+}
+
+impl Demand {
+    /// Whether a read was routed by the positions in the last
+    /// [`DEMAND_WINDOW`].
+    fn recent(&mut self, monitor: &Monitor) -> bool {
+        let reads = monitor.reads.load(Ordering::Relaxed);
+        let now = Instant::now();
+        if reads != self.seen {
+            self.seen = reads;
+            self.last = Some(now);
+        }
+        self.last
+            .is_some_and(|last| now.duration_since(last) < DEMAND_WINDOW)
+    }
+}
 
 /// How long the monitor waits for a server to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -143,6 +143,7 @@ impl Session {
     ) -> Result<Option<(Server, Reason)>, End> {
         let proxy = &self.proxy;
         let policy = proxy.policy;
+        proxy.monitor.note_read();
         self.refresh_causal().await;
         let causal = self.effective_causal();
         if causal == Some(crate::lsn::Lsn(u64::MAX)) {
