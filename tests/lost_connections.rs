@@ -447,3 +447,73 @@ async fn a_batch_cut_at_a_flush_whose_server_is_lost_fails_until_its_sync() {
     }
     proxy.stop();
 }
+
+/// The same inside a transaction block on the primary: the client waiting
+/// for its batch's answer gets an ERROR, its Sync an aborted block's
+/// ReadyForQuery, and ROLLBACK ends the block; nothing of it was committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cut_at_a_flush_in_a_block_whose_server_is_lost_aborts_the_block() {
+    use support::raw::{self, RawClient};
+    let primary = cluster().primary_port();
+    cluster().psql_db(
+        primary,
+        APP_DB,
+        "DROP TABLE IF EXISTS flushed_block; CREATE TABLE flushed_block (id int)",
+    );
+    let proxy = TestProxy::start(cluster());
+    let mut client = RawClient::login_trusted(proxy.port, "trusted", APP_DB).await;
+    client
+        .send(&raw::query("BEGIN; INSERT INTO flushed_block VALUES (1)"))
+        .await;
+    assert_eq!(summary(&client.read_until_ready().await).2, b'T');
+    let sleeper = "SELECT 1 AS flushed_block_sleep, pg_sleep(5)";
+    client.send(&unnamed_batch(sleeper, b"H")).await;
+    let pid = {
+        let admin = support::connect(primary, APP_USER, APP_PASSWORD, APP_DB).await;
+        let mut found = None;
+        for _ in 0..500 {
+            let row = admin
+                .query_opt(
+                    "SELECT pid FROM pg_stat_activity WHERE query = $1 AND wait_event = 'PgSleep'",
+                    &[&sleeper],
+                )
+                .await
+                .expect("pg_stat_activity");
+            if let Some(row) = row {
+                found = Some(row.get(0));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        found.expect("the batch sleeps on the primary")
+    };
+    terminate(primary, pid).await;
+    let mut rest = raw::message(b'B', &[0; 8]);
+    rest.extend(raw::message(b'E', &[0; 5]));
+    rest.extend(raw::message(b'S', b""));
+    client.send(&rest).await;
+    let answered = client.read_until_ready().await;
+    let (errors, rows, status) = summary(&answered);
+    assert_eq!(errors, ["ERROR 08006"], "{answered:?}");
+    assert!(rows.is_empty(), "{rows:?}");
+    assert_eq!(status, b'E', "an aborted block");
+
+    client.send(&raw::query("SELECT 2")).await;
+    let (errors, _, status) = summary(&client.read_until_ready().await);
+    assert_eq!((errors, status), (vec!["ERROR 25P02".to_string()], b'E'));
+    client.send(&raw::query("ROLLBACK")).await;
+    assert_eq!(
+        summary(&client.read_until_ready().await),
+        (vec![], vec![], b'I')
+    );
+    client
+        .send(&raw::query("SELECT count(*) FROM flushed_block"))
+        .await;
+    let after = summary(&client.read_until_ready().await);
+    assert_eq!(
+        after,
+        (vec![], vec!["0".to_string()], b'I'),
+        "nothing was committed"
+    );
+    proxy.stop();
+}

@@ -292,7 +292,7 @@ impl Session {
             self.causal_unknown = true;
         }
         let status = if ending == Some(true) { b'I' } else { b'E' };
-        let answered = ending.is_some();
+        let mut answered = ending.is_some();
         for expect in std::mem::take(&mut self.pending) {
             if let Expect::Client(inflight) = expect {
                 let (code, detail) = inflight.lost.unwrap_or_else(|| {
@@ -314,6 +314,25 @@ impl Session {
                 messages::ready_for_query(&mut self.to_client, status);
             }
         }
+        if let Some(open) = self.open_batch.take() {
+            // A batch the client cut at a Flush: if it waits for an answer
+            // of it, the ERROR now, and what it sends up to its Sync is
+            // skipped, as Postgres skips it after an error; if not, its
+            // next statement hears of the loss.
+            let waits = !(open.answers_due > 0 && open.flushed_answered());
+            if waits {
+                messages::error_response(
+                    &mut self.to_client,
+                    Severity::Error,
+                    "08006",
+                    &text,
+                    Some("Roll back, then retry the transaction."),
+                );
+                crate::metrics::error_sent(b"08006");
+                answered = true;
+            }
+            self.skip_to_sync = waits || open.saw_error;
+        }
         self.lost_block = status == b'E';
         if self.lost_block && !answered {
             // Nothing was in flight: the next statement hears of it.
@@ -330,7 +349,7 @@ impl Session {
     /// temp tables, ...), no COPY, no message half passed on.
     pub(super) fn block_survives_loss(&self) -> bool {
         self.pinned.is_empty()
-            && self.open_batch.is_none()
+            && self.open_batch.as_ref().is_none_or(|b| !b.copy_in)
             && self.server_streaming == 0
             && self.client_streaming == 0
             && self.optimistic.is_none()
@@ -358,6 +377,7 @@ impl Session {
         self.tx_status != b'I'
             && self.deferred_begin.is_none()
             && self.pending.is_empty()
+            && self.open_batch.is_none()
             && self.block_survives_loss()
     }
 
