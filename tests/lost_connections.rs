@@ -270,6 +270,22 @@ fn summary(messages: &[support::raw::RawMessage]) -> (Vec<String>, Vec<String>, 
     (errors, rows, status)
 }
 
+/// Sends `sql` as a simple Query and sums up its answer (see [`summary`]).
+async fn ask(client: &mut support::raw::RawClient, sql: &str) -> (Vec<String>, Vec<String>, u8) {
+    client.send(&support::raw::query(sql)).await;
+    summary(&client.read_until_ready().await)
+}
+
+/// Bind and Execute of the unnamed statement and portal, then Sync: the
+/// rest of a batch cut at a Flush.
+fn rest_of_batch() -> Vec<u8> {
+    use support::raw::message;
+    let mut rest = message(b'B', &[0; 8]);
+    rest.extend(message(b'E', &[0; 5]));
+    rest.extend(message(b'S', b""));
+    rest
+}
+
 /// Units pipelined to the primary when its connection is lost are each
 /// answered, in the client's order: reads kept for a re-run (the session's
 /// last commit LSN is unknown, so they went to the primary) run again; a
@@ -418,9 +434,7 @@ async fn a_batch_cut_at_a_flush_whose_server_is_lost_fails_until_its_sync() {
         let (port, pid) = replica_backend_of(&marker).await;
         terminate(port, pid).await;
         // The rest of the batch, then its Sync.
-        let mut rest = raw::message(b'B', &[0; 8]);
-        rest.extend(raw::message(b'E', &[0; 5]));
-        rest.extend(raw::message(b'S', b""));
+        let mut rest = rest_of_batch();
         if !waits {
             // Nothing before the Sync: the unnamed statement is gone.
             rest = raw::message(b'S', b"");
@@ -437,10 +451,8 @@ async fn a_batch_cut_at_a_flush_whose_server_is_lost_fails_until_its_sync() {
         assert!(rows.is_empty(), "{case}: nothing of the rest ran: {rows:?}");
         assert_eq!(status, b'I', "{case}");
 
-        client.send(&raw::query("SELECT 2")).await;
-        let after = summary(&client.read_until_ready().await);
         assert_eq!(
-            after,
+            ask(&mut client, "SELECT 2").await,
             (vec![], vec!["2".to_string()], b'I'),
             "{case}: the session goes on"
         );
@@ -488,10 +500,7 @@ async fn a_batch_cut_at_a_flush_in_a_block_whose_server_is_lost_aborts_the_block
         found.expect("the batch sleeps on the primary")
     };
     terminate(primary, pid).await;
-    let mut rest = raw::message(b'B', &[0; 8]);
-    rest.extend(raw::message(b'E', &[0; 5]));
-    rest.extend(raw::message(b'S', b""));
-    client.send(&rest).await;
+    client.send(&rest_of_batch()).await;
     let answered = client.read_until_ready().await;
     let (errors, rows, status) = summary(&answered);
     assert_eq!(errors, ["ERROR 08006"], "{answered:?}");
@@ -506,12 +515,8 @@ async fn a_batch_cut_at_a_flush_in_a_block_whose_server_is_lost_aborts_the_block
         summary(&client.read_until_ready().await),
         (vec![], vec![], b'I')
     );
-    client
-        .send(&raw::query("SELECT count(*) FROM flushed_block"))
-        .await;
-    let after = summary(&client.read_until_ready().await);
     assert_eq!(
-        after,
+        ask(&mut client, "SELECT count(*) FROM flushed_block").await,
         (vec![], vec!["0".to_string()], b'I'),
         "nothing was committed"
     );
