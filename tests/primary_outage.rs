@@ -77,7 +77,9 @@ async fn a_lost_primary_fails_writes_not_sessions() {
         assert_eq!(db.severity(), "ERROR");
         assert!(!session.is_closed());
     }
-    // A held-back BEGIN whose first statement writes: the same.
+    // A held-back BEGIN whose first statement writes: the same, and the
+    // client is in an aborted block, as after any error in a block; its
+    // ROLLBACK needs no primary.
     session
         .batch_execute("BEGIN")
         .await
@@ -87,6 +89,14 @@ async fn a_lost_primary_fails_writes_not_sessions() {
         .await
         .expect_err("a write in a block without a primary");
     assert_eq!(err.code().map(|c| c.code()), Some("57P03"));
+    let aborted = count_rows(&session)
+        .await
+        .expect_err("a read in the aborted block");
+    assert_eq!(aborted.code().map(|c| c.code()), Some("25P02"));
+    session
+        .batch_execute("ROLLBACK")
+        .await
+        .expect("ROLLBACK ends the aborted block without a primary");
     assert_eq!(count_rows(&session).await.expect("read after"), 1);
     // A new client logs in and reads.
     let newcomer = client(proxy.port).await;

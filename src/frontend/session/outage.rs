@@ -241,8 +241,8 @@ impl Session {
 
     /// Answers a unit that needs the primary while no primary can be
     /// reached: SQLSTATE 57P03 (cannot connect now), which drivers and
-    /// pools treat as transient, and the client stays connected. A
-    /// held-back BEGIN is dropped with it: the block never started.
+    /// pools treat as transient, and the client stays connected. Behind a
+    /// held-back BEGIN, the client is left in an aborted block.
     pub(super) fn refuse_no_primary(&mut self, unit: &Unit, why: &str) {
         let text = format!(
             "causeway: no primary server is available, so this statement was not run: {why}"
@@ -258,14 +258,20 @@ impl Session {
     }
 
     /// Answers `unit` with an ERROR instead of running it (see
-    /// [`Session::may_refuse_unit`]); the session goes on.
+    /// [`Session::may_refuse_unit`]); the session goes on. Behind a
+    /// held-back BEGIN the client is in a block, as far as it knows: as on
+    /// a server, the error leaves it in an aborted block, which its
+    /// ROLLBACK ends (see [`Session::answer_in_lost_block`]), unless the
+    /// unit ended the block itself.
     pub(super) fn refuse_unit(&mut self, unit: &Unit, code: &str, text: &str, hint: Option<&str>) {
         messages::error_response(&mut self.to_client, Severity::Error, code, text, hint);
         crate::metrics::error_sent(code.as_bytes());
-        self.deferred_begin = None;
-        self.tx_status = b'I';
+        let in_block = self.deferred_begin.take().is_some() && !unit.facts.ends_tx;
+        let status = if in_block { b'E' } else { b'I' };
+        self.lost_block = in_block;
+        self.tx_status = status;
         if unit.synced {
-            messages::ready_for_query(&mut self.to_client, b'I');
+            messages::ready_for_query(&mut self.to_client, status);
         }
     }
 
