@@ -98,6 +98,19 @@ async fn a_lost_primary_fails_writes_not_sessions() {
         .await
         .expect("ROLLBACK ends the aborted block without a primary");
     assert_eq!(count_rows(&session).await.expect("read after"), 1);
+    // A BEGIN with modes that needs the primary (here by a hint) is not
+    // refused: on a server, BEGIN cannot fail. Its block's first statement
+    // fails instead, as above.
+    session
+        .batch_execute("/* causeway: primary */ BEGIN READ ONLY")
+        .await
+        .expect("BEGIN READ ONLY without a primary");
+    let err = count_rows(&session)
+        .await
+        .expect_err("the block's first statement needs the primary");
+    assert_eq!(err.code().map(|c| c.code()), Some("57P03"), "{err:?}");
+    session.batch_execute("ROLLBACK").await.expect("ROLLBACK");
+    assert_eq!(count_rows(&session).await.expect("read after"), 1);
     // A new client logs in and reads.
     let newcomer = client(proxy.port).await;
     assert_eq!(count_rows(&newcomer).await.expect("read by a newcomer"), 1);
