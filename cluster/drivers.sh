@@ -54,11 +54,7 @@ scratch_dir drivers
 bin=$(release_causeway)
 "$bin" --config "$WORK/causeway.toml" >"$WORK/causeway.log" 2>&1 &
 PID=$!
-for _ in $(seq 100); do
-  "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$DRIVERS_PORT" && break
-  sleep 0.1
-done
-"$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$DRIVERS_PORT" || die "causeway did not start: $(tail -3 "$WORK/causeway.log")"
+wait_listening "$DRIVERS_PORT" 10 || die "causeway did not start: $(tail -3 "$WORK/causeway.log")"
 
 # The runtimes, installed where missing and possible.
 have_python() { python3 -c "import $1" 2>/dev/null; }

@@ -93,10 +93,7 @@ for bin in "${BINS[@]}"; do
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
     "$bin" --config "$WORK/causeway.toml" >"$WORK/causeway.log" 2>&1 &
   PID=$!
-  for _ in $(seq 300); do
-    "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$ICOUNT_PORT" && break
-    sleep 0.2
-  done
+  wait_listening "$ICOUNT_PORT" 60 || true
   # shellcheck disable=SC2086 # ICOUNT_ARGS is a list of pgbench flags
   "$PG_BIN/pgbench" -h 127.0.0.1 -p "$ICOUNT_PORT" -U app -n -M "$ICOUNT_MODE" \
     -c 4 -j 1 -T "$ICOUNT_SECONDS" $ICOUNT_ARGS app >"$WORK/pgbench.out" 2>&1 &

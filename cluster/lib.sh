@@ -23,6 +23,17 @@ release_causeway() {
   printf '%s' "$REPO/target/release/causeway"
 }
 
+# wait_listening PORT SECONDS: waits up to SECONDS for a server (causeway)
+# to accept connections on 127.0.0.1:PORT; fails if none does. Needs PG_BIN.
+wait_listening() {
+  local port=$1 tries=$(($2 * 10))
+  while ((tries-- > 0)); do
+    "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$port" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
 # scratch_dir NAME: sets WORK to a new temporary directory, removed on
 # exit after the causeway whose pid is in PID (if any) is stopped.
 scratch_dir() {

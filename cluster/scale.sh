@@ -72,10 +72,7 @@ EOF
 
 RUST_LOG=warn "$BIN" --config "$WORK/causeway.toml" >"$WORK/causeway.log" 2>&1 &
 PID=$!
-for _ in $(seq 100); do
-  "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$SCALE_PORT" && break
-  sleep 0.1
-done
+wait_listening "$SCALE_PORT" 10 || true
 sleep 2
 
 rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$PID/status"; }
