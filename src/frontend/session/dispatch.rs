@@ -40,31 +40,6 @@ fn may_hide_a_write(unit: &Unit) -> bool {
     texts.is_empty() || !unit.uses.is_empty() || texts.iter().any(|t| names_more(t))
 }
 
-/// Whether `unit` is one simple-protocol BEGIN (or START TRANSACTION) and
-/// nothing else, not serializable: one the session may hold back.
-fn begins_alone(unit: &Unit) -> bool {
-    let facts = &unit.facts;
-    if facts.begin.is_none()
-        || facts.ends_tx
-        || facts.serializable
-        || !facts.effects.is_empty()
-        || !unit.synced
-    {
-        return false;
-    }
-    let mut messages = crate::protocol::frontend_messages(&unit.bytes);
-    match (messages.next(), messages.next()) {
-        (Some((b'Q', body)), None) => {
-            let sql = String::from_utf8_lossy(body);
-            !sql.trim_end_matches('\0')
-                .trim()
-                .trim_end_matches(';')
-                .contains(';')
-        }
-        _ => false,
-    }
-}
-
 impl Session {
     /// Sends every queued unit that may go now. A unit that needs a
     /// routing decision waits until the server has answered everything
@@ -349,7 +324,9 @@ impl Session {
             // (asyncpg then thinks itself in a block for good). It is held
             // back, as a lone BEGIN is, and goes with the block's first
             // statement, which may find a server, or fail in the block.
-            Err(End::NoServer { .. }) if self.may_refuse_unit(&unit) && begins_alone(&unit) => {
+            Err(End::NoServer { .. })
+                if self.may_refuse_unit(&unit) && super::outage::begins_alone(&unit) =>
+            {
                 self.hold_begin(unit);
                 return Ok(());
             }

@@ -92,7 +92,7 @@ impl Session {
                 reruns += 1;
                 continue;
             }
-            if !synced && inflight.answers_due > 0 && inflight.flushed_answered() {
+            if !synced && inflight.flushed_answered() {
                 // Cut at a Flush and answered: the client waits for nothing
                 // of it. Its unnamed statement and portal are gone with the
                 // server; after an error, the server would have skipped
@@ -107,24 +107,14 @@ impl Session {
                 // to have: reads go to the primary until it is known.
                 self.causal_unknown = true;
             }
-            let (code, detail) = inflight.lost.take().unwrap_or_else(|| {
-                (
-                    "08006".to_string(),
-                    "server closed the connection unexpectedly".to_string(),
-                )
-            });
-            tracing::warn!(server = %name, %code, detail = %detail, "server connection lost under an autocommit unit; the client gets an error, its session goes on");
+            tracing::warn!(server = %name, said = ?inflight.lost, "server connection lost under an autocommit unit; the client gets an error, its session goes on");
             let mut answer = bytes::BytesMut::new();
-            messages::error_response(
+            lost_error(
                 &mut answer,
-                Severity::Error,
-                "08006",
                 &text,
-                Some(&format!(
-                    "The server said: {code} {detail}. Retry when the server is back."
-                )),
+                inflight.lost.take(),
+                "Retry when the server is back.",
             );
-            crate::metrics::error_sent(b"08006");
             // A batch the client has not synced hears its ReadyForQuery
             // at the client's own Sync.
             if synced {
@@ -301,22 +291,7 @@ impl Session {
         let mut answered = ending.is_some();
         for expect in std::mem::take(&mut self.pending) {
             if let Expect::Client(inflight) = expect {
-                let (code, detail) = inflight.lost.unwrap_or_else(|| {
-                    (
-                        "08006".into(),
-                        "server closed the connection unexpectedly".into(),
-                    )
-                });
-                messages::error_response(
-                    &mut self.to_client,
-                    Severity::Error,
-                    "08006",
-                    &text,
-                    Some(&format!(
-                        "The server said: {code} {detail}. Roll back, then retry the transaction."
-                    )),
-                );
-                crate::metrics::error_sent(b"08006");
+                lost_error(&mut self.to_client, &text, inflight.lost, ROLL_BACK);
                 messages::ready_for_query(&mut self.to_client, status);
             }
         }
@@ -325,16 +300,9 @@ impl Session {
             // of it, the ERROR now, and what it sends up to its Sync is
             // skipped, as Postgres skips it after an error; if not, its
             // next statement hears of the loss.
-            let waits = !(open.answers_due > 0 && open.flushed_answered());
+            let waits = !open.flushed_answered();
             if waits {
-                messages::error_response(
-                    &mut self.to_client,
-                    Severity::Error,
-                    "08006",
-                    &text,
-                    Some("Roll back, then retry the transaction."),
-                );
-                crate::metrics::error_sent(b"08006");
+                lost_error(&mut self.to_client, &text, open.lost, ROLL_BACK);
                 answered = true;
             }
             self.skip_to_sync = waits || open.saw_error;
@@ -484,11 +452,31 @@ fn aborted_error(out: &mut bytes::BytesMut, lost: Option<String>) {
     crate::metrics::error_sent(code.as_bytes());
 }
 
-/// Whether `unit` is one COMMIT, ROLLBACK, END or ABORT and nothing else.
-fn ends_block_alone(unit: &Unit) -> bool {
-    if !unit.facts.ends_tx {
-        return false;
-    }
+/// The advice of an ERROR for a unit lost inside a block.
+const ROLL_BACK: &str = "Roll back, then retry the transaction.";
+
+/// Writes the ERROR (08006) a client gets for a unit lost with its server:
+/// `text`, what the server said as it went (`said`), and `advice`.
+fn lost_error(out: &mut bytes::BytesMut, text: &str, said: Option<(String, String)>, advice: &str) {
+    let (code, detail) = said.unwrap_or_else(|| {
+        (
+            "08006".into(),
+            "server closed the connection unexpectedly".into(),
+        )
+    });
+    messages::error_response(
+        out,
+        Severity::Error,
+        "08006",
+        text,
+        Some(&format!("The server said: {code} {detail}. {advice}")),
+    );
+    crate::metrics::error_sent(b"08006");
+}
+
+/// How many statements `unit` runs: each simple Query's (`None` past one
+/// in a Query), and one per Execute.
+fn statements(unit: &Unit) -> Option<usize> {
     let mut statements = 0;
     for (tag, body) in crate::protocol::frontend_messages(&unit.bytes) {
         match tag {
@@ -496,7 +484,7 @@ fn ends_block_alone(unit: &Unit) -> bool {
                 let sql = String::from_utf8_lossy(body);
                 let sql = sql.trim_end_matches('\0').trim().trim_end_matches(';');
                 if sql.contains(';') {
-                    return false;
+                    return None;
                 }
                 statements += 1;
             }
@@ -504,7 +492,25 @@ fn ends_block_alone(unit: &Unit) -> bool {
             _ => {}
         }
     }
-    statements == 1
+    Some(statements)
+}
+
+/// Whether `unit` is one COMMIT, ROLLBACK, END or ABORT and nothing else.
+fn ends_block_alone(unit: &Unit) -> bool {
+    unit.facts.ends_tx && statements(unit) == Some(1)
+}
+
+/// Whether `unit` is one simple-protocol BEGIN (or START TRANSACTION) and
+/// nothing else, not serializable: one the session may hold back (see
+/// `Session::hold_begin`, which answers it as a simple Query).
+pub(super) fn begins_alone(unit: &Unit) -> bool {
+    let facts = &unit.facts;
+    facts.begin.is_some()
+        && !facts.ends_tx
+        && !facts.serializable
+        && facts.effects.is_empty()
+        && unit.bytes.first() == Some(&b'Q')
+        && statements(unit) == Some(1)
 }
 /// Whether `unit`'s statement is a ROLLBACK (or ABORT) of the whole block.
 fn is_rollback(unit: &Unit) -> bool {
