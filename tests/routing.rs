@@ -1141,7 +1141,27 @@ async fn the_monitor_polls_fast_only_while_reads_are_routed() {
     tokio::time::sleep(window).await;
     let quiet = proxy.proxy.monitor.polls() - before;
 
+    // The first read after the quiet spell, of a row just written: the
+    // positions it finds are up to 100 ms old, yet it reads its write, on
+    // a replica.
     let client = connect(proxy.port, APP_USER, APP_PASSWORD, APP_DB).await;
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS monitor_quiet (id int); \
+             INSERT INTO monitor_quiet VALUES (1)",
+        )
+        .await
+        .expect("write");
+    let row = client
+        .query_one(
+            "SELECT count(*), pg_is_in_recovery() FROM monitor_quiet WHERE id = 1",
+            &[],
+        )
+        .await
+        .expect("read after the quiet spell");
+    let (seen, on_replica): (i64, bool) = (row.get(0), row.get(1));
+    assert!(seen >= 1, "the read saw its own write");
+    assert!(on_replica, "the read ran on a replica");
     let before = proxy.proxy.monitor.polls();
     let started = std::time::Instant::now();
     let mut reads = 0;

@@ -214,7 +214,8 @@ impl Monitor {
         // Registered before looking, so a move in between is not missed.
         moved.as_mut().enable();
         urgent.as_mut().enable();
-        let caught_up = self.waiters.load(Ordering::Acquire) == 0
+        // Nothing new to show (caught up), or nobody to show it to.
+        let quiet = self.waiters.load(Ordering::Acquire) == 0
             && (!demand.recent(self)
                 || self.with_positions(|p| {
                     p.primary_healthy
@@ -222,7 +223,7 @@ impl Monitor {
                             .get(index)
                             .is_some_and(|r| r.healthy && r.replayed >= p.primary_lsn)
                 }));
-        if !caught_up {
+        if !quiet {
             return self.pause(demand).await;
         }
         tokio::select! {
