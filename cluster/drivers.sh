@@ -1,27 +1,27 @@
 #!/usr/bin/env bash
 # cluster/drivers.sh — real client drivers through causeway while servers
-# die: psycopg 3 in pipeline mode (two ways), asyncpg, node-postgres and
-# pgjdbc, six connections each, every result checked against its statement
-# (cluster/drivers/). Under each driver's load, a replica is killed
-# (pg_ctl -m immediate) and started again, then the primary is stopped and
-# started again.
+# die: psycopg 3 in pipeline mode (two ways), asyncpg, node-postgres,
+# postgres.js and pgjdbc, six connections each, every result checked
+# against its statement (cluster/drivers/). Under each driver's load, a
+# replica is killed (pg_ctl -m immediate) and started again, then the
+# primary is stopped and started again.
 #
 #   bash cluster/drivers.sh
 #
 # Needs the cluster running (cluster/cluster.sh start). Starts its own
 # causeway (the release build) with both replicas. Installs what is missing
-# and can be: psycopg[binary] and asyncpg with pip, pg with npm (in a
-# scratch directory), Debian's libpostgresql-jdbc-java with apt (as root).
-# A driver whose runtime is absent is reported and skipped.
+# and can be: psycopg[binary] and asyncpg with pip, pg and postgres with
+# npm (in a scratch directory), Debian's libpostgresql-jdbc-java with apt
+# (as root). A driver whose runtime is absent is reported and skipped.
 #
 # Prints one line per driver: results that matched their statement, wrong
 # ones, connections closed under the client, errors by SQLSTATE (57P03
 # while the primary is down and 08006 for statements running on a server
-# as it goes are expected). Exits non-zero if any result was wrong or any
-# connection was closed.
+# as it goes are expected). Exits non-zero if any result was wrong, any
+# connection was closed, or a driver's workers hung (postgres.js says HUNG).
 #
 # Environment (defaults): DRIVERS_PORT=6470 DRIVERS_SECONDS=22
-#   DRIVERS=psycopg-sync,psycopg-flush,asyncpg,node-postgres,pgjdbc
+#   DRIVERS=psycopg-sync,psycopg-flush,asyncpg,node-postgres,postgres-js,pgjdbc
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,7 +29,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$REPO/cluster/lib.sh"
 DRIVERS_PORT=${DRIVERS_PORT:-6470}
 DRIVERS_SECONDS=${DRIVERS_SECONDS:-22}
-DRIVERS=${DRIVERS:-psycopg-sync,psycopg-flush,asyncpg,node-postgres,pgjdbc}
+DRIVERS=${DRIVERS:-psycopg-sync,psycopg-flush,asyncpg,node-postgres,postgres-js,pgjdbc}
 HERE=$REPO/cluster/drivers
 CLUSTER=$REPO/cluster/cluster.sh
 export PGPASSWORD=app
@@ -63,7 +63,7 @@ if command -v python3 >/dev/null; then
   have_python asyncpg || python3 -m pip install -q asyncpg >&2 || true
 fi
 if command -v npm >/dev/null; then
-  (cd "$WORK" && npm init -y >/dev/null 2>&1 && npm install -s pg >/dev/null 2>&1) || true
+  (cd "$WORK" && npm init -y >/dev/null 2>&1 && npm install -s pg postgres >/dev/null 2>&1) || true
 fi
 JDBC_JAR=/usr/share/java/postgresql.jar
 if command -v javac >/dev/null && [[ ! -f $JDBC_JAR ]] && ((EUID == 0)); then
@@ -80,6 +80,9 @@ command_of() {
     node-postgres)
       [[ -d $WORK/node_modules/pg ]] && cp "$HERE/node_pg_load.js" "$WORK/" &&
         echo node "$WORK/node_pg_load.js" "$DRIVERS_PORT" "$DRIVERS_SECONDS" ;;
+    postgres-js)
+      [[ -d $WORK/node_modules/postgres ]] && cp "$HERE/postgres_js_load.js" "$WORK/" &&
+        echo node "$WORK/postgres_js_load.js" "$DRIVERS_PORT" "$DRIVERS_SECONDS" ;;
     pgjdbc)
       [[ -f $JDBC_JAR ]] && command -v javac >/dev/null &&
         javac -d "$WORK" "$HERE/JdbcLoad.java" &&
@@ -118,7 +121,7 @@ for driver in "${LIST[@]}"; do
   wait "$schedule"
   n=$((n + 1))
   echo "${line:-$driver: no result (see its errors: $(tail -2 "$WORK/$driver.err"))}"
-  if [[ ! $line =~ \ wrong\ 0\ closed\ 0\  ]]; then
+  if [[ ! $line =~ \ wrong\ 0\ closed\ 0\  || $line == *HUNG* ]]; then
     failed=1
   fi
 done

@@ -522,3 +522,96 @@ async fn a_batch_cut_at_a_flush_in_a_block_whose_server_is_lost_aborts_the_block
     );
     proxy.stop();
 }
+
+/// Parse, Describe, Bind, Execute and Sync of `sql` as the named
+/// statement `name` (postgres.js prepares every statement so).
+fn named_batch(name: &str, sql: &str) -> Vec<u8> {
+    use support::raw::message;
+    let mut parse = format!("{name}\0{sql}\0").into_bytes();
+    parse.extend([0, 0]);
+    let mut batch = message(b'P', &parse);
+    batch.extend(message(b'D', format!("S{name}\0").as_bytes()));
+    batch.extend(bind_named(name));
+    batch
+}
+
+/// Bind of the named statement `name` to the unnamed portal, Execute, Sync.
+fn bind_named(name: &str) -> Vec<u8> {
+    use support::raw::message;
+    let mut bind = format!("\0{name}\0").into_bytes();
+    bind.extend([0, 0, 0, 0, 0, 0]);
+    let mut batch = message(b'B', &bind);
+    batch.extend(message(b'E', &[0; 5]));
+    batch.extend(message(b'S', b""));
+    batch
+}
+
+/// Opens a block that writes on the primary, and loses it: its backend is
+/// terminated, and the next statement gets 08006 in an aborted block.
+async fn lose_a_block(client: &mut support::raw::RawClient, table: &str) {
+    let primary = cluster().primary_port();
+    let (errors, rows, status) = ask(
+        client,
+        &format!("BEGIN; INSERT INTO {table} VALUES (1); SELECT pg_backend_pid()"),
+    )
+    .await;
+    assert_eq!((errors.len(), status), (0, b'T'), "{rows:?}");
+    let pid: i32 = rows[0].parse().expect("a pid");
+    terminate(primary, pid).await;
+    let (errors, _, status) = ask(client, "SELECT 1").await;
+    assert_eq!((errors, status), (vec!["ERROR 08006".to_string()], b'E'));
+}
+
+/// A ROLLBACK prepared inside a block lost with its server ends that
+/// block, and exists afterwards, as Postgres makes a transaction's end in
+/// an aborted block (postgres.js prepares its `rollback` so, then runs it
+/// by name in the next lost block; a 25P02 there left its transaction
+/// waiting forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_prepared_in_a_lost_block_is_kept_for_the_next_one() {
+    use support::raw::RawClient;
+    cluster().psql_db(
+        cluster().primary_port(),
+        APP_DB,
+        "DROP TABLE IF EXISTS lost_rollback; CREATE TABLE lost_rollback (id int)",
+    );
+    let proxy = TestProxy::start(cluster());
+    let mut client = RawClient::login_trusted(proxy.port, "trusted", APP_DB).await;
+
+    lose_a_block(&mut client, "lost_rollback").await;
+    client.send(&named_batch("end_it", "rollback")).await;
+    let answered = client.read_until_ready().await;
+    let tags: Vec<u8> = answered.iter().map(|m| m.tag).collect();
+    assert_eq!(tags, b"1tn2CZ", "{answered:?}");
+    assert_eq!(summary(&answered).2, b'I');
+
+    lose_a_block(&mut client, "lost_rollback").await;
+    client.send(&bind_named("end_it")).await;
+    let answered = client.read_until_ready().await;
+    let (errors, _, status) = summary(&answered);
+    assert_eq!((errors, status), (vec![], b'I'), "{answered:?}");
+    assert!(
+        answered
+            .iter()
+            .any(|m| m.tag == b'C' && m.body.starts_with(b"ROLLBACK")),
+        "{answered:?}"
+    );
+
+    // At rest, a server runs it (made there first): Postgres's warning
+    // that no transaction is in progress.
+    client.send(&bind_named("end_it")).await;
+    let answered = client.read_until_ready().await;
+    let warnings: Vec<String> = answered
+        .iter()
+        .filter(|m| m.tag == b'N')
+        .filter_map(|m| m.field(b'C'))
+        .collect();
+    assert_eq!(warnings, ["25P01"], "{answered:?}");
+    assert_eq!(summary(&answered), (vec![], vec![], b'I'));
+    assert_eq!(
+        ask(&mut client, "SELECT count(*) FROM lost_rollback").await,
+        (vec![], vec!["0".to_string()], b'I'),
+        "nothing was committed"
+    );
+    proxy.stop();
+}

@@ -366,7 +366,8 @@ impl Session {
         self.set_cancel_target();
         self.tx_wrote = false;
         self.tx_effects.clear();
-        if ends_block_alone(unit) && is_rollback(unit) {
+        if ends_block_alone(unit) && self.is_rollback(unit) {
+            self.keep_statements_made(unit);
             self.lost_block = false;
             self.tx_status = b'I';
             super::local::respond(
@@ -402,6 +403,7 @@ impl Session {
     pub(super) fn answer_in_lost_block(&mut self, unit: &Unit) {
         let news = self.lost_block_news.take();
         if ends_block_alone(unit) {
+            self.keep_statements_made(unit);
             self.lost_block = false;
             self.tx_status = b'I';
             super::local::respond(
@@ -414,6 +416,7 @@ impl Session {
         }
         let mut news = news;
         let mut failed = false;
+        let mut closes = unit.closes.iter();
         for (tag, _) in crate::protocol::frontend_messages(&unit.bytes) {
             match tag {
                 b'S' | b'Q' => {
@@ -424,7 +427,15 @@ impl Session {
                     failed = false;
                 }
                 // Closing a statement works in an aborted block.
-                b'C' if !failed => messages::simple_message(&mut self.to_client, b'3'),
+                b'C' if !failed => {
+                    if let Some(name) = closes.next() {
+                        self.state.prepared.remove(name);
+                    }
+                    messages::simple_message(&mut self.to_client, b'3')
+                }
+                b'C' => {
+                    closes.next();
+                }
                 b'P' | b'B' | b'E' | b'D' | b'F' if !failed => {
                     aborted_error(&mut self.to_client, news.take());
                     failed = true;
@@ -432,6 +443,57 @@ impl Session {
                 _ => {}
             }
         }
+    }
+}
+
+impl Session {
+    /// Files the statements a unit answered without a server made and
+    /// closed, as Postgres makes a block's end in an aborted block: a
+    /// client may run them by name later (postgres.js prepares its
+    /// `rollback`). No server has them yet; the one that runs them next
+    /// is given them first.
+    fn keep_statements_made(&mut self, unit: &Unit) {
+        for (name, prepared) in unit.parses.named() {
+            self.state.prepared.insert(name.clone(), prepared.clone());
+        }
+        for name in &unit.closes {
+            self.state.prepared.remove(name);
+        }
+    }
+
+    /// Whether `unit`'s statement is a ROLLBACK (or ABORT) of the whole
+    /// block: its own text, or that of the prepared statement it binds.
+    fn is_rollback(&self, unit: &Unit) -> bool {
+        let Some((tag, body)) = crate::protocol::frontend_messages(&unit.bytes).next() else {
+            return false;
+        };
+        let name_end = body.iter().position(|&b| b == 0);
+        let sql = match (tag, name_end) {
+            (b'Q', _) => String::from_utf8_lossy(body),
+            // Parse: the statement's name, then its SQL.
+            (b'P', Some(end)) => String::from_utf8_lossy(&body[end + 1..]),
+            // Bind: the portal's name, then the statement's.
+            (b'B', Some(end)) => {
+                let rest = &body[end + 1..];
+                let name = rest.iter().position(|&b| b == 0).map(|n| &rest[..n]);
+                let prepared = name
+                    .and_then(|n| std::str::from_utf8(n).ok())
+                    .and_then(|n| self.state.prepared.get(n));
+                match prepared.and_then(|p| p.replay.sql()) {
+                    Some(sql) => sql,
+                    None => return false,
+                }
+            }
+            _ => return false,
+        };
+        let sql = sql.to_ascii_uppercase();
+        let words: Vec<&str> = sql
+            .split(|c: char| c.is_whitespace() || c == ';' || c == '\0')
+            .filter(|w| !w.is_empty())
+            .take(2)
+            .collect();
+        matches!(words.first(), Some(&"ROLLBACK") | Some(&"ABORT"))
+            && !matches!(words.get(1), Some(&"TO") | Some(&"PREPARED"))
     }
 }
 
@@ -511,27 +573,4 @@ pub(super) fn begins_alone(unit: &Unit) -> bool {
         && facts.effects.is_empty()
         && unit.bytes.first() == Some(&b'Q')
         && statements(unit) == Some(1)
-}
-/// Whether `unit`'s statement is a ROLLBACK (or ABORT) of the whole block.
-fn is_rollback(unit: &Unit) -> bool {
-    let Some((tag, body)) = crate::protocol::frontend_messages(&unit.bytes).next() else {
-        return false;
-    };
-    let sql = match tag {
-        b'Q' => body,
-        // Parse: the statement name, then the SQL.
-        b'P' => body
-            .iter()
-            .position(|&b| b == 0)
-            .map_or(&[][..], |end| &body[end + 1..]),
-        _ => return false,
-    };
-    let sql = String::from_utf8_lossy(sql).to_ascii_uppercase();
-    let words: Vec<&str> = sql
-        .split(|c: char| c.is_whitespace() || c == ';' || c == '\0')
-        .filter(|w| !w.is_empty())
-        .take(2)
-        .collect();
-    matches!(words.first(), Some(&"ROLLBACK") | Some(&"ABORT"))
-        && !matches!(words.get(1), Some(&"TO") | Some(&"PREPARED"))
 }
