@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # cluster/drivers.sh — real client drivers through causeway while servers
 # die: psycopg 3 in pipeline mode (two ways), asyncpg, node-postgres,
-# postgres.js and pgjdbc, six connections each, every result checked
+# postgres.js and pgjdbc (plain, and with autosave=always and every
+# statement prepared by name), six connections each, every result checked
 # against its statement (cluster/drivers/). Under each driver's load, a
 # replica is killed (pg_ctl -m immediate) and started again, then the
 # primary is stopped and started again.
@@ -21,7 +22,8 @@
 # connection was closed, or a driver's workers hung (postgres.js says HUNG).
 #
 # Environment (defaults): DRIVERS_PORT=6470 DRIVERS_SECONDS=22
-#   DRIVERS=psycopg-sync,psycopg-flush,asyncpg,node-postgres,postgres-js,pgjdbc
+#   DRIVERS=psycopg-sync,psycopg-flush,asyncpg,node-postgres,postgres-js,pgjdbc,
+#   pgjdbc-autosave
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,7 +31,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$REPO/cluster/lib.sh"
 DRIVERS_PORT=${DRIVERS_PORT:-6470}
 DRIVERS_SECONDS=${DRIVERS_SECONDS:-22}
-DRIVERS=${DRIVERS:-psycopg-sync,psycopg-flush,asyncpg,node-postgres,postgres-js,pgjdbc}
+DRIVERS=${DRIVERS:-psycopg-sync,psycopg-flush,asyncpg,node-postgres,postgres-js,pgjdbc,pgjdbc-autosave}
 HERE=$REPO/cluster/drivers
 CLUSTER=$REPO/cluster/cluster.sh
 export PGPASSWORD=app
@@ -83,10 +85,11 @@ command_of() {
     postgres-js)
       [[ -d $WORK/node_modules/postgres ]] && cp "$HERE/postgres_js_load.js" "$WORK/" &&
         echo node "$WORK/postgres_js_load.js" "$DRIVERS_PORT" "$DRIVERS_SECONDS" ;;
-    pgjdbc)
+    pgjdbc | pgjdbc-autosave)
       [[ -f $JDBC_JAR ]] && command -v javac >/dev/null &&
         javac -d "$WORK" "$HERE/JdbcLoad.java" &&
-        echo java -cp "$WORK:$JDBC_JAR" JdbcLoad "$DRIVERS_PORT" "$DRIVERS_SECONDS" ;;
+        echo java -cp "$WORK:$JDBC_JAR" JdbcLoad "$DRIVERS_PORT" "$DRIVERS_SECONDS" \
+          "$([[ $1 == pgjdbc-autosave ]] && echo '&autosave=always&prepareThreshold=-1')" ;;
     *) die "unknown driver $1" ;;
   esac
 }

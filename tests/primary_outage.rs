@@ -37,6 +37,71 @@ fn wait_primary(proxy: &TestProxy, healthy: bool) {
     );
 }
 
+/// The message tags of an answer, and the status it ends in.
+fn tags(answer: &[support::raw::RawMessage]) -> (String, u8) {
+    let tags = answer.iter().map(|m| m.tag as char).collect();
+    (tags, answer.last().map_or(0, |m| m.body[0]))
+}
+
+/// The SQLSTATEs of an answer's errors.
+fn codes(answer: &[support::raw::RawMessage]) -> Vec<String> {
+    answer
+        .iter()
+        .filter(|m| m.tag == b'E')
+        .filter_map(|m| m.field(b'C'))
+        .collect()
+}
+
+/// pgjdbc's BEGIN without a primary: a prepared statement bound and
+/// executed with no Sync, then the block's first statement (with
+/// `autosave=always`, a simple-Query SAVEPOINT). On a server BEGIN cannot
+/// fail: it is answered and held back, and the statement after it fails in
+/// the block, which ROLLBACK ends. Refusing the BEGIN instead left pgjdbc
+/// reading one statement's answers as another's.
+async fn extended_begin_without_a_primary(port: u16) {
+    use support::raw::{message, query, RawClient};
+    let mut raw = RawClient::login_trusted(port, "trusted", APP_DB).await;
+    let mut bind = b"\0jdbc_begin\0".to_vec();
+    bind.extend([0; 6]);
+    let bind = message(b'B', &bind);
+    let execute = message(b'E', &[0; 5]);
+    let mut batch = message(b'P', b"jdbc_begin\0BEGIN\0\0\0");
+    batch.extend(&bind);
+    batch.extend(&execute);
+    batch.extend(query("SAVEPOINT PGJDBC_AUTOSAVE"));
+    raw.send(&batch).await;
+    let answer = raw.read_until_ready().await;
+    assert_eq!(tags(&answer), ("12CEZ".to_string(), b'E'), "{answer:?}");
+    assert_eq!(codes(&answer), ["57P03"]);
+    raw.send(&query("SELECT 1")).await;
+    assert_eq!(codes(&raw.read_until_ready().await), ["25P02"]);
+    raw.send(&query("ROLLBACK")).await;
+    assert_eq!(
+        tags(&raw.read_until_ready().await),
+        ("CZ".to_string(), b'I')
+    );
+
+    // The prepared BEGIN was kept: bound again, with its Sync.
+    let mut batch = bind;
+    batch.extend(&execute);
+    batch.extend(message(b'S', b""));
+    raw.send(&batch).await;
+    let answer = raw.read_until_ready().await;
+    assert_eq!(tags(&answer), ("2CZ".to_string(), b'T'), "{answer:?}");
+    raw.send(&query("INSERT INTO outage_notes (body) VALUES ('during')"))
+        .await;
+    let answer = raw.read_until_ready().await;
+    assert_eq!(
+        (codes(&answer), tags(&answer).1),
+        (vec!["57P03".to_string()], b'E')
+    );
+    raw.send(&query("ROLLBACK")).await;
+    assert_eq!(
+        tags(&raw.read_until_ready().await),
+        ("CZ".to_string(), b'I')
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_primary_fails_writes_not_sessions() {
     let cluster = TestCluster::start(ClusterOptions::default());
@@ -111,6 +176,7 @@ async fn a_lost_primary_fails_writes_not_sessions() {
     assert_eq!(err.code().map(|c| c.code()), Some("57P03"), "{err:?}");
     session.batch_execute("ROLLBACK").await.expect("ROLLBACK");
     assert_eq!(count_rows(&session).await.expect("read after"), 1);
+    extended_begin_without_a_primary(proxy.port).await;
     // A new client logs in and reads.
     let newcomer = client(proxy.port).await;
     assert_eq!(count_rows(&newcomer).await.expect("read by a newcomer"), 1);

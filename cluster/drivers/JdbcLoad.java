@@ -20,7 +20,9 @@ public class JdbcLoad {
     }
 
     public static void main(String[] args) throws Exception {
-        URL = "jdbc:postgresql://127.0.0.1:" + args[0] + "/app?user=app&password=app";
+        // A third argument adds connection properties: "&autosave=always".
+        URL = "jdbc:postgresql://127.0.0.1:" + args[0] + "/app?user=app&password=app"
+            + (args.length > 2 ? args[2] : "");
         long stop = System.currentTimeMillis() + Long.parseLong(args[1]) * 1000;
         List<Thread> threads = new ArrayList<>();
         for (int t = 0; t < 6; t++) {
@@ -88,6 +90,7 @@ public class JdbcLoad {
             th.start();
         }
         for (Thread th : threads) th.join();
-        System.out.println("pgjdbc: ok " + ok + " wrong " + wrong + " closed " + closed + " errors " + errs);
+        String name = args.length > 2 ? "pgjdbc (" + args[2].substring(1) + ")" : "pgjdbc";
+        System.out.println(name + ": ok " + ok + " wrong " + wrong + " closed " + closed + " errors " + errs);
     }
 }

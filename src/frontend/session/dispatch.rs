@@ -330,8 +330,13 @@ impl Session {
                 self.hold_begin(unit);
                 return Ok(());
             }
+            // The same for a BEGIN alone in the extended protocol (pgjdbc).
             Err(End::NoServer { message, .. }) if self.may_refuse_unit(&unit) => {
-                self.refuse_no_primary(&unit, &message);
+                let held = self.deferred_begin.is_none() && self.tx_status == b'I';
+                match held.then(|| self.extended_begin_alone(&unit)).flatten() {
+                    Some(sql) => self.hold_extended_begin(unit, &sql),
+                    None => self.refuse_no_primary(&unit, &message),
+                }
                 return Ok(());
             }
             // Inside a block whose primary is no longer the primary (a

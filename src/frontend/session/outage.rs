@@ -461,6 +461,61 @@ impl Session {
         }
     }
 
+    /// The SQL of a unit that is one BEGIN (or START TRANSACTION) in the
+    /// extended protocol and nothing else, not serializable: Parse, Bind,
+    /// Describe and Execute, with or without its Sync (pgjdbc sends a
+    /// prepared `BEGIN` so, with no Sync, ahead of the block's first
+    /// statement). The text is the Parse's, or that of the statement the
+    /// Bind names.
+    pub(super) fn extended_begin_alone(&self, unit: &Unit) -> Option<String> {
+        let facts = &unit.facts;
+        let begins = facts.begin.is_some()
+            && !facts.ends_tx
+            && !facts.serializable
+            && facts.effects.is_empty()
+            && statements(unit) == Some(1);
+        if !begins {
+            return None;
+        }
+        let mut sql = None;
+        for (tag, body) in crate::protocol::frontend_messages(&unit.bytes) {
+            match tag {
+                b'P' => sql = super::units::sql_texts(&unit.bytes).into_iter().next(),
+                b'B' if sql.is_none() => {
+                    let rest = body
+                        .iter()
+                        .position(|&b| b == 0)
+                        .map(|end| &body[end + 1..])?;
+                    let name = rest.iter().position(|&b| b == 0).map(|n| &rest[..n])?;
+                    let name = std::str::from_utf8(name).ok().filter(|n| !n.is_empty())?;
+                    sql = self.state.prepared.get(name)?.replay.sql();
+                }
+                b'B' | b'D' | b'E' | b'S' | b'H' => {}
+                _ => return None,
+            }
+        }
+        sql.map(|sql| sql.into_owned())
+    }
+
+    /// Answers an extended-protocol BEGIN alone (see
+    /// [`Session::extended_begin_alone`]) itself, as a server would, and
+    /// keeps it, as the simple Query `sql`, for the block's first
+    /// statement (see [`Session::hold_begin`]).
+    pub(super) fn hold_extended_begin(&mut self, unit: Unit, sql: &str) {
+        self.keep_statements_made(&unit);
+        let mut begin = bytes::BytesMut::new();
+        messages::query(&mut begin, sql);
+        self.deferred_begin_read_write = unit.facts.read_write;
+        self.deferred_begin = Some(begin.freeze());
+        super::local::respond(
+            &mut self.to_client,
+            &unit.bytes,
+            &super::local::Answer::Tag("BEGIN"),
+            b'T',
+        );
+        self.tx_status = b'T';
+    }
+
     /// Whether `unit`'s statement is a ROLLBACK (or ABORT) of the whole
     /// block: its own text, or that of the prepared statement it binds.
     fn is_rollback(&self, unit: &Unit) -> bool {
