@@ -1019,3 +1019,42 @@ async fn a_connection_keeps_at_most_max_prepared_statements() {
     );
     proxy.stop();
 }
+
+/// A statement prepared where reads go (a replica), used in a block that
+/// an error aborted on the primary, which never had it: Postgres says the
+/// block is aborted (25P02), not that the statement does not exist
+/// (26000, which would make a driver forget it); ROLLBACK ends the block
+/// and the statement runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_used_in_an_aborted_block_on_a_server_without_it_fails_as_aborted() {
+    let _serial = SERIAL.lock().await;
+    let client = client_on(proxy().port, None).await;
+    let read = client
+        .prepare("SELECT $1::int + 0, pg_is_in_recovery()")
+        .await
+        .expect("prepare");
+    let row = client.query_one(&read, &[&1]).await.expect("read");
+    assert!(row.get::<_, bool>(1), "prepared and run on a replica");
+    client
+        .batch_execute("BEGIN; INSERT INTO state_notes (body) VALUES ('aborted')")
+        .await
+        .expect("a block on the primary");
+    let err = client
+        .batch_execute("SELECT 1/0")
+        .await
+        .expect_err("division by zero");
+    assert_eq!(err.code().map(|c| c.code()), Some("22012"));
+    let err = client
+        .query_one(&read, &[&2])
+        .await
+        .expect_err("a statement in the aborted block");
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("25P02"),
+        "{}",
+        support::describe_error(&err)
+    );
+    client.batch_execute("ROLLBACK").await.expect("ROLLBACK");
+    let row = client.query_one(&read, &[&3]).await.expect("read after");
+    assert_eq!(row.get::<_, i32>(0), 3);
+}

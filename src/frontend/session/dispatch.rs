@@ -72,6 +72,16 @@ impl Session {
                 self.answer_in_lost_block(&unit);
                 continue;
             }
+            if self.lacks_statement_in_aborted_block(unit) {
+                if !self.pending.is_empty() || self.open_batch.is_some() {
+                    return Ok(());
+                }
+                let Some(unit) = self.queued.pop_front() else {
+                    break;
+                };
+                self.answer_in_lost_block(&unit);
+                continue;
+            }
             if unit.local.is_some() || unit.answered.is_some() {
                 // Answered here, in order: wait until the server has
                 // answered everything before it.

@@ -397,6 +397,34 @@ impl Session {
         self.tx_status = status;
     }
 
+    /// Whether `unit`, in a block aborted on its server, uses a statement
+    /// of the session's that the server lacks: made there now, it would
+    /// fail (25P02), and the server would then say that it does not exist
+    /// (26000), where Postgres, which has it, says the block is aborted.
+    /// Such a unit is answered here, as one of a lost block is. A unit that
+    /// ends the block or rolls back to a savepoint goes to the server: its
+    /// statement can be made in an aborted block.
+    pub(super) fn lacks_statement_in_aborted_block(&self, unit: &Unit) -> bool {
+        if self.tx_status != b'E' || self.lost_block || unit.facts.ends_tx {
+            return false;
+        }
+        let rolls_back = unit
+            .facts
+            .effects
+            .iter()
+            .any(|e| matches!(e, crate::router::Effect::RollbackTo(_)));
+        let Some(attached) = self.current.as_ref().filter(|_| !rolls_back) else {
+            return false;
+        };
+        let server = &attached.lease.conn.prepared;
+        unit.needs().iter().any(|name| {
+            self.state
+                .prepared
+                .get(name)
+                .is_some_and(|p| server.get(name).map(|s| s.hash) != Some(p.hash))
+        })
+    }
+
     /// Answers a unit of a block lost with its server, as Postgres answers
     /// one in an aborted block: COMMIT, ROLLBACK (or END, ABORT) alone end
     /// it with `ROLLBACK`; anything else fails with 25P02.
