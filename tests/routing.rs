@@ -1132,8 +1132,10 @@ async fn a_pin_lasts_while_any_of_its_reasons_does() {
 /// stream of reads has it poll at the fast pace again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitor_polls_fast_only_while_reads_are_routed() {
-    // A proxy of its own: no other test's reads reach its monitor.
-    let proxy = TestProxy::start(cluster());
+    // A proxy of its own: no other test's reads reach its monitor. Reads
+    // wait for a replica as long as it takes on a loaded machine: where the
+    // read below runs must not hang on how fast a replica replays.
+    let proxy = TestProxy::start_with(cluster(), |c| c.routing.max_wait_ms = 10_000);
     proxy.wait_healthy(Duration::from_secs(5));
     let window = Duration::from_secs(2);
     tokio::time::sleep(Duration::from_millis(1500)).await;
