@@ -335,7 +335,7 @@ impl Session {
             // back, as a lone BEGIN is, and goes with the block's first
             // statement, which may find a server, or fail in the block.
             Err(End::NoServer { .. })
-                if self.may_refuse_unit(&unit) && super::outage::begins_alone(&unit) =>
+                if self.may_refuse_unit(&unit) && super::aborted::begins_alone(&unit) =>
             {
                 self.hold_begin(unit);
                 return Ok(());

@@ -13,6 +13,7 @@
 //! and the server's answers are passed back ([`responses`]). Messages pass
 //! through as bytes; only headers and a few bodies are read.
 
+mod aborted;
 mod attach;
 mod causal;
 mod dispatch;

@@ -338,8 +338,7 @@ fn extended_message(
             unit.parses.push(named);
         }
         b'B' => {
-            let (_portal, rest) = split_cstr(body);
-            use_statement(unit, cstr(rest), state);
+            use_statement(unit, bound_statement(body), state);
             bind_settings(unit, body);
         }
         b'D' if body.first() == Some(&b'S') => use_statement(unit, cstr(&body[1..]), state),
@@ -483,6 +482,17 @@ fn use_statement(unit: &mut Unit, name: &str, state: &SessionState) {
 /// `body`, or empty (the unnamed one) when it is not UTF-8. A Parse of such
 /// a name pins the session to the connection that holds it (see
 /// `extended_message`); statement texts go through [`text_facts`].
+/// The statement a Bind message names (after its portal's name); empty
+/// for the unnamed statement or a name that is not UTF-8.
+pub(super) fn bound_statement(body: &[u8]) -> &str {
+    cstr(split_cstr(body).1)
+}
+
+/// The SQL text of a Parse message (after the statement's name).
+pub(super) fn parsed_sql(body: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(text_bytes(split_cstr(body).1))
+}
+
 fn cstr(body: &[u8]) -> &str {
     std::str::from_utf8(text_bytes(body)).unwrap_or("")
 }
