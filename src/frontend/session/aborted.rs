@@ -22,15 +22,7 @@ impl Session {
         self.tx_wrote = false;
         self.tx_effects.clear();
         if ends_block_alone(unit) && self.is_rollback(unit) {
-            self.keep_statements_made(unit);
-            self.lost_block = false;
-            self.tx_status = b'I';
-            super::local::respond(
-                &mut self.to_client,
-                &unit.bytes,
-                &super::local::Answer::Tag("ROLLBACK"),
-                b'I',
-            );
+            self.end_block_here(unit);
             return;
         }
         let status = if unit.facts.ends_tx { b'I' } else { b'E' };
@@ -86,15 +78,7 @@ impl Session {
     pub(super) fn answer_in_lost_block(&mut self, unit: &Unit) {
         let news = self.lost_block_news.take();
         if ends_block_alone(unit) {
-            self.keep_statements_made(unit);
-            self.lost_block = false;
-            self.tx_status = b'I';
-            super::local::respond(
-                &mut self.to_client,
-                &unit.bytes,
-                &super::local::Answer::Tag("ROLLBACK"),
-                b'I',
-            );
+            self.end_block_here(unit);
             return;
         }
         let mut news = news;
@@ -126,6 +110,20 @@ impl Session {
                 _ => {}
             }
         }
+    }
+
+    /// Ends the client's block with the `ROLLBACK` its unit (a COMMIT,
+    /// ROLLBACK, END or ABORT alone) gets from Postgres in an aborted block.
+    fn end_block_here(&mut self, unit: &Unit) {
+        self.keep_statements_made(unit);
+        self.lost_block = false;
+        self.tx_status = b'I';
+        super::local::respond(
+            &mut self.to_client,
+            &unit.bytes,
+            &super::local::Answer::Tag("ROLLBACK"),
+            b'I',
+        );
     }
 
     /// Files the statements a unit answered without a server made and

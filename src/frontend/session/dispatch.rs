@@ -61,18 +61,8 @@ impl Session {
             let in_block = self.tx_status != b'I'
                 || self.open_batch.is_some()
                 || self.deferred_begin.is_some();
-            if self.lost_block {
+            if self.lost_block || self.lacks_statement_in_aborted_block(unit) {
                 // Answered here, in order, as an aborted block is.
-                if !self.pending.is_empty() || self.open_batch.is_some() {
-                    return Ok(());
-                }
-                let Some(unit) = self.queued.pop_front() else {
-                    break;
-                };
-                self.answer_in_lost_block(&unit);
-                continue;
-            }
-            if self.lacks_statement_in_aborted_block(unit) {
                 if !self.pending.is_empty() || self.open_batch.is_some() {
                     return Ok(());
                 }
