@@ -2,9 +2,10 @@
 //!
 //! `pg_create_logical_replication_slot`, `pg_logical_slot_peek_changes` and
 //! `pg_replication_slot_advance` write (they move or create a slot), so
-//! causeway sends them to the primary, where the slot lives. Reading
-//! `pg_replication_slots` does not, and a replica has slots of its own, so
-//! that query carries the hint `/* causeway: primary */`.
+//! causeway sends them to the primary, where the slot lives. A replica has
+//! slots of its own: causeway sends reads of `pg_replication_slots` to the
+//! primary too (the primary's live state), and the query says so with the
+//! hint `/* causeway: primary */` as well.
 //!
 //! The slot uses `test_decoding`, the output plugin built into Postgres
 //! (`decode.rs` parses its text). Changes are *peeked* (left in the slot),

@@ -6,7 +6,8 @@
 //! CTEs, `FROM`. That over-approximates (a column named like a function in
 //! attribute notation counts for configured functions) on purpose: every
 //! doubt goes to the primary. The built-in table lists what writes, needs
-//! the primary's state (`currval`, `pg_current_wal_lsn`) or leaves session
+//! the primary's state (`currval`, `pg_current_wal_lsn`, and the views of
+//! its live state: `pg_stat_activity`, `pg_locks`...) or leaves session
 //! state behind (session advisory locks, non-local `set_config`); the
 //! configured list adds the application's own.
 
@@ -35,6 +36,10 @@ pub(super) fn function_effect(cx: &Context, t: &Toks) -> Option<Effect> {
             continue;
         };
         let called = lparen(t, i + 1);
+        if !called && is_live_state_view(&w.value) {
+            first_write.get_or_insert(Effect::Write(LIVE_STATE));
+            continue;
+        }
         let attribute =
             i > 0 && is(t, i - 1, &Token::Period) && !cx.extra_write_functions.is_empty();
         if !called && !attribute {
@@ -81,6 +86,15 @@ fn builtin_effect(name: &str, t: &Toks, open: usize) -> Option<Effect> {
         "pg_current_wal_lsn" | "pg_current_wal_insert_lsn" | "pg_current_wal_flush_lsn" => {
             "primary-only function"
         }
+        "pg_stat_get_activity"
+        | "pg_lock_status"
+        | "pg_blocking_pids"
+        | "pg_safe_snapshot_blocking_pids"
+        | "pg_stat_get_wal_senders"
+        | "pg_get_replication_slots"
+        | "pg_prepared_xact"
+        | "pg_xact_status"
+        | "txid_status" => LIVE_STATE,
         "pg_switch_wal"
         | "pg_switch_xlog"
         | "pg_create_restore_point"
@@ -110,6 +124,33 @@ fn builtin_effect(name: &str, t: &Toks, open: usize) -> Option<Effect> {
         _ => return None,
     };
     Some(Effect::Write(reason))
+}
+
+/// Why a read of the primary's live state goes there: who is connected and
+/// what they run, locks, replication, prepared transactions, commands in
+/// progress. A replica has its own, which is not the database's: a lock
+/// monitor, or a test that finds its own transaction in
+/// `pg_stat_activity`, would see nothing of the writes' server.
+const LIVE_STATE: &str = "primary's live state";
+
+/// The system views of a server's live state (see [`LIVE_STATE`]), named
+/// anywhere in a statement without `(` after them.
+fn is_live_state_view(word: &str) -> bool {
+    const VIEWS: [&str; 6] = [
+        "pg_stat_activity",
+        "pg_locks",
+        "pg_stat_replication",
+        "pg_replication_slots",
+        "pg_prepared_xacts",
+        "pg_stat_replication_slots",
+    ];
+    let bytes = word.as_bytes();
+    bytes.len() >= 8
+        && bytes[..3].eq_ignore_ascii_case(b"pg_")
+        && (VIEWS.iter().any(|v| word.eq_ignore_ascii_case(v))
+            || bytes
+                .get(..16)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"pg_stat_progress")))
 }
 
 /// `set_config(name, value, true)`: the setting dies with the transaction,
