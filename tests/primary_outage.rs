@@ -58,7 +58,7 @@ fn codes(answer: &[support::raw::RawMessage]) -> Vec<String> {
 /// fail: it is answered and held back, and the statement after it fails in
 /// the block, which ROLLBACK ends. Refusing the BEGIN instead left pgjdbc
 /// reading one statement's answers as another's.
-async fn extended_begin_without_a_primary(port: u16) {
+async fn extended_begin_without_a_primary(port: u16, quiet: &mut support::raw::RawClient) {
     use support::raw::{message, query, RawClient};
     let mut raw = RawClient::login_trusted(port, "trusted", APP_DB).await;
     let mut bind = b"\0jdbc_begin\0".to_vec();
@@ -100,6 +100,22 @@ async fn extended_begin_without_a_primary(port: u16) {
         tags(&raw.read_until_ready().await),
         ("CZ".to_string(), b'I')
     );
+
+    // COMMIT or ROLLBACK outside any block needs no primary: Postgres's
+    // warning that no transaction is in progress, and the tag.
+    for end in ["ROLLBACK", "commit"] {
+        raw.send(&query(end)).await;
+        let answer = raw.read_until_ready().await;
+        assert_eq!(tags(&answer), ("NCZ".to_string(), b'I'), "{answer:?}");
+        assert_eq!(answer[0].field(b'C').as_deref(), Some("25P01"));
+        assert!(answer[1].body.starts_with(end.to_uppercase().as_bytes()));
+    }
+    // Without the warning for a session that asked for errors only.
+    quiet.send(&query("ROLLBACK")).await;
+    assert_eq!(
+        tags(&quiet.read_until_ready().await),
+        ("CZ".to_string(), b'I')
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,6 +131,11 @@ async fn a_lost_primary_fails_writes_not_sessions() {
     let proxy = TestProxy::start(&cluster);
     let session = client(proxy.port).await;
     assert_eq!(count_rows(&session).await.expect("read"), 1);
+    let mut quiet = support::raw::RawClient::login_trusted(proxy.port, "trusted", APP_DB).await;
+    quiet
+        .send(&support::raw::query("SET client_min_messages = error"))
+        .await;
+    assert_eq!(codes(&quiet.read_until_ready().await), Vec::<String>::new());
 
     cluster.stop_server("primary");
     wait_primary(&proxy, false);
@@ -176,7 +197,7 @@ async fn a_lost_primary_fails_writes_not_sessions() {
     assert_eq!(err.code().map(|c| c.code()), Some("57P03"), "{err:?}");
     session.batch_execute("ROLLBACK").await.expect("ROLLBACK");
     assert_eq!(count_rows(&session).await.expect("read after"), 1);
-    extended_begin_without_a_primary(proxy.port).await;
+    extended_begin_without_a_primary(proxy.port, &mut quiet).await;
     // A new client logs in and reads.
     let newcomer = client(proxy.port).await;
     assert_eq!(count_rows(&newcomer).await.expect("read by a newcomer"), 1);

@@ -62,6 +62,22 @@ pub fn error_response(
     });
 }
 
+/// A NoticeResponse of severity WARNING, as Postgres sends one.
+pub fn warning(out: &mut BytesMut, code: &str, text: &str) {
+    message(out, b'N', |b| {
+        for (field, value) in [
+            (b'S', "WARNING"),
+            (b'V', "WARNING"),
+            (b'C', code),
+            (b'M', text),
+        ] {
+            b.put_u8(field);
+            cstr(b, value);
+        }
+        b.put_u8(0);
+    });
+}
+
 pub fn authentication_ok(out: &mut BytesMut) {
     message(out, b'R', |b| b.put_i32(0));
 }

@@ -112,6 +112,32 @@ impl Session {
         }
     }
 
+    /// Answers a COMMIT or ROLLBACK (END, ABORT) alone outside any block,
+    /// as Postgres does: a WARNING (25P01) that no transaction is in
+    /// progress, unless the session raised `client_min_messages` above
+    /// warnings, and the command's tag. Used while no primary can take it,
+    /// where refusing it would fail a driver's ROLLBACK in an error path.
+    pub(super) fn end_outside_block(&mut self, commit: bool) {
+        let quiet = self
+            .state
+            .settings
+            .get("client_min_messages")
+            .is_some_and(|set| {
+                let set = set.to_ascii_lowercase();
+                ["error", "fatal", "panic"].iter().any(|l| set.contains(l))
+            });
+        if !quiet {
+            messages::warning(
+                &mut self.to_client,
+                "25P01",
+                "there is no transaction in progress",
+            );
+        }
+        let tag = if commit { "COMMIT" } else { "ROLLBACK" };
+        messages::command_complete(&mut self.to_client, tag);
+        messages::ready_for_query(&mut self.to_client, b'I');
+    }
+
     /// Ends the client's block with the `ROLLBACK` its unit (a COMMIT,
     /// ROLLBACK, END or ABORT alone) gets from Postgres in an aborted block.
     fn end_block_here(&mut self, unit: &Unit) {

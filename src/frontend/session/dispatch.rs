@@ -330,10 +330,17 @@ impl Session {
                 self.hold_begin(unit);
                 return Ok(());
             }
-            // The same for a BEGIN alone in the extended protocol (pgjdbc).
+            // The same for a BEGIN alone in the extended protocol (pgjdbc);
+            // and a COMMIT or ROLLBACK outside any block, which needs no
+            // server (a driver's ROLLBACK in an error path must not fail).
             Err(End::NoServer { message, .. }) if self.may_refuse_unit(&unit) => {
-                let held = self.deferred_begin.is_none() && self.tx_status == b'I';
-                match held.then(|| self.extended_begin_alone(&unit)).flatten() {
+                let at_rest = self.deferred_begin.is_none() && self.tx_status == b'I';
+                let lone_end = at_rest.then(|| super::units::lone_end(&unit.bytes));
+                if let Some(commit) = lone_end.flatten() {
+                    self.end_outside_block(commit);
+                    return Ok(());
+                }
+                match at_rest.then(|| self.extended_begin_alone(&unit)).flatten() {
                     Some(sql) => self.hold_extended_begin(unit, &sql),
                     None => self.refuse_no_primary(&unit, &message),
                 }
