@@ -345,3 +345,42 @@ async fn global_scope_makes_every_connection_see_every_commit() {
     assert!(on_replicas > 0, "no read reached a replica");
     global.stop();
 }
+
+/// Reads of the primary's live state run there: a second session finds
+/// the first one's open transaction in `pg_stat_activity` (SQLAlchemy's
+/// own test suite does this), which a replica's view does not show. A
+/// connection's view of itself and per-server statistics stay on replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_the_primarys_live_state_run_on_the_primary() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    cluster().wait_replicas_caught_up();
+    let open = client_on(port, APP_DB, None).await;
+    open.batch_execute("BEGIN").await.expect("begin");
+    let xid: String = open
+        .query_one("SELECT txid_current()::text", &[])
+        .await
+        .expect("txid_current")
+        .get(0);
+    let watcher = client_on(port, APP_DB, None).await;
+    for view in [
+        "SELECT count(*), pg_is_in_recovery() FROM pg_stat_activity WHERE backend_xid::text = $1",
+        "SELECT count(*), pg_is_in_recovery() FROM pg_locks WHERE transactionid::text = $1",
+    ] {
+        let row = watcher.query_one(view, &[&xid]).await.expect(view);
+        let (found, in_recovery): (i64, bool) = (row.get(0), row.get(1));
+        assert!(!in_recovery, "{view}: ran on a replica");
+        assert!(
+            found >= 1,
+            "{view}: the open transaction {xid} is not there"
+        );
+    }
+    open.batch_execute("ROLLBACK").await.expect("rollback");
+    for read in [
+        "SELECT pg_is_in_recovery() FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        "SELECT pg_is_in_recovery() FROM pg_stat_user_tables LIMIT 1",
+    ] {
+        let row = watcher.query_one(read, &[]).await.expect(read);
+        assert!(row.get::<_, bool>(0), "{read}: left the replicas");
+    }
+}
