@@ -457,3 +457,94 @@ async fn a_block_on_a_lost_primary_is_aborted_not_closed() {
         "no block was committed"
     );
 }
+
+/// The one row a read finds, and the port of the server that ran it.
+async fn fallback_read(client: &Client, sql: &str) -> Result<(i64, i32), tokio_postgres::Error> {
+    let row = client.query_one(sql, &[]).await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// A read no replica can serve (replay paused: none has the session's
+/// write) runs on the primary. When the primary goes away under it, or is
+/// gone when it comes, the read waits for the primary to answer again, as
+/// PgBouncer queues a client while its server is down, and runs there; it
+/// does not fail with 08006 or 57P03 (a failover and a restart look so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_falls_back_to_a_lost_primary_waits_for_it() {
+    let cluster = TestCluster::start(ClusterOptions::default());
+    cluster.psql_db(
+        cluster.primary_port(),
+        APP_DB,
+        "CREATE TABLE fallback_notes (id bigserial PRIMARY KEY, body text NOT NULL)",
+    );
+    cluster.wait_replicas_caught_up();
+    let proxy = TestProxy::start_with(&cluster, |c| c.pool.query_wait_timeout_ms = 60_000);
+    let session = std::sync::Arc::new(client(proxy.port).await);
+    // Paused replicas do not stream again from a restarted primary until
+    // they resume: the primary is started alone.
+    let _paused = cluster.pause_all_replay();
+    session
+        .batch_execute("INSERT INTO fallback_notes (body) VALUES ('first')")
+        .await
+        .expect("write");
+    let primary = i32::from(cluster.primary_port());
+
+    // In flight on the primary when it stops.
+    let sleeping = "SELECT count(*), inet_server_port() FROM fallback_notes, pg_sleep(2) \
+                    WHERE body = 'first'";
+    let running = {
+        let session = session.clone();
+        tokio::spawn(async move { fallback_read(&session, sleeping).await })
+    };
+    wait_for(
+        "the read to run on the primary",
+        Duration::from_secs(30),
+        || {
+            let out = cluster.psql(
+                cluster.primary_port(),
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = '{}'",
+                    sleeping.replace('\'', "''")
+                ),
+            );
+            (out.trim() == "1").then_some(()).ok_or(out)
+        },
+    );
+    cluster.stop_server("primary");
+    cluster.start_server_alone("primary");
+    let read = running.await.expect("task");
+    assert_eq!(
+        read.map_err(|e| support::describe_error(&e)),
+        Ok((1, primary)),
+        "the read lost with the primary, run again when it is back"
+    );
+
+    // Sent while the primary is down: it waits.
+    cluster.stop_server("primary");
+    wait_primary(&proxy, false);
+    let waiting = {
+        let session = session.clone();
+        tokio::spawn(async move {
+            fallback_read(
+                &session,
+                "SELECT count(*), inet_server_port() FROM fallback_notes WHERE body = 'first'",
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the read was answered while no server had the session's write: {:?}",
+        waiting
+            .await
+            .map(|r| r.map_err(|e| support::describe_error(&e)))
+    );
+    cluster.start_server_alone("primary");
+    let read = waiting.await.expect("task");
+    assert_eq!(
+        read.map_err(|e| support::describe_error(&e)),
+        Ok((1, primary)),
+        "the read sent while the primary was down, run once it is back"
+    );
+}

@@ -234,8 +234,10 @@ impl Session {
 
     /// Attaches to `server` for `unit`. A read that needs the primary only
     /// because its session's last commit LSN was lost with the primary's
-    /// connection (the primary shutting down or crashing under it), or that
-    /// runs again after its server failed or refused it, waits
+    /// connection (the primary shutting down or crashing under it), or
+    /// because no replica is fresh or healthy (replicas fall behind when the
+    /// primary fails), or that runs again after its server failed or
+    /// refused it, waits
     /// for a primary that answers, a promoted one or the same one back, as
     /// PgBouncer queues clients while its server is down: up to
     /// `query_wait_timeout_ms`, trying again every poll of the monitor.
@@ -252,7 +254,13 @@ impl Session {
             match self.attach(server).await {
                 Err(End::NoServer { code, .. })
                     if code != "53300"
-                        && matches!(reason, Reason::CausalUnknown | Reason::Retry)
+                        && matches!(
+                            reason,
+                            Reason::CausalUnknown
+                                | Reason::Retry
+                                | Reason::Stale
+                                | Reason::NoReplica
+                        )
                         && unit.facts.is_read()
                         && self.may_refuse_unit(unit)
                         && std::time::Instant::now()
@@ -572,11 +580,19 @@ impl Session {
             // with it: that primary is likely going away too (a shutdown, a
             // crash), and the read runs again on whichever answers next; and
             // so may a read pipelined behind one, which would have gone
-            // there for that reason had it come alone.
-            let lost_lsn_read = (reason == Reason::CausalUnknown
-                || (reason == Reason::Pipelined && self.causal_unknown))
-                && at_rest
-                && unit.facts.is_read();
+            // there for that reason had it come alone. So may a read that
+            // came to the primary only because no replica was fresh or
+            // healthy: a replica behind is what a failing primary looks
+            // like (it was a replica's read; with no replica configured,
+            // the primary's reads stream as they come).
+            let fallback = match reason {
+                Reason::CausalUnknown => true,
+                Reason::Pipelined => self.causal_unknown,
+                Reason::Stale | Reason::NoReplica => !self.proxy.replicas.is_empty(),
+                _ => false,
+            };
+            let lost_lsn_read =
+                fallback && server == Server::Primary && at_rest && unit.facts.is_read();
             // Not a COPY FROM STDIN: the data the client sends after it
             // goes to the server as it comes, and would not run again.
             let retryable =
