@@ -254,13 +254,7 @@ impl Session {
             match self.attach(server).await {
                 Err(End::NoServer { code, .. })
                     if code != "53300"
-                        && matches!(
-                            reason,
-                            Reason::CausalUnknown
-                                | Reason::Retry
-                                | Reason::Stale
-                                | Reason::NoReplica
-                        )
+                        && (reason == Reason::Retry || self.replica_read_on_primary(reason))
                         && unit.facts.is_read()
                         && self.may_refuse_unit(unit)
                         && std::time::Instant::now()
@@ -278,6 +272,21 @@ impl Session {
                 }
                 attached => return attached,
             }
+        }
+    }
+
+    /// Whether a read sent to the primary for `reason` would have gone to
+    /// a replica but for the state of the cluster: its session's commit
+    /// LSN lost with the primary (or a read pipelined behind one that
+    /// was), or no replica fresh enough or healthy while replicas are
+    /// configured. Such a read waits for a primary that answers, and runs
+    /// again if the primary goes under it.
+    fn replica_read_on_primary(&self, reason: Reason) -> bool {
+        match reason {
+            Reason::CausalUnknown => true,
+            Reason::Pipelined => self.causal_unknown,
+            Reason::Stale | Reason::NoReplica => !self.proxy.replicas.is_empty(),
+            _ => false,
         }
     }
 
@@ -585,14 +594,10 @@ impl Session {
             // healthy: a replica behind is what a failing primary looks
             // like (it was a replica's read; with no replica configured,
             // the primary's reads stream as they come).
-            let fallback = match reason {
-                Reason::CausalUnknown => true,
-                Reason::Pipelined => self.causal_unknown,
-                Reason::Stale | Reason::NoReplica => !self.proxy.replicas.is_empty(),
-                _ => false,
-            };
-            let lost_lsn_read =
-                fallback && server == Server::Primary && at_rest && unit.facts.is_read();
+            let lost_lsn_read = self.replica_read_on_primary(reason)
+                && server == Server::Primary
+                && at_rest
+                && unit.facts.is_read();
             // Not a COPY FROM STDIN: the data the client sends after it
             // goes to the server as it comes, and would not run again.
             let retryable =
