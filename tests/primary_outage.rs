@@ -163,6 +163,22 @@ async fn a_lost_primary_fails_writes_not_sessions() {
         assert_eq!(db.severity(), "ERROR");
         assert!(!session.is_closed());
     }
+    // A setting needs no primary: a replica checks it (a bad value gets
+    // Postgres's own error, not 57P03), and the session keeps it.
+    session
+        .batch_execute("SET application_name = 'during the outage'; SET TIME ZONE 'UTC'")
+        .await
+        .expect("SET without a primary");
+    let err = session
+        .batch_execute("SET work_mem = 'plenty'")
+        .await
+        .expect_err("a bad setting");
+    assert_eq!(err.code().map(|c| c.code()), Some("22023"), "{err:?}");
+    let shown = session
+        .query_one("SHOW application_name", &[])
+        .await
+        .expect("SHOW");
+    assert_eq!(shown.get::<_, String>(0), "during the outage");
     // A held-back BEGIN whose first statement writes: the same, and the
     // client is in an aborted block, as after any error in a block; its
     // ROLLBACK needs no primary.
@@ -212,6 +228,19 @@ async fn a_lost_primary_fails_writes_not_sessions() {
     }
     assert_eq!(count_rows(&session).await.expect("read"), 3);
     assert_eq!(count_rows(&newcomer).await.expect("read"), 3);
+    let shown = session
+        .query_one(
+            "/* causeway: primary */ SELECT current_setting('application_name'), \
+             pg_is_in_recovery()",
+            &[],
+        )
+        .await
+        .expect("the setting, read on the primary");
+    assert_eq!(
+        (shown.get::<_, String>(0), shown.get::<_, bool>(1)),
+        ("during the outage".to_string(), false),
+        "the setting made on a replica, carried to the primary"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

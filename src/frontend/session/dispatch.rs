@@ -241,7 +241,8 @@ impl Session {
     /// for a primary that answers, a promoted one or the same one back, as
     /// PgBouncer queues clients while its server is down: up to
     /// `query_wait_timeout_ms`, trying again every poll of the monitor.
-    /// Every other unit hears at once that no primary is available.
+    /// A setting goes to a replica instead. Every other unit hears at once
+    /// that no primary is available.
     async fn attach_for(
         &mut self,
         unit: &Unit,
@@ -269,6 +270,28 @@ impl Session {
                         self.proxy.config.routing.poll_interval_ms.max(1),
                     );
                     tokio::time::sleep(pause).await;
+                }
+                // A setting (SET, RESET, DISCARD, PREPARE) needs no
+                // particular server: a replica checks it as the primary
+                // would, and the session's mirror carries it to the next
+                // server. Postgres never refuses one for want of a server,
+                // and a driver's connection setup sends them.
+                Err(End::NoServer { code, message })
+                    if code != "53300"
+                        && reason == Reason::Session
+                        && server == Server::Primary
+                        && self.may_refuse_unit(unit) =>
+                {
+                    let (policy, home) = (self.proxy.policy, self.replica_home);
+                    let replica = self.proxy.monitor.with_positions(|p| {
+                        crate::router::pick_replica(p, None, true, &policy, home)
+                    });
+                    if let Some((i, _)) = replica {
+                        if let Ok(attached) = self.attach(Server::Replica(i)).await {
+                            return Ok(attached);
+                        }
+                    }
+                    return Err(End::NoServer { code, message });
                 }
                 attached => return attached,
             }
