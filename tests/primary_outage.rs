@@ -179,6 +179,15 @@ async fn a_lost_primary_fails_writes_not_sessions() {
         .await
         .expect("SHOW");
     assert_eq!(shown.get::<_, String>(0), "during the outage");
+    session
+        .batch_execute("PREPARE during_outage AS SELECT count(*) FROM outage_notes")
+        .await
+        .expect("PREPARE without a primary");
+    let prepared = session
+        .query_one("EXECUTE during_outage", &[])
+        .await
+        .expect("EXECUTE");
+    assert_eq!(prepared.get::<_, i64>(0), 1);
     // A held-back BEGIN whose first statement writes: the same, and the
     // client is in an aborted block, as after any error in a block; its
     // ROLLBACK needs no primary.
@@ -241,6 +250,11 @@ async fn a_lost_primary_fails_writes_not_sessions() {
         ("during the outage".to_string(), false),
         "the setting made on a replica, carried to the primary"
     );
+    let prepared = session
+        .query_one("/* causeway: primary */ EXECUTE during_outage", &[])
+        .await
+        .expect("EXECUTE on the primary");
+    assert_eq!(prepared.get::<_, i64>(0), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
