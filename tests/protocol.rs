@@ -548,3 +548,53 @@ async fn drop_database_is_not_blocked_by_pooled_connections() {
         .await
         .expect("DROP DATABASE must not see the proxy's idle connections");
 }
+
+/// Parse, Bind and Execute of `sql` as the unnamed statement and portal,
+/// with no Sync or Flush after them.
+fn unsynced(sql: &str) -> Vec<u8> {
+    let mut batch = raw::message(b'P', format!("\0{sql}\0\0\0").as_bytes());
+    batch.extend(raw::message(b'B', &[0; 8]));
+    batch.extend(raw::message(b'E', &[0; 5]));
+    batch
+}
+
+/// Reads `n` messages; their tags.
+async fn read_tags(client: &mut RawClient, n: usize) -> String {
+    let mut tags = String::new();
+    for _ in 0..n {
+        let m = client.read_message().await.expect("a message");
+        tags.push(m.tag as char);
+    }
+    tags
+}
+
+/// libpq's pipeline mode sends statements with no Sync and waits for
+/// their results: Postgres runs each message as it comes, and an error
+/// (here a unique violation, as in psycopg's own test suite) is sent at
+/// once with everything before it. Inside a block, causeway sends such a
+/// batch on as it came, where it used to wait for a Sync forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_not_yet_synced_runs_in_a_block_as_it_comes() {
+    let mut client = RawClient::login_trusted(proxy().port, "trusted", APP_DB).await;
+    client
+        .send(&raw::query(
+            "DROP TABLE IF EXISTS unsynced_notes; \
+             CREATE TABLE unsynced_notes (id int PRIMARY KEY); BEGIN",
+        ))
+        .await;
+    client.read_until_ready().await;
+    let mut batch = unsynced("INSERT INTO unsynced_notes VALUES (1) RETURNING id");
+    batch.extend(unsynced("INSERT INTO unsynced_notes VALUES (1)"));
+    batch.extend(unsynced("INSERT INTO unsynced_notes VALUES (2)"));
+    client.send(&batch).await;
+    // ParseComplete, BindComplete, DataRow, CommandComplete; then the
+    // second's ParseComplete, BindComplete and its error.
+    assert_eq!(read_tags(&mut client, 7).await, "12DC12E");
+    client.send(&raw::message(b'S', b"")).await;
+    let ready = client.read_until_ready().await;
+    let tags: String = ready.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "Z", "the rest skipped up to the Sync: {ready:?}");
+    assert_eq!(ready[0].body, b"E", "the block is aborted");
+    client.send(&raw::query("ROLLBACK")).await;
+    client.read_until_ready().await;
+}
