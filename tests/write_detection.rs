@@ -384,3 +384,58 @@ async fn reads_of_the_primarys_live_state_run_on_the_primary() {
         assert!(row.get::<_, bool>(0), "{read}: left the replicas");
     }
 }
+
+/// The database causeway stands for takes writes: asked whether a
+/// transaction is read-only or the server a hot standby, it answers as the
+/// primary does, not as the replica a read would otherwise go to (pgjdbc's
+/// `targetServerType=primary` asks `SHOW transaction_read_only` after it
+/// logs in, and would take causeway for a standby). Other settings are
+/// still read on replicas, and the verdict on one text is not taken for
+/// another that differs only in the setting's name (the facts cache files
+/// texts by their literals blanked: `current_setting('...')` after one
+/// with another name went to a replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_asking_if_it_may_write_is_told_as_the_primary_tells() {
+    let _serial = SERIAL.lock().await;
+    let port = proxy().port;
+    cluster().wait_replicas_caught_up();
+    let session = client_on(port, APP_DB, None).await;
+    // (setting, where it ran): simple-protocol texts, filed by their key.
+    let ask = |name: &'static str| {
+        let session = &session;
+        async move {
+            let sql = format!("SELECT current_setting('{name}'), pg_is_in_recovery()");
+            let rows = session.simple_query(&sql).await.expect(name);
+            rows.iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => Some((
+                        row.get(0).unwrap_or_default().to_string(),
+                        row.get(1) == Some("t"),
+                    )),
+                    _ => None,
+                })
+                .expect("a row")
+        }
+    };
+    let other = ("off".to_string(), true);
+    assert_eq!(
+        ask("default_transaction_read_only").await,
+        other,
+        "on a replica"
+    );
+    assert_eq!(
+        ask("transaction_read_only").await,
+        ("off".to_string(), false),
+        "asked of the primary"
+    );
+    assert_eq!(ask("in_hot_standby").await, ("off".to_string(), false));
+    assert_eq!(ask("default_transaction_read_only").await, other);
+    for show in ["SHOW transaction_read_only", "SHOW in_hot_standby"] {
+        let rows = session.simple_query(show).await.expect(show);
+        let value = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(value.as_deref(), Some("off"), "{show}");
+    }
+}

@@ -163,16 +163,23 @@ fn classify_and_file(
     extra_write_functions: &[String],
 ) -> SharedFacts {
     let facts = from_sql(sql, extra_write_functions);
-    // Two literals decide a verdict, and may be written as strings or
+    // Some literals decide a verdict, and may be written as strings or
     // numbers: set_config's third argument (is_local) whether it pins the
-    // session, and EXPLAIN's `ANALYZE 0` / `ANALYZE 'on'` whether the
-    // statement runs. Never share a verdict that may hang on them.
+    // session, EXPLAIN's `ANALYZE 0` / `ANALYZE 'on'` whether the
+    // statement runs, a setting's name (`current_setting(...)`, a row of
+    // `pg_settings`) whether the primary must answer, being
+    // `transaction_read_only` (see `classify::asks_server_role`). Never
+    // share a verdict that may hang on them.
     let mentions = |word: &[u8]| {
         sql.as_bytes()
             .windows(word.len())
             .any(|w| w.eq_ignore_ascii_case(word))
     };
-    let literal_decides = mentions(b"set_config") || mentions(b"analyze") || mentions(b"analyse");
+    let literal_decides = mentions(b"set_config")
+        || mentions(b"analyze")
+        || mentions(b"analyse")
+        || mentions(b"current_setting")
+        || mentions(b"pg_settings");
     let shareable = facts.effects.is_empty()
         && facts.executes.is_empty()
         && facts.pins.is_empty()
@@ -190,7 +197,7 @@ fn classify_and_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::facts::{Effect, UNREADABLE};
+    use crate::router::facts::{Effect, Hint, UNREADABLE};
 
     #[test]
     fn cache_returns_the_same_facts_and_stays_bounded() {
@@ -238,6 +245,28 @@ mod tests {
             &[],
         );
         assert_eq!(computed.pins, vec!["set_config"]);
+    }
+
+    #[test]
+    fn setting_name_verdicts_are_never_shared_by_literal_blind_key() {
+        let cache = FactsCache::new(100);
+        // Either first: each text gets its own verdict.
+        for (first, second) in [
+            ("'transaction_read_only'", "'search_path'"),
+            ("'work_mem'", "'in_hot_standby'"),
+        ] {
+            for template in [
+                "SELECT current_setting(X)",
+                "SELECT setting FROM pg_settings WHERE name = X",
+            ] {
+                for text in [first, second] {
+                    let sql = template.replace('X', text);
+                    let facts = cached_query(&cache, &sql, &[]);
+                    let role = text.contains("read_only") || text.contains("standby");
+                    assert_eq!(facts.hint == Some(Hint::Primary), role, "{sql}");
+                }
+            }
+        }
     }
 
     /// The lexer refuses `E'\777'` (a byte the server takes in a
