@@ -240,6 +240,52 @@ async fn listen_and_notify() {
     );
 }
 
+/// A client's own NOTIFY comes back with the process ID its
+/// BackendKeyData gave it, as from Postgres: drivers tell their own
+/// notifications by it (psycopg's own tests check `be_pid`). Another
+/// client's does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_own_notification_carries_its_own_process_id() {
+    let mut client = RawClient::connect(proxy().port).await;
+    client
+        .send(&raw::startup_packet(&[
+            ("user", "trusted"),
+            ("database", APP_DB),
+        ]))
+        .await;
+    let greeting = client.read_until_ready().await;
+    let key = greeting
+        .iter()
+        .find(|m| m.tag == b'K')
+        .expect("BackendKeyData");
+    let own = i32::from_be_bytes([key.body[0], key.body[1], key.body[2], key.body[3]]);
+    let pids = |answer: &[raw::RawMessage]| -> Vec<i32> {
+        answer
+            .iter()
+            .filter(|m| m.tag == b'A')
+            .map(|m| i32::from_be_bytes([m.body[0], m.body[1], m.body[2], m.body[3]]))
+            .collect()
+    };
+    client
+        .send(&raw::query("LISTEN own_events; NOTIFY own_events, 'mine'"))
+        .await;
+    assert_eq!(pids(&client.read_until_ready().await), vec![own]);
+    let other = app_client().await;
+    other
+        .batch_execute("NOTIFY own_events, 'theirs'")
+        .await
+        .expect("notify");
+    let notification = client
+        .read_message()
+        .await
+        .expect("the other's notification");
+    assert_eq!(notification.tag, b'A');
+    let theirs = pids(&[notification]);
+    assert_ne!(theirs, vec![own], "another client's notification");
+    client.send(&raw::query("UNLISTEN *")).await;
+    client.read_until_ready().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_reaches_the_running_query() {
     let client = app_client().await;

@@ -126,6 +126,14 @@ impl Session {
     }
 
     fn handle_message(&mut self, tag: u8, message: &[u8]) {
+        let own;
+        let message = match self.own_notification(tag, message) {
+            Some(rewritten) => {
+                own = rewritten;
+                &own[..]
+            }
+            None => message,
+        };
         if tag == b'S' {
             if let (Some(attached), Some((name, value))) = (
                 self.current.as_mut(),
@@ -280,6 +288,25 @@ impl Session {
                 self.to_client.extend_from_slice(message);
             }
         }
+    }
+
+    /// A notification the session's own server connection sent (its own
+    /// NOTIFY: LISTEN keeps the session on that connection), with the
+    /// client's process ID in place of the server's, as Postgres gives a
+    /// client its own: drivers and applications tell their own
+    /// notifications so (`be_pid == backend_pid`).
+    fn own_notification(&self, tag: u8, message: &[u8]) -> Option<Vec<u8>> {
+        if tag != b'A' || message.len() < 9 {
+            return None;
+        }
+        let server_pid = self.current.as_ref()?.lease.conn.backend_pid;
+        let pid = i32::from_be_bytes([message[5], message[6], message[7], message[8]]);
+        if pid != server_pid || pid == self.cancel.pid {
+            return None;
+        }
+        let mut rewritten = message.to_vec();
+        rewritten[5..9].copy_from_slice(&self.cancel.pid.to_be_bytes());
+        Some(rewritten)
     }
 
     /// A client unit is answered: re-run it if a replica refused it, else
