@@ -121,10 +121,6 @@ pub enum Parsed {
 pub struct UnitBuilder {
     building: Option<Unit>,
     building_bytes: BytesMut,
-    /// The last batch went with neither a Sync nor a Flush at its end (see
-    /// [`UnitBuilder::cut`]): a server may hold its output, and a Flush
-    /// alone after it has something to flush.
-    unflushed: bool,
     /// Whether the server reads texts as the proxy does.
     pub texts: TextRules,
 }
@@ -266,7 +262,6 @@ impl UnitBuilder {
                     }
                     unit.facts = facts;
                     out.push_back(unit);
-                    self.unflushed = false;
                 }
                 b'F' => {
                     self.finish_batch(out, false);
@@ -276,7 +271,6 @@ impl UnitBuilder {
                         facts: Arc::new(UnitFacts::write("function call")),
                         ..Unit::default()
                     });
-                    self.unflushed = false;
                 }
                 _ => {}
             }
@@ -293,7 +287,7 @@ impl UnitBuilder {
     fn finish_batch(&mut self, out: &mut std::collections::VecDeque<Unit>, synced: bool) {
         if let Some(mut unit) = self.building.take() {
             unit.bytes = self.building_bytes.split().freeze();
-            if !synced && unit.bytes[..] == *FLUSH && !self.unflushed {
+            if !synced && unit.bytes[..] == *b"H\0\0\0\x04" {
                 // A Flush alone (libpq sends one as it leaves pipeline
                 // mode): every batch before it ended in a Sync or a Flush,
                 // so no server holds output of the client's to flush, and
@@ -302,16 +296,11 @@ impl UnitBuilder {
                 // its next unit there, and lost with it.
                 return;
             }
-            let tail = unit.bytes.len().saturating_sub(FLUSH.len());
-            self.unflushed = !synced && unit.bytes[tail..] != *FLUSH;
             unit.synced = synced;
             out.push_back(unit);
         }
     }
 }
-
-/// A Flush message.
-const FLUSH: &[u8; 5] = b"H\0\0\0\x04";
 
 /// Notes what one extended-protocol message means for its unit's routing.
 fn extended_message(
