@@ -77,19 +77,6 @@ impl Session {
                     return end;
                 }
             }
-            // A batch the client stopped sending before its Sync or Flush
-            // (libpq's pipeline mode, waiting for an error the server
-            // flushes at once): Postgres runs each message as it comes.
-            if self.builder.is_building()
-                && self.queued.is_empty()
-                && self.cbuf.is_empty()
-                && self.unsynced_batch_may_go()
-            {
-                self.builder.cut(&mut self.queued);
-                if let Err(end) = self.dispatch_queued().await {
-                    return end;
-                }
-            }
             self.write_eagerly();
             self.release_if_at_rest();
             let busy = !self.pending.is_empty()
@@ -303,22 +290,6 @@ impl Session {
             }
         }
         Ok(!matches!(parsed, units::Parsed::Terminate))
-    }
-
-    /// Whether a batch the client has stopped sending before its Sync or
-    /// Flush may go to the server as far as it came: where it runs is
-    /// decided already (a block open on the server, a batch cut at a Flush
-    /// still open there, a pinned session), and no block may move (an
-    /// optimistic or READ ONLY block on a replica). Postgres runs each
-    /// message as it comes; a client that waits for the answers of a batch
-    /// it has not synced (an error is sent at once) must get them.
-    fn unsynced_batch_may_go(&self) -> bool {
-        self.current.is_some()
-            && self.deferred_begin.is_none()
-            && self.optimistic.is_none()
-            && !self.lost_block
-            && !self.skip_to_sync
-            && (self.tx_status != b'I' || self.open_batch.is_some() || !self.pinned.is_empty())
     }
 
     /// Gives the server back (transaction pooling) or keeps it aside

@@ -277,13 +277,6 @@ impl UnitBuilder {
         }
     }
 
-    /// Ends the batch being built where the client stopped sending, with
-    /// neither a Sync nor a Flush: it goes on as a batch cut at a Flush
-    /// does (the session decides when: `Session::unsynced_batch_may_go`).
-    pub fn cut(&mut self, out: &mut std::collections::VecDeque<Unit>) {
-        self.finish_batch(out, false);
-    }
-
     fn finish_batch(&mut self, out: &mut std::collections::VecDeque<Unit>, synced: bool) {
         if let Some(mut unit) = self.building.take() {
             unit.bytes = self.building_bytes.split().freeze();
