@@ -501,10 +501,20 @@ async fn a_block_on_a_lost_primary_is_aborted_not_closed() {
     );
 }
 
-/// The one row a read finds, and the port of the server that ran it.
-async fn fallback_read(client: &Client, sql: &str) -> Result<(i64, i32), tokio_postgres::Error> {
-    let row = client.query_one(sql, &[]).await?;
-    Ok((row.get(0), row.get(1)))
+/// Runs `sql` on `client` in a task of its own: the one row it finds and
+/// the port of the server that ran it, or the error described.
+fn spawn_read(
+    client: &std::sync::Arc<Client>,
+    sql: &'static str,
+) -> tokio::task::JoinHandle<Result<(i64, i32), String>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let row = client
+            .query_one(sql, &[])
+            .await
+            .map_err(|e| support::describe_error(&e))?;
+        Ok((row.get(0), row.get(1)))
+    })
 }
 
 /// A read no replica can serve (replay paused: none has the session's
@@ -535,10 +545,7 @@ async fn a_read_that_falls_back_to_a_lost_primary_waits_for_it() {
     // In flight on the primary when it stops.
     let sleeping = "SELECT count(*), inet_server_port() FROM fallback_notes, pg_sleep(2) \
                     WHERE body = 'first'";
-    let running = {
-        let session = session.clone();
-        tokio::spawn(async move { fallback_read(&session, sleeping).await })
-    };
+    let running = spawn_read(&session, sleeping);
     wait_for(
         "the read to run on the primary",
         Duration::from_secs(30),
@@ -555,9 +562,8 @@ async fn a_read_that_falls_back_to_a_lost_primary_waits_for_it() {
     );
     cluster.stop_server("primary");
     cluster.start_server_alone("primary");
-    let read = running.await.expect("task");
     assert_eq!(
-        read.map_err(|e| support::describe_error(&e)),
+        running.await.expect("task"),
         Ok((1, primary)),
         "the read lost with the primary, run again when it is back"
     );
@@ -565,28 +571,19 @@ async fn a_read_that_falls_back_to_a_lost_primary_waits_for_it() {
     // Sent while the primary is down: it waits.
     cluster.stop_server("primary");
     wait_primary(&proxy, false);
-    let waiting = {
-        let session = session.clone();
-        tokio::spawn(async move {
-            fallback_read(
-                &session,
-                "SELECT count(*), inet_server_port() FROM fallback_notes WHERE body = 'first'",
-            )
-            .await
-        })
-    };
+    let waiting = spawn_read(
+        &session,
+        "SELECT count(*), inet_server_port() FROM fallback_notes WHERE body = 'first'",
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         !waiting.is_finished(),
         "the read was answered while no server had the session's write: {:?}",
-        waiting
-            .await
-            .map(|r| r.map_err(|e| support::describe_error(&e)))
+        waiting.await
     );
     cluster.start_server_alone("primary");
-    let read = waiting.await.expect("task");
     assert_eq!(
-        read.map_err(|e| support::describe_error(&e)),
+        waiting.await.expect("task"),
         Ok((1, primary)),
         "the read sent while the primary was down, run once it is back"
     );

@@ -282,11 +282,7 @@ impl Session {
                         && server == Server::Primary
                         && self.may_refuse_unit(unit) =>
                 {
-                    let (policy, home) = (self.proxy.policy, self.replica_home);
-                    let replica = self.proxy.monitor.with_positions(|p| {
-                        crate::router::pick_replica(p, None, true, &policy, home)
-                    });
-                    if let Some((i, _)) = replica {
+                    if let Some((i, _)) = self.any_replica() {
                         if let Ok(attached) = self.attach(Server::Replica(i)).await {
                             return Ok(attached);
                         }

@@ -126,13 +126,14 @@ impl Session {
     }
 
     fn handle_message(&mut self, tag: u8, message: &[u8]) {
+        // (Every server message passes here: one compare for the rest.)
         let own;
-        let message = match self.own_notification(tag, message) {
-            Some(rewritten) => {
+        let message = match (tag == b'A').then(|| self.own_notification(message)) {
+            Some(Some(rewritten)) => {
                 own = rewritten;
                 &own[..]
             }
-            None => message,
+            _ => message,
         };
         if tag == b'S' {
             if let (Some(attached), Some((name, value))) = (
@@ -295,8 +296,8 @@ impl Session {
     /// client's process ID in place of the server's, as Postgres gives a
     /// client its own: drivers and applications tell their own
     /// notifications so (`be_pid == backend_pid`).
-    fn own_notification(&self, tag: u8, message: &[u8]) -> Option<Vec<u8>> {
-        if tag != b'A' || message.len() < 9 {
+    fn own_notification(&self, message: &[u8]) -> Option<Vec<u8>> {
+        if message.len() < 9 {
             return None;
         }
         let server_pid = self.current.as_ref()?.lease.conn.backend_pid;

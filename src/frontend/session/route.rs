@@ -81,13 +81,7 @@ impl Session {
             } => (any_replica, read_only_block),
         };
         if any_replica {
-            let policy = self.proxy.policy;
-            let home = self.replica_home;
-            let picked = self
-                .proxy
-                .monitor
-                .with_positions(|p| router::pick_replica(p, None, true, &policy, home));
-            return Ok(Some(match picked {
+            return Ok(Some(match self.any_replica() {
                 Some((i, reason)) => (Server::Replica(i), reason),
                 None => (Server::Primary, Reason::NoReplica),
             }));
@@ -133,6 +127,15 @@ impl Session {
             self.pending.push_back(Expect::Client(Box::new(open)));
             self.to_server.extend_from_slice(b"S\0\0\0\x04");
         }
+    }
+
+    /// A healthy replica, however far behind (the session's own while it
+    /// serves): for what any server answers alike.
+    pub(super) fn any_replica(&self) -> Option<(usize, Reason)> {
+        let (policy, home) = (self.proxy.policy, self.replica_home);
+        self.proxy
+            .monitor
+            .with_positions(|p| router::pick_replica(p, None, true, &policy, home))
     }
 
     /// A replica fresh enough for this session, waiting as the policy says.
