@@ -613,7 +613,9 @@ impl Session {
             // healthy: a replica behind is what a failing primary looks
             // like (it was a replica's read; with no replica configured,
             // the primary's reads stream as they come).
-            let lost_lsn_read = self.replica_read_on_primary(reason)
+            // And so may such a read run again (`retry`): the primary it
+            // lands on may be going away too.
+            let lost_lsn_read = (reason == Reason::Retry || self.replica_read_on_primary(reason))
                 && server == Server::Primary
                 && at_rest
                 && unit.facts.is_read();
